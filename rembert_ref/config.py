@@ -1,0 +1,167 @@
+"""RemBertConfig: the Hugging Face compatible `config.json`, and the translation from Google's `bert_config.json`.
+
+The field names and defaults follow `transformers.RemBertConfig`, so a `config.json` written here loads in
+transformers unchanged and one written by transformers loads here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from converters.errors import UserError
+
+# BERT's TF1 code defines `gelu` as the tanh approximation; Hugging Face's "gelu" is the exact erf form.
+ACTIVATION_TO_HF = {"tanh": "gelu_new", "exact": "gelu"}
+HF_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh")
+
+ORIGINAL_REQUIRED_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "output_embedding_size",
+)
+
+
+@dataclass
+class RemBertConfig:
+    vocab_size: int = 250300
+    hidden_size: int = 1152
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 18
+    input_embedding_size: int = 256  # word/position/type embeddings, mapped up to hidden_size
+    output_embedding_size: int = 1664  # the decoupled output embedding of the MLM head
+    intermediate_size: int = 4608
+    hidden_act: str = "gelu_new"  # "gelu_new" = tanh approximation (TF1 BERT), "gelu" = exact erf
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    classifier_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12  # tf.contrib.layers.layer_norm's epsilon
+    use_cache: bool = True
+    is_decoder: bool = False
+    add_cross_attention: bool = False
+    pad_token_id: int = 0
+    bos_token_id: int = 312
+    eos_token_id: int = 313
+    tie_word_embeddings: bool = False
+    num_labels: int = 2
+    problem_type: str | None = None  # "regression" | "single_label_classification" | "multi_label_classification"
+    architectures: list[str] = field(default_factory=lambda: ["RemBertForMaskedLM"])
+    torch_dtype: str = "float32"
+    # Keys we do not model (id2label, task_specific_params, ...) survive a load/save round trip.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise UserError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
+                f"{self.num_attention_heads}; fix the config"
+            )
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    # -- Hugging Face config.json -------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        values = {**self.extra, **values, "model_type": "rembert"}
+        if "id2label" not in values:
+            values["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
+            values["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
+        values.pop("num_labels")
+        return dict(sorted(values.items()))
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(self.to_json_string())
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RemBertConfig":
+        values = dict(values)
+        model_type = values.pop("model_type", "rembert")
+        if model_type != "rembert":
+            raise UserError(f"config has model_type {model_type!r}, expected 'rembert'")
+        if "id2label" in values and "num_labels" not in values:
+            values["num_labels"] = len(values["id2label"])
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kwargs = {k: v for k, v in values.items() if k in known}
+        extra = {k: v for k, v in values.items() if k not in known}
+        return cls(**kwargs, extra=extra)
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> "RemBertConfig":
+        return cls.from_dict(_read_json(path))
+
+    # -- Google's original bert_config.json ---------------------------------------------------------
+
+    @classmethod
+    def from_original(cls, values: dict[str, Any], activation: str = "tanh") -> "RemBertConfig":
+        """Translate the original `bert_config.json`; `activation` picks tanh (TF1's gelu) or exact erf."""
+        values = dict(values)
+        if "input_embedding_size" not in values and "embedding_size" in values:
+            values["input_embedding_size"] = values["embedding_size"]
+        missing = [k for k in (*ORIGINAL_REQUIRED_KEYS, "input_embedding_size") if k not in values]
+        if missing:
+            raise UserError(
+                f"original config lacks {', '.join(missing)}; add them to bert_config.json "
+                "(embedding_size is accepted for input_embedding_size)"
+            )
+        if activation not in ACTIVATION_TO_HF:
+            raise UserError(f"unknown activation {activation!r}; use one of: {', '.join(ACTIVATION_TO_HF)}")
+        act = values.get("hidden_act", "gelu")
+        if act != "gelu":
+            raise UserError(
+                f"original config has hidden_act {act!r}; only 'gelu' RemBERT checkpoints are supported"
+            )
+        return cls(
+            vocab_size=int(values["vocab_size"]),
+            hidden_size=int(values["hidden_size"]),
+            num_hidden_layers=int(values["num_hidden_layers"]),
+            num_attention_heads=int(values["num_attention_heads"]),
+            input_embedding_size=int(values["input_embedding_size"]),
+            output_embedding_size=int(values["output_embedding_size"]),
+            intermediate_size=int(values["intermediate_size"]),
+            hidden_act=ACTIVATION_TO_HF[activation],
+            hidden_dropout_prob=float(values.get("hidden_dropout_prob", 0.0)),
+            attention_probs_dropout_prob=float(values.get("attention_probs_dropout_prob", 0.0)),
+            max_position_embeddings=int(values["max_position_embeddings"]),
+            type_vocab_size=int(values["type_vocab_size"]),
+            initializer_range=float(values.get("initializer_range", 0.02)),
+        )
+
+    @classmethod
+    def from_original_json_file(cls, path: str | os.PathLike, activation: str = "tanh") -> "RemBertConfig":
+        return cls.from_original(_read_json(path), activation=activation)
+
+
+def is_original_config(values: dict[str, Any]) -> bool:
+    """Google's bert_config.json has no model_type; a Hugging Face config.json always has one."""
+    return "model_type" not in values
+
+
+def _read_json(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = json.load(handle)
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist; pass the checkpoint's bert_config.json with --config")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {path} is not valid JSON ({exc}); fix or replace it")
+    if not isinstance(values, dict):
+        raise UserError(f"config file {path} must hold a JSON object")
+    return values

@@ -1,0 +1,1 @@
+"""Parity checks between the original checkpoint and every converted format."""
