@@ -91,7 +91,7 @@ class RemBertConfig:
             handle.write(self.to_json_string())
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "RemBertConfig":
+    def from_dict(cls, values: dict[str, Any]) -> RemBertConfig:
         values = dict(values)
         model_type = values.pop("model_type", "rembert")
         if model_type != "rembert":
@@ -104,13 +104,13 @@ class RemBertConfig:
         return cls(**kwargs, extra=extra)
 
     @classmethod
-    def from_json_file(cls, path: str | os.PathLike) -> "RemBertConfig":
+    def from_json_file(cls, path: str | os.PathLike) -> RemBertConfig:
         return cls.from_dict(_read_json(path))
 
     # -- Google's original bert_config.json ---------------------------------------------------------
 
     @classmethod
-    def from_original(cls, values: dict[str, Any], activation: str = "tanh") -> "RemBertConfig":
+    def from_original(cls, values: dict[str, Any], activation: str = "tanh") -> RemBertConfig:
         """Translate the original `bert_config.json`; `activation` picks tanh (TF1's gelu) or exact erf."""
         values = dict(values)
         if "input_embedding_size" not in values and "embedding_size" in values:
@@ -145,7 +145,7 @@ class RemBertConfig:
         )
 
     @classmethod
-    def from_original_json_file(cls, path: str | os.PathLike, activation: str = "tanh") -> "RemBertConfig":
+    def from_original_json_file(cls, path: str | os.PathLike, activation: str = "tanh") -> RemBertConfig:
         return cls.from_original(_read_json(path), activation=activation)
 
 
