@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pathlib
+from typing import NamedTuple
+
 import pytest
 
 # vocab 99, hidden 32, 3 layers, 4 heads (head size 8), input embedding 18, output embedding 43,
@@ -26,3 +29,22 @@ TINY_ORIGINAL_CONFIG = {
 @pytest.fixture
 def tiny_original_config() -> dict:
     return dict(TINY_ORIGINAL_CONFIG)
+
+
+class TinyCheckpoint(NamedTuple):
+    prefix: pathlib.Path  # <directory>/model.ckpt-3
+    directory: pathlib.Path  # also holds `checkpoint` and `bert_config.json`
+    config: dict  # the original config (TINY_ORIGINAL_CONFIG)
+    variables: dict  # float32 model values by original name (no slots, no global_step)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoint:
+    """A synthetic original-format checkpoint of TINY_ORIGINAL_CONFIG with Adam slots (seed 0), written once
+    per session. Treat it as read-only: other tests share it."""
+    from converters.synthetic import synthetic_variables, write_synthetic_checkpoint  # imports TensorFlow
+
+    directory = tmp_path_factory.mktemp("tiny_ckpt")
+    config = dict(TINY_ORIGINAL_CONFIG)
+    prefix = write_synthetic_checkpoint(directory, config, seed=0, optimizer_slots=True)
+    return TinyCheckpoint(prefix, directory, config, synthetic_variables(config, seed=0))
