@@ -12,6 +12,7 @@ anything else is a `UserError` that lists the names.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -290,3 +291,42 @@ def _explain_unknown(name: str, config: RemBertConfig) -> str:
             return (f"belongs to layer {match['layer']} but the config has num_hidden_layers = "
                     f"{config.num_hidden_layers}")
     return "matches no mapping or ignore rule"
+
+
+# -- PyTorch <-> TF2 names, derived from RULES ---------------------------------------------------------------
+
+# Task heads are not in the original checkpoint, so RULES does not hold them; each is one Linear / Dense with
+# the same name in both frameworks (Hugging Face's RemBERT heads).
+TASK_HEAD_LINEARS = ("classifier", "qa_outputs")
+
+
+def torch_to_tf_name(torch_name: str, config: RemBertConfig) -> tuple[str, bool] | None:
+    """(Keras name below the model root, transpose) for a PyTorch weight name of any RemBERT head's layout
+    (bare model, `rembert.` + `cls.`, or a task head), or None if it is no weight of the table."""
+    table = _torch_to_tf_table(config.num_hidden_layers)
+    name = torch_name.removeprefix("rembert.")
+    if name in table:
+        return table[name]
+    head, _, kind = torch_name.rpartition(".")
+    if head in TASK_HEAD_LINEARS and kind in ("weight", "bias"):
+        return (f"{head}/kernel:0", True) if kind == "weight" else (f"{head}/bias:0", False)
+    return None
+
+
+def tf_to_torch_name(tf_name: str, config: RemBertConfig, mlm_head: bool) -> tuple[str, bool] | None:
+    """The inverse of `torch_to_tf_name`, in the file layout `torch_prefix` gives."""
+    for rule in RULES:
+        for _, torch, tf in expand(rule, config):
+            if tf == tf_name:
+                return torch_prefix(rule.part, mlm_head) + torch, rule.transpose
+    head, _, kind = tf_name.rpartition("/")
+    if head in TASK_HEAD_LINEARS and kind in ("kernel:0", "bias:0"):
+        return (f"{head}.weight", True) if kind == "kernel:0" else (f"{head}.bias", False)
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _torch_to_tf_table(num_layers: int) -> dict[str, tuple[str, bool]]:
+    # Names depend on the config only through the layer count; a stand-in config keeps the cache key small.
+    config = RemBertConfig(num_hidden_layers=num_layers)
+    return {torch: (tf, rule.transpose) for rule in RULES for _, torch, tf in expand(rule, config)}
