@@ -61,5 +61,138 @@ def main() -> None:
     """
 
 
+# -- checkpoint conversion --------------------------------------------------------------------------------
+
+
+def checkpoint_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every checkpoint command shares."""
+    for option in reversed([
+        click.option("--config", "config", type=click.Path(dir_okay=False),
+                     help="Original bert_config.json (default: bert_config.json beside the checkpoint)."),
+        click.option("--activation", type=click.Choice(["tanh", "exact"]), default=None,
+                     help="gelu form: tanh approximation as in TF1 BERT (default, hidden_act 'gelu_new') "
+                          "or exact erf ('gelu')."),
+        click.option("--no-mlm-head", "no_mlm_head", is_flag=True,
+                     help="Write the bare RemBertModel layout, without the masked-LM head."),
+        click.option("--output-embedding-name", default=None,
+                     help="Name of the decoupled output embedding variable, if not */output_embedding(s)."),
+        debug_option,
+    ]):
+        command = option(command)
+    return command
+
+
+def writer_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed([
+        click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
+                     help="Output directory (written atomically)."),
+        click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
+                     show_default=True, help="Weight dtype of the written files."),
+        force_option,
+        quiet_option,
+    ]):
+        command = option(command)
+    return command
+
+
+def _options(kwargs: dict[str, Any], **extra: Any):
+    from converters.convert import ConvertOptions
+
+    return ConvertOptions(config=kwargs.get("config"), dtype=kwargs.get("dtype", "float32"),
+                          mlm_head=not kwargs.get("no_mlm_head", False), activation=kwargs.get("activation"),
+                          output_embedding_name=kwargs.get("output_embedding_name"),
+                          force=kwargs.get("force", False), quiet=kwargs.get("quiet", False), **extra)
+
+
+def _run_conversion(ckpt: str, formats: list[str], kwargs: dict[str, Any], **extra: Any) -> None:
+    from converters.convert import convert_checkpoint
+
+    result = convert_checkpoint(ckpt, kwargs["output"], formats, _options(kwargs, **extra))
+    if kwargs.get("quiet"):
+        return
+    plan = result.plan
+    act = plan.config.hidden_act
+    click.echo(f"converted {len(plan.mappings)} tensors ({sum(1 for m in plan.mappings if m.part == 'mlm')} "
+               f"in the MLM head), ignored {len(plan.ignored)}, activation {act} "
+               f"({'tanh approximation' if act == 'gelu_new' else 'exact erf'}), dtype {result.report['dtype']}")
+    for row in plan.absent_by_design:
+        click.echo(f"absent by design: {row.detail}")
+    for path in result.files:
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("ckpt", type=click.Path())
+@checkpoint_options
+@click.option("--all", "show_all", is_flag=True, help="Also list each ignored variable (optimizer slots).")
+@handle_user_errors
+def inspect(ckpt: str, show_all: bool, **kwargs: Any) -> None:
+    """Show every variable of CKPT: shape, dtype, the rule that maps it or why it is ignored, and what is
+    missing. Writes nothing; exits non-zero if the conversion would fail.
+
+    CKPT is a checkpoint prefix, its .index file, or a directory with a `checkpoint` file.
+
+    \b
+    Example:
+      convert-rembert inspect examples/tiny-rembert
+      convert-rembert inspect gs-download/model.ckpt-1000 --config bert_config.json --all
+    """
+    from converters.convert import inspect_checkpoint
+
+    info = inspect_checkpoint(ckpt, _options(kwargs))
+    rows = info["rows"]
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    width = max((len(r.variable) for r in rows), default=10)
+    for row in rows:
+        if row.status == "ignored" and not show_all and "optimizer" in row.detail:
+            continue
+        shape = "[" + ",".join(map(str, row.shape)) + "]"
+        click.echo(f"{row.status:8} {row.variable:{width}} {shape:16} {row.dtype:9} {row.detail}")
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    click.echo(f"{info['checkpoint']}: {info['num_shards']} data shard(s); {summary}"
+               + ("" if show_all else " (optimizer slots hidden; --all lists them)"))
+    if info["config_note"]:
+        click.echo(f"note: {info['config_note']}")
+    if not info["ok"]:
+        raise UserError("this checkpoint would not convert: see the 'error'/'missing' rows above")
+
+
+@main.command()
+@click.argument("ckpt", type=click.Path())
+@writer_options
+@checkpoint_options
+@handle_user_errors
+def pytorch(ckpt: str, **kwargs: Any) -> None:
+    """Convert CKPT to pytorch_model.bin + config.json (+ conversion_report.json).
+
+    \b
+    Example:
+      convert-rembert pytorch examples/tiny-rembert -o out/tiny-rembert-pt
+      convert-rembert pytorch ckpt/model.ckpt-1000 --config bert_config.json -o out/pt --dtype bfloat16
+    """
+    _run_conversion(ckpt, ["pytorch"], kwargs)
+
+
+@main.command()
+@click.argument("ckpt", type=click.Path())
+@writer_options
+@click.option("--max-shard-size", default="5GB", show_default=True,
+              help="Split into model-0000K-of-0000N.safetensors + index above this size.")
+@checkpoint_options
+@handle_user_errors
+def safetensors(ckpt: str, max_shard_size: str, **kwargs: Any) -> None:
+    """Convert CKPT to model.safetensors (metadata {"format": "pt"}; sharded with
+    model.safetensors.index.json above --max-shard-size) + config.json.
+
+    \b
+    Example:
+      convert-rembert safetensors examples/tiny-rembert -o out/tiny-rembert-st
+      convert-rembert safetensors ckpt/ -o out/st --max-shard-size 2GB --dtype float16
+    """
+    _run_conversion(ckpt, ["safetensors"], kwargs, max_shard_size=max_shard_size)
+
+
 if __name__ == "__main__":
     main()

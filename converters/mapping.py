@@ -181,7 +181,7 @@ def expand(rule: Rule, config: RemBertConfig) -> Iterable[tuple[str, str, str]]:
     keys = list(rule.choices)
     layers = range(config.num_hidden_layers) if "{layer}" in rule.source else [None]
     for layer, values in itertools.product(layers, itertools.product(*(rule.choices[k] for k in keys))):
-        subst = dict(zip(keys, values), layer=layer)
+        subst = dict(zip(keys, values, strict=True), layer=layer)
         yield (rule.source.format(**subst), rule.torch.format(**subst), rule.tf.format(**subst))
 
 

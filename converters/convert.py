@@ -1,0 +1,243 @@
+"""The conversion driver: plan with the mapping table, read each tensor once, feed every requested writer.
+
+Output goes to a temporary directory beside the target and is renamed into place only when every file is
+complete; an existing non-empty output is replaced only with `force`. Nothing varies between runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from converters.errors import UserError
+from converters.mapping import ConversionPlan, TensorMapping, classify, plan_conversion
+from converters.tf1_checkpoint import DEFAULT_CHUNK_BYTES, CheckpointReader, resolve_checkpoint
+from converters.writers import (
+    FLOAT_SOURCE_DTYPES,
+    TARGET_DTYPES,
+    SafetensorsWriter,
+    TorchBinWriter,
+    Writer,
+    cast,
+    parse_size,
+)
+from rembert_ref.config import ACTIVATION_TO_HF, RemBertConfig, _read_json, is_original_config
+
+FORMATS = ("pytorch", "safetensors", "tf2")
+DEFAULT_MAX_SHARD_SIZE = "5GB"
+REPORT_NAME = "conversion_report.json"
+ORIGINAL_CONFIG_NAMES = ("bert_config.json", "config.json")
+
+
+@dataclass
+class ConvertOptions:
+    config: str | os.PathLike | None = None  # bert_config.json (or a HF config.json); default: beside the ckpt
+    dtype: str = "float32"
+    mlm_head: bool = True
+    activation: str | None = None  # "tanh" | "exact"; None: tanh for an original config, as-is for a HF one
+    output_embedding_name: str | None = None
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE
+    force: bool = False
+    quiet: bool = False
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+
+
+@dataclass
+class ConversionResult:
+    output_dir: Path
+    files: list[Path]
+    plan: ConversionPlan
+    report: dict = field(default_factory=dict)
+
+
+def find_config(prefix: Path, explicit: str | os.PathLike | None) -> Path:
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist; pass the checkpoint's bert_config.json")
+        return path
+    for name in ORIGINAL_CONFIG_NAMES:
+        if (prefix.parent / name).is_file():
+            return prefix.parent / name
+    raise UserError(f"no bert_config.json next to {prefix.name}; pass the original config with --config")
+
+
+def load_config(prefix: Path, options: ConvertOptions) -> RemBertConfig:
+    path = find_config(prefix, options.config)
+    values = _read_json(path)
+    if is_original_config(values):
+        return RemBertConfig.from_original(values, activation=options.activation or "tanh")
+    config = RemBertConfig.from_dict(values)
+    if options.activation is not None:
+        config.hidden_act = ACTIVATION_TO_HF[options.activation]
+    return config
+
+
+def inspect_checkpoint(ckpt: str | os.PathLike, options: ConvertOptions | None = None) -> dict:
+    """Every variable with its shape, dtype and fate (mapped / ignored / error), plus what is missing."""
+    options = options or ConvertOptions()
+    reader = CheckpointReader(ckpt)
+    try:
+        config = load_config(reader.prefix, options)
+    except UserError as exc:
+        if options.config is not None:
+            raise
+        config, note = None, str(exc)
+    else:
+        note = None
+    rows, output_embedding = classify(config, reader.variables(), mlm_head=options.mlm_head,
+                                      output_embedding_name=options.output_embedding_name)
+    return {"checkpoint": str(reader.prefix), "num_shards": reader.num_shards, "config_note": note,
+            "output_embedding": output_embedding, "rows": rows,
+            "ok": config is not None and not any(r.status in ("missing", "error") for r in rows)}
+
+
+def _writer_factories(formats: Sequence[str], options: ConvertOptions) -> list[Callable[..., Writer]]:
+    factories: list[Callable[..., Writer]] = []
+    for name in formats:
+        if name == "pytorch":
+            factories.append(TorchBinWriter)
+        elif name == "safetensors":
+            max_shard = parse_size(str(options.max_shard_size))
+            factories.append(lambda d, m, t, size=max_shard: SafetensorsWriter(d, m, t, size))
+        elif name == "tf2":
+            from converters.h5_writer import H5Writer  # h5py only when asked for
+
+            factories.append(lambda d, m, t: H5Writer(d, m, t, mlm_head=options.mlm_head))
+        else:
+            raise UserError(f"unknown format {name!r}; use one of: {', '.join(FORMATS)}")
+    return factories
+
+
+def convert_checkpoint(
+    ckpt: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    formats: Sequence[str],
+    options: ConvertOptions | None = None,
+) -> ConversionResult:
+    """Convert a TF1 RemBERT checkpoint into the requested formats (one pass over the checkpoint)."""
+    options = options or ConvertOptions()
+    if options.dtype not in TARGET_DTYPES:
+        raise UserError(f"unknown dtype {options.dtype!r}; use one of: {', '.join(TARGET_DTYPES)}")
+    if options.activation is not None and options.activation not in ACTIVATION_TO_HF:
+        raise UserError(f"unknown activation {options.activation!r}; use one of: {', '.join(ACTIVATION_TO_HF)}")
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir, options.force)
+    factories = _writer_factories(formats, options)
+    with CheckpointReader(resolve_checkpoint(ckpt)) as reader:
+        config = load_config(reader.prefix, options)
+        plan = plan_conversion(config, reader.variables(), mlm_head=options.mlm_head,
+                               output_embedding_name=options.output_embedding_name)
+        for mapping in plan.mappings:
+            if mapping.source_dtype not in FLOAT_SOURCE_DTYPES:
+                raise UserError(f"{mapping.source} has dtype {mapping.source_dtype}; only float tensors map to weights")
+        config.torch_dtype = options.dtype
+        config.architectures = ["RemBertForMaskedLM" if options.mlm_head else "RemBertModel"]
+        with atomic_output_dir(output_dir, options.force) as staging:
+            writers = [factory(staging, plan.mappings, options.dtype) for factory in factories]
+            try:
+                _stream(reader, plan.mappings, writers, options)
+                files = [path for writer in writers for path in writer.close()]
+            except BaseException:
+                for writer in writers:
+                    writer.abort()
+                raise
+            config.save(staging / "config.json")
+            report = conversion_report(reader.prefix, plan, options, formats, staging, files)
+            (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    final_files = [output_dir / p.name for p in files] + [output_dir / "config.json", output_dir / REPORT_NAME]
+    return ConversionResult(output_dir, final_files, plan, report)
+
+
+def _stream(reader: CheckpointReader, mappings: Sequence[TensorMapping], writers: Sequence[Writer],
+            options: ConvertOptions) -> None:
+    total = sum(reader.entries[m.source].size for m in mappings)
+    progress = _progress(total, options.quiet)
+    try:
+        for mapping in mappings:
+            # Transposed kernels are read whole (the largest real one is 21 MB); the rest streams in slices.
+            limit = reader.entries[mapping.source].size if mapping.transpose else options.chunk_bytes
+            for chunk in reader.iter_rows(mapping.source, max_bytes=max(limit, 1)):
+                converted = cast(chunk, mapping.source_dtype, options.dtype)
+                for writer in writers:
+                    writer.add(mapping, converted)
+                progress.update(chunk.nbytes)
+    finally:
+        progress.close()
+
+
+def _progress(total: int, quiet: bool):
+    from tqdm import tqdm
+
+    disable = quiet or not sys.stderr.isatty()
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="converting", disable=disable,
+                file=sys.stderr, leave=False)
+
+
+def conversion_report(prefix: Path, plan: ConversionPlan, options: ConvertOptions, formats: Sequence[str],
+                      staging: Path, files: Sequence[Path]) -> dict:
+    """What was converted, ignored and absent, and the files' sha256: deterministic, no timestamps."""
+    return {
+        "source": {"checkpoint": prefix.name, "output_embedding": plan.output_embedding},
+        "activation": {"hidden_act": plan.config.hidden_act,
+                       "meaning": "tanh approximation (TF1 BERT gelu)" if plan.config.hidden_act == "gelu_new"
+                       else "exact erf gelu" if plan.config.hidden_act == "gelu" else plan.config.hidden_act},
+        "dtype": options.dtype,
+        "mlm_head": options.mlm_head,
+        "formats": list(formats),
+        "mapped": [{"source": m.source, "target": m.torch_name, "tf_target": m.tf_name,
+                    "shape": list(m.source_shape), "source_dtype": m.source_dtype, "transposed": m.transpose}
+                   for m in plan.mappings],
+        "ignored": [{"source": r.variable, "shape": list(r.shape), "reason": r.detail} for r in plan.ignored],
+        "absent_by_design": [r.detail for r in plan.absent_by_design],
+        "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files},
+    }
+
+
+def sha256_file(path: Path, block: int = 16 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# -- atomic output ----------------------------------------------------------------------------------------------
+
+
+def check_output_dir(output_dir: Path, force: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"output {output_dir} exists and is not a directory; choose another -o")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not force:
+        raise UserError(f"output directory {output_dir} is not empty; pass --force to replace it "
+                        "or choose another -o")
+
+
+@contextmanager
+def atomic_output_dir(output_dir: Path, force: bool) -> Iterator[Path]:
+    """Yield a staging directory beside `output_dir`; rename it into place only if the block succeeds."""
+    check_output_dir(output_dir, force)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    os.chmod(staging, 0o755)  # mkdtemp makes it private
+    if output_dir.exists():
+        previous = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
+        os.rename(output_dir, previous / "old")
+        os.rename(staging, output_dir)
+        shutil.rmtree(previous, ignore_errors=True)
+    else:
+        os.rename(staging, output_dir)
+

@@ -1,0 +1,352 @@
+"""A native reader of TensorFlow's tensor-bundle checkpoints (`.index` + `.data-K-of-N`), without TensorFlow.
+
+Why not `tf.train.load_checkpoint`: importing TensorFlow costs seconds and ~0.5 GB, and its reader returns
+whole tensors (the RemBERT output embedding alone is 1.67 GB). This reader parses the `.index` table itself
+(TensorFlow's LevelDB-style SSTable of `BundleEntryProto` records), reads tensor data with `pread` in row
+slices of bounded size, and checks every tensor's CRC32C as it streams (and every index block's CRC).
+
+Format references: tensorflow/core/util/tensor_bundle/tensor_bundle.{h,cc}, tensorflow/core/lib/io/
+{table,block,format}.cc, and the protos BundleHeaderProto / BundleEntryProto / TensorShapeProto /
+TensorSliceProto.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import google_crc32c
+import numpy as np
+
+from converters.errors import UserError
+
+TABLE_MAGIC = 0xDB4775248B80FB57
+FOOTER_SIZE = 48  # two block handles padded to 40 bytes + 8-byte magic
+BLOCK_TRAILER_SIZE = 5  # 1-byte compression type + 4-byte masked CRC32C
+DEFAULT_CHUNK_BYTES = 64 << 20
+
+# TensorFlow DataType enum -> numpy dtype name. bfloat16 is carried as raw uint16 bits (numpy has no bfloat16).
+TF_DTYPES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 7: "string",
+             9: "int64", 10: "bool", 14: "bfloat16", 17: "uint16", 19: "float16", 22: "uint32", 23: "uint64"}
+NUMPY_STORAGE = {"bfloat16": np.dtype("<u2")}
+
+
+def numpy_storage_dtype(dtype: str) -> np.dtype:
+    return NUMPY_STORAGE.get(dtype) or np.dtype(dtype).newbyteorder("<")
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str  # "float32", "float16", "bfloat16", "int64", ...
+    shape: tuple[int, ...]
+    shard: int
+    offset: int
+    size: int  # bytes
+    crc32c: int  # masked, as stored
+    partitioned: bool = False  # saved as slices of a partitioned variable
+
+    @property
+    def itemsize(self) -> int:
+        return 2 if self.dtype == "bfloat16" else numpy_storage_dtype(self.dtype).itemsize
+
+    @property
+    def num_elements(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """Accept a checkpoint prefix, its `.index` file, or a directory (its `checkpoint` file picks the latest)."""
+    path = Path(path)
+    if path.is_dir():
+        state = path / "checkpoint"
+        if state.is_file():
+            match = re.search(r'^model_checkpoint_path:\s*"(.*)"\s*$', state.read_text(encoding="utf-8"), re.MULTILINE)
+            if not match:
+                raise UserError(f"{state} names no model_checkpoint_path; pass the checkpoint prefix instead")
+            prefix = Path(match.group(1))
+            prefix = prefix if prefix.is_absolute() else path / prefix
+            if not Path(f"{prefix}.index").is_file():
+                # The checkpoint file often holds the absolute path of the training machine.
+                prefix = path / prefix.name
+        else:
+            indexes = sorted(path.glob("*.index"))
+            if len(indexes) != 1:
+                found = ", ".join(p.name for p in indexes) or "none"
+                raise UserError(f"{path} has no `checkpoint` file and {len(indexes)} .index files ({found}); "
+                                "pass the checkpoint prefix, e.g. DIR/model.ckpt-1000")
+            prefix = indexes[0].with_suffix("")
+    elif path.suffix == ".index":
+        prefix = path.with_suffix("")
+    elif path.name.endswith(".meta") or ".data-" in path.name:
+        prefix = Path(re.sub(r"(\.meta|\.data-\d+-of-\d+)$", "", str(path)))
+    else:
+        prefix = path
+    if not Path(f"{prefix}.index").is_file():
+        raise UserError(f"no TF1 checkpoint at {path}: {prefix}.index does not exist; pass a checkpoint prefix, "
+                        "its .index file, or a directory with a `checkpoint` file")
+    return prefix
+
+
+class CheckpointReader:
+    """Lists a tensor bundle's variables and streams their data in row slices, checking CRC32C."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.prefix = resolve_checkpoint(path)
+        self.num_shards, self.entries = _read_index(Path(f"{self.prefix}.index"))
+        self._files: dict[int, int] = {}
+        for shard in sorted({e.shard for e in self.entries.values() if e.size}):
+            data = self.data_path(shard)
+            if not data.is_file():
+                raise UserError(f"checkpoint data shard {data.name} is missing next to {self.prefix.name}.index; "
+                                "copy every .data-*-of-* file of the checkpoint")
+
+    def data_path(self, shard: int) -> Path:
+        return Path(f"{self.prefix}.data-{shard:05d}-of-{self.num_shards:05d}")
+
+    def variables(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        return {name: (e.shape, e.dtype) for name, e in self.entries.items()}
+
+    def close(self) -> None:
+        for fd in self._files.values():
+            os.close(fd)
+        self._files.clear()
+
+    def __enter__(self) -> CheckpointReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _fd(self, shard: int) -> int:
+        if shard not in self._files:
+            self._files[shard] = os.open(self.data_path(shard), os.O_RDONLY)
+        return self._files[shard]
+
+    def read(self, name: str) -> np.ndarray:
+        """The whole tensor (CRC checked). For big tensors prefer `iter_rows`."""
+        entry = self._entry(name)
+        parts = list(self.iter_rows(name, max_bytes=max(entry.size, 1)))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def iter_rows(self, name: str, max_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[np.ndarray]:
+        """Yield consecutive slices along the first axis, each at most `max_bytes` (at least one row).
+
+        Arrays use the stored dtype (bfloat16 as uint16 bits). The CRC is checked after the last slice, so a
+        caller writing slices as they come must discard its output when this raises.
+        """
+        entry = self._entry(name)
+        if entry.partitioned:
+            raise UserError(f"{name} is a partitioned variable; partitioned checkpoints are not supported yet: "
+                            "re-save the checkpoint without partitioning")
+        if entry.dtype == "string":
+            raise UserError(f"{name} holds strings; only numeric tensors can be converted")
+        dtype = numpy_storage_dtype(entry.dtype)
+        shape = entry.shape
+        rows = shape[0] if shape else 1
+        row_shape = shape[1:] if shape else ()
+        row_bytes = entry.itemsize * int(np.prod(row_shape, dtype=np.int64))
+        if rows * row_bytes != entry.size:
+            raise UserError(f"checkpoint index is corrupt: {name} has shape {list(shape)} ({entry.dtype}) but "
+                            f"{entry.size} bytes of data; the checkpoint needs to be re-downloaded")
+        rows_per_chunk = max(1, max_bytes // max(row_bytes, 1))
+        fd = self._fd(entry.shard)
+        crc = 0
+        for start in range(0, rows, rows_per_chunk) if rows else [0]:
+            count = min(rows_per_chunk, rows - start)
+            buffer = os.pread(fd, count * row_bytes, entry.offset + start * row_bytes)
+            if len(buffer) != count * row_bytes:
+                raise UserError(f"checkpoint data shard {self.data_path(entry.shard).name} is truncated "
+                                f"(reading {name}); re-download the checkpoint")
+            crc = google_crc32c.extend(crc, buffer)
+            chunk = np.frombuffer(buffer, dtype=dtype)
+            yield chunk.reshape((count, *row_shape)) if shape else chunk.reshape(())
+        if mask_crc(crc) != entry.crc32c:
+            raise UserError(f"checksum mismatch in {name} (crc32c {mask_crc(crc):#010x}, index says "
+                            f"{entry.crc32c:#010x}): the checkpoint data is corrupt; re-download it")
+
+    def _entry(self, name: str) -> TensorEntry:
+        try:
+            return self.entries[name]
+        except KeyError:
+            raise UserError(f"{name} is not in checkpoint {self.prefix}") from None
+
+
+def mask_crc(crc: int) -> int:
+    """LevelDB/TensorFlow store CRCs masked, so that a CRC of data containing CRCs stays well distributed."""
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+# -- the .index table -----------------------------------------------------------------------------------------
+
+
+def _read_index(path: Path) -> tuple[int, dict[str, TensorEntry]]:
+    data = path.read_bytes()
+    where = f"checkpoint index {path.name}"
+    if len(data) < FOOTER_SIZE or struct.unpack_from("<Q", data, len(data) - 8)[0] != TABLE_MAGIC:
+        raise UserError(f"{where} is corrupt or not a TF checkpoint index (bad footer); re-download the checkpoint")
+    try:
+        footer = memoryview(data)[len(data) - FOOTER_SIZE:]
+        (_meta_offset, _meta_size), pos = _read_handle(footer, 0)
+        (index_offset, index_size), _ = _read_handle(footer, pos)
+        header: dict[int, list] | None = None
+        entries: dict[str, TensorEntry] = {}
+        slice_keys: set[str] = set()
+        for _, handle in _block_entries(_read_block(data, index_offset, index_size, where)):
+            (offset, size), _ = _read_handle(handle, 0)
+            for key, value in _block_entries(_read_block(data, offset, size, where)):
+                if key == b"":
+                    header = _parse_proto(value)
+                elif key[:1] == b"\x00":
+                    slice_keys.add(bytes(key).hex())  # the data of one slice of a partitioned variable
+                else:
+                    name = bytes(key).decode("utf-8")
+                    entries[name] = _parse_entry(name, _parse_proto(value))
+    except (IndexError, struct.error, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{where} is corrupt ({exc}); re-download the checkpoint") from None
+    if header is None:
+        raise UserError(f"{where} has no bundle header; it is not a TF2-style (V2) checkpoint index")
+    num_shards = _scalar(header, 1, 1)
+    if _scalar(header, 2, 0) != 0:
+        raise UserError(f"{where} was written on a big-endian machine; convert it on that machine to little-endian")
+    return num_shards, entries
+
+
+def _read_handle(buf: memoryview | bytes, pos: int) -> tuple[tuple[int, int], int]:
+    offset, pos = _varint(buf, pos)
+    size, pos = _varint(buf, pos)
+    return (offset, size), pos
+
+
+def _read_block(data: bytes, offset: int, size: int, where: str) -> memoryview:
+    end = offset + size
+    if end + BLOCK_TRAILER_SIZE > len(data):
+        raise UserError(f"{where} is truncated; re-download the checkpoint")
+    compression = data[end]
+    stored_crc = struct.unpack_from("<I", data, end + 1)[0]
+    if mask_crc(google_crc32c.value(data[offset:end + 1])) != stored_crc:
+        raise UserError(f"{where} is corrupt (block checksum mismatch); re-download the checkpoint")
+    if compression != 0:
+        block = _snappy_decompress(data[offset:end]) if compression == 1 else None
+        if block is None:
+            raise UserError(f"{where} uses unknown block compression {compression}")
+        return memoryview(block)
+    return memoryview(data)[offset:end]
+
+
+def _block_entries(block: memoryview) -> Iterator[tuple[bytes, memoryview]]:
+    """Entries of one table block: prefix-compressed keys, then a restart array we do not need."""
+    num_restarts = struct.unpack_from("<I", block, len(block) - 4)[0]
+    limit = len(block) - 4 - 4 * num_restarts
+    pos, key = 0, b""
+    while pos < limit:
+        shared, pos = _varint(block, pos)
+        unshared, pos = _varint(block, pos)
+        value_size, pos = _varint(block, pos)
+        key = key[:shared] + bytes(block[pos:pos + unshared])
+        pos += unshared
+        yield key, block[pos:pos + value_size]
+        pos += value_size
+
+
+def _varint(buf: memoryview | bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _parse_proto(buf: memoryview | bytes) -> dict[int, list]:
+    """A minimal protobuf wire-format parser: field number -> list of raw values (ints or bytes)."""
+    fields: dict[int, list] = {}
+    pos = 0
+    while pos < len(buf):
+        tag, pos = _varint(buf, pos)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 1:
+            value, pos = struct.unpack_from("<Q", buf, pos)[0], pos + 8
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            value, pos = bytes(buf[pos:pos + size]), pos + size
+        elif wire == 5:
+            value, pos = struct.unpack_from("<I", buf, pos)[0], pos + 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        fields.setdefault(number, []).append(value)
+    return fields
+
+
+def _scalar(fields: dict[int, list], number: int, default: int) -> int:
+    return fields.get(number, [default])[-1]
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _parse_entry(name: str, fields: dict[int, list]) -> TensorEntry:
+    dtype_code = _scalar(fields, 1, 0)
+    if dtype_code not in TF_DTYPES:
+        raise ValueError(f"{name} has unsupported TensorFlow dtype code {dtype_code}")
+    shape: list[int] = []
+    for shape_bytes in fields.get(2, []):
+        for dim in _parse_proto(shape_bytes).get(2, []):
+            shape.append(_signed(_scalar(_parse_proto(dim), 1, 0)))
+    if any(d < 0 for d in shape):
+        raise ValueError(f"{name} has a negative dimension {shape}")
+    return TensorEntry(
+        name=name, dtype=TF_DTYPES[dtype_code], shape=tuple(shape), shard=_scalar(fields, 3, 0),
+        offset=_signed(_scalar(fields, 4, 0)), size=_signed(_scalar(fields, 5, 0)), crc32c=_scalar(fields, 6, 0),
+        partitioned=bool(fields.get(7)),
+    )
+
+
+def _snappy_decompress(data: bytes) -> bytes:
+    """Snappy raw format: TensorFlow's table writer may compress index blocks with it."""
+    length, pos = _varint(data, 0)
+    out = bytearray()
+    while pos < len(data):
+        tag = data[pos]
+        pos += 1
+        kind = tag & 3
+        if kind == 0:  # literal
+            size = tag >> 2
+            if size >= 60:
+                extra = size - 59
+                size = int.from_bytes(data[pos:pos + extra], "little")
+                pos += extra
+            size += 1
+            out += data[pos:pos + size]
+            pos += size
+            continue
+        if kind == 1:
+            size = ((tag >> 2) & 7) + 4
+            offset = ((tag >> 5) << 8) | data[pos]
+            pos += 1
+        elif kind == 2:
+            size = (tag >> 2) + 1
+            offset = int.from_bytes(data[pos:pos + 2], "little")
+            pos += 2
+        else:
+            size = (tag >> 2) + 1
+            offset = int.from_bytes(data[pos:pos + 4], "little")
+            pos += 4
+        if offset == 0 or offset > len(out):
+            raise ValueError("bad snappy back-reference")
+        for _ in range(size):  # overlapping copies are allowed, so copy byte by byte
+            out.append(out[-offset])
+    if len(out) != length:
+        raise ValueError("snappy length mismatch")
+    return bytes(out)

@@ -1,0 +1,296 @@
+"""Streaming writers: each receives one tensor at a time, in slices, and never holds the model.
+
+The conversion driver (`converters/convert.py`) reads every tensor once and hands each slice to every
+writer, so one pass can write several formats. A writer gets slices in the TF1 source layout, already cast
+to the target dtype; writers for PyTorch layouts transpose the (small, whole) kernels the table marks.
+Files are written into a directory the driver later renames into place, and contain nothing that varies
+between runs: the same input gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import struct
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from converters.errors import UserError
+from converters.mapping import TensorMapping
+
+TARGET_DTYPES = ("float32", "float16", "bfloat16")
+FLOAT_SOURCE_DTYPES = ("float32", "float16", "bfloat16", "float64")
+SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+TORCH_STORAGES = {"float32": "FloatStorage", "float16": "HalfStorage", "bfloat16": "BFloat16Storage"}
+ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+SAFETENSORS_METADATA = {"format": "pt"}
+
+
+# -- dtype casts, slice by slice ------------------------------------------------------------------------------
+
+
+def to_float32(chunk: np.ndarray, source_dtype: str) -> np.ndarray:
+    if source_dtype == "bfloat16":  # stored as uint16 bits: the high half of a float32
+        return (chunk.astype(np.uint32) << 16).view(np.float32)
+    return chunk.astype(np.float32, copy=False)
+
+
+def cast(chunk: np.ndarray, source_dtype: str, target_dtype: str) -> np.ndarray:
+    """Cast a slice to the target dtype; bfloat16 comes back as uint16 bits (round to nearest even)."""
+    if source_dtype == target_dtype:
+        return chunk
+    as_float32 = to_float32(chunk, source_dtype)
+    if target_dtype == "float32":
+        return as_float32
+    if target_dtype == "float16":
+        return as_float32.astype(np.float16)
+    bits = as_float32.view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(as_float32), np.uint16(0x7FC0), rounded)
+
+
+def target_nbytes(mapping: TensorMapping, dtype: str) -> int:
+    return ITEMSIZE[dtype] * int(np.prod(mapping.source_shape, dtype=np.int64))
+
+
+def torch_layout(mapping: TensorMapping, chunk: np.ndarray) -> np.ndarray:
+    """PyTorch Linear weights are [out, in]: transpose the whole kernel (the driver never slices these)."""
+    return np.ascontiguousarray(chunk.T) if mapping.transpose else np.ascontiguousarray(chunk)
+
+
+class Writer:
+    """Interface: `add(mapping, chunk)` for consecutive slices of `mappings` in order, then `close()`."""
+
+    def __init__(self, directory: Path, mappings: Sequence[TensorMapping], dtype: str):
+        self.directory = directory
+        self.mappings = list(mappings)
+        self.dtype = dtype
+
+    def add(self, mapping: TensorMapping, chunk: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def close(self) -> list[Path]:
+        """Finish the files and return them."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Release open files after a failure (the driver deletes the temporary directory)."""
+
+
+# -- safetensors ----------------------------------------------------------------------------------------------
+
+
+def parse_size(text: str) -> int:
+    """'5GB', '500MB', '10KiB' or a byte count."""
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    cleaned = text.strip().upper().replace(" ", "")
+    number = cleaned.rstrip("KMGTIB")
+    unit = cleaned[len(number):]
+    try:
+        value = int(float(number) * units[unit])
+    except (ValueError, KeyError):
+        raise UserError(f"cannot read size {text!r}; write it like 5GB, 500MB or 10000000") from None
+    if value <= 0:
+        raise UserError(f"size {text!r} must be positive")
+    return value
+
+
+class SafetensorsWriter(Writer):
+    """`model.safetensors`, or `model-0000K-of-0000N.safetensors` + `model.safetensors.index.json` when the
+    tensors exceed `max_shard_size` (a tensor larger than a shard gets a shard of its own)."""
+
+    def __init__(self, directory: Path, mappings: Sequence[TensorMapping], dtype: str, max_shard_size: int):
+        super().__init__(directory, mappings, dtype)
+        groups: list[list[TensorMapping]] = [[]]
+        size = 0
+        for mapping in self.mappings:
+            nbytes = target_nbytes(mapping, dtype)
+            if groups[-1] and size + nbytes > max_shard_size:
+                groups.append([])
+                size = 0
+            groups[-1].append(mapping)
+            size += nbytes
+        if len(groups) == 1:
+            names = ["model.safetensors"]
+        else:
+            names = [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+        self.shards = list(zip(names, groups, strict=True))
+        self.shard_of = {m.torch_name: i for i, (_, group) in enumerate(self.shards) for m in group}
+        self.handle = None
+        self.current = -1
+
+    def _open(self, index: int) -> None:
+        if self.handle is not None:
+            self.handle.close()
+        name, group = self.shards[index]
+        header: dict[str, object] = {"__metadata__": SAFETENSORS_METADATA}
+        offset = 0
+        for mapping in group:
+            nbytes = target_nbytes(mapping, self.dtype)
+            header[mapping.torch_name] = {"dtype": SAFETENSORS_DTYPES[self.dtype],
+                                          "shape": list(mapping.target_shape),
+                                          "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+        self.handle = open(self.directory / name, "wb")
+        self.handle.write(struct.pack("<Q", len(encoded)) + encoded)
+        self.current = index
+
+    def add(self, mapping: TensorMapping, chunk: np.ndarray) -> None:
+        shard = self.shard_of[mapping.torch_name]
+        if shard != self.current:
+            self._open(shard)
+        self.handle.write(memoryview(torch_layout(mapping, chunk)).cast("B"))
+
+    def close(self) -> list[Path]:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+        files = [self.directory / name for name, _ in self.shards]
+        if len(self.shards) > 1:
+            index = {
+                "metadata": {"total_size": sum(target_nbytes(m, self.dtype) for m in self.mappings)},
+                "weight_map": {m.torch_name: self.shards[self.shard_of[m.torch_name]][0]
+                               for m in sorted(self.mappings, key=lambda m: m.torch_name)},
+            }
+            path = self.directory / "model.safetensors.index.json"
+            path.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+            files.append(path)
+        return files
+
+    def abort(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+# -- pytorch_model.bin ----------------------------------------------------------------------------------------
+
+
+class _Global:
+    """A module-level name (`torch FloatStorage`, `torch._utils _rebuild_tensor_v2`) pickled by reference,
+    so that writing pytorch_model.bin does not need to import torch; torch.load resolves it."""
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def __call__(self, *args: object) -> None:  # pickle's save_reduce insists on a callable
+        raise TypeError("a pickling stand-in; torch.load resolves the real global")
+
+
+class _Storage:
+    def __init__(self, storage_class: str, key: str, numel: int):
+        self.storage_class, self.key, self.numel = storage_class, key, numel
+
+
+class _Tensor:
+    def __init__(self, storage: _Storage, shape: tuple[int, ...]):
+        self.storage, self.shape = storage, shape
+
+    def __reduce__(self):
+        strides = tuple(int(np.prod(self.shape[i + 1:], dtype=np.int64)) for i in range(len(self.shape)))
+        return (_Global("torch._utils", "_rebuild_tensor_v2"),
+                (self.storage, 0, self.shape, strides, False, _EmptyOrderedDict()))
+
+
+class _EmptyOrderedDict:
+    """`collections.OrderedDict()`: the (empty) backward-hooks argument of _rebuild_tensor_v2."""
+
+    def __reduce__(self):
+        return (_Global("collections", "OrderedDict"), ())
+
+
+class _TorchPickler(pickle._Pickler):  # the Python pickler: the C one cannot write a global by name
+    def persistent_id(self, obj: object):
+        if isinstance(obj, _Storage):  # torch.save's storage reference
+            return ("storage", _Global("torch", obj.storage_class), obj.key, "cpu", obj.numel)
+        return None
+
+    def save(self, obj: object, save_persistent_id: bool = True) -> None:
+        if isinstance(obj, _Global):
+            self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode("ascii"))
+            return
+        super().save(obj, save_persistent_id)
+
+
+def torch_data_pickle(entries: Sequence[tuple[str, str, tuple[int, ...]]]) -> bytes:
+    """The `data.pkl` torch.save writes for {name: tensor}, from (name, storage class, shape) entries;
+    storage keys are the entries' positions."""
+    state = {}
+    for key, (name, storage_class, shape) in enumerate(entries):
+        numel = int(np.prod(shape, dtype=np.int64))
+        state[name] = _Tensor(_Storage(storage_class, str(key), numel), tuple(int(d) for d in shape))
+    buffer = io.BytesIO()
+    _TorchPickler(buffer, protocol=2).dump(state)
+    return buffer.getvalue()
+
+
+ZIP_ALIGNMENT = 64  # torch aligns record data to 64 bytes (needed by torch.load(mmap=True))
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+class TorchBinWriter(Writer):
+    """`pytorch_model.bin` in torch.save's zip format, written record by record as tensors stream in."""
+
+    ARCHIVE = "pytorch_model"
+
+    def __init__(self, directory: Path, mappings: Sequence[TensorMapping], dtype: str, name: str = "pytorch_model.bin"):
+        super().__init__(directory, mappings, dtype)
+        self.path = directory / name
+        self.zip = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        self.key_of = {m.torch_name: i for i, m in enumerate(self.mappings)}
+        pickled = torch_data_pickle([(m.torch_name, TORCH_STORAGES[dtype], m.target_shape) for m in self.mappings])
+        self._record("data.pkl", pickled)
+        self._record(".format_version", b"1")
+        self._record(".storage_alignment", str(ZIP_ALIGNMENT).encode())
+        self._record("byteorder", b"little")
+        self.serialization_id = hashlib.sha256(pickled).hexdigest()[:40]
+        self.stream = None
+        self.current = None
+
+    def _info(self, record: str, size: int) -> zipfile.ZipInfo:
+        info = zipfile.ZipInfo(f"{self.ARCHIVE}/{record}", date_time=ZIP_DATE)
+        info.compress_type = zipfile.ZIP_STORED
+        info.file_size = size
+        # Pad the local header's extra field so the record's data starts on an aligned offset.
+        header_size = 30 + len(info.filename.encode()) + (20 if size > zipfile.ZIP64_LIMIT else 0)
+        start = self.zip.fp.tell() + header_size + 4
+        info.extra = struct.pack("<HH", 0x4246, -start % ZIP_ALIGNMENT) + b"Z" * (-start % ZIP_ALIGNMENT)
+        return info
+
+    def _record(self, record: str, data: bytes) -> None:
+        self.zip.writestr(self._info(record, len(data)), data)
+
+    def add(self, mapping: TensorMapping, chunk: np.ndarray) -> None:
+        if self.current != mapping.torch_name:
+            if self.stream is not None:
+                self.stream.close()
+            key = self.key_of[mapping.torch_name]
+            info = self._info(f"data/{key}", target_nbytes(mapping, self.dtype))
+            self.stream = self.zip.open(info, "w")
+            self.current = mapping.torch_name
+        self.stream.write(memoryview(torch_layout(mapping, chunk)).cast("B"))
+
+    def close(self) -> list[Path]:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+        self._record("version", b"3\n")
+        self._record(".data/serialization_id", self.serialization_id.encode())
+        self.zip.close()
+        return [self.path]
+
+    def abort(self) -> None:
+        try:
+            if self.stream is not None:
+                self.stream.close()
+            self.zip.close()
+        except Exception:  # the directory is deleted anyway; the original error matters
+            pass
