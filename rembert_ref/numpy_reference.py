@@ -1,0 +1,178 @@
+"""The ground truth: a numpy float64 forward pass of the ORIGINAL RemBERT TF1 graph, on the original variables.
+
+It follows Google's BERT `modeling.py` (`BertModel`, `embedding_postprocessor`, `transformer_model`,
+`attention_layer`) and `run_pretraining.py` (`get_masked_lm_output`, `get_next_sentence_output`) with
+RemBERT's changes: small input embeddings, projected up by `bert/encoder/embedding_hidden_mapping_in` before the
+first layer, and a decoupled output embedding [vocab, output_embedding_size] in the MLM head.
+
+It reads variables by their original names with TF1 conventions (dense kernels [in, out]) and shares nothing
+with the name-mapping table or the PyTorch / TF2 models, so it can judge them. Outputs use Hugging Face's
+conventions: `hidden_states[0]` is the embedding output AFTER `embedding_hidden_mapping_in`, then one entry per
+layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from converters.errors import UserError
+
+LAYER_NORM_EPS = 1e-12  # tf.contrib.layers.layer_norm
+MASK_ADDER = -10000.0  # modeling.py: adder = (1.0 - attention_mask) * -10000.0
+OUTPUT_EMBEDDING_SUFFIXES = ("output_embedding", "output_embeddings")
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])  # exact erf without scipy
+
+
+def gelu(x: np.ndarray, activation: str) -> np.ndarray:
+    if activation == "tanh":  # BERT's TF1 gelu: the tanh approximation (Hugging Face "gelu_new")
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    if activation == "exact":  # Hugging Face "gelu"
+        return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+    raise UserError(f"unknown activation {activation!r}; use 'tanh' (TF1 BERT's gelu) or 'exact' (erf)")
+
+
+def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    # Biased variance over the last axis, like tf.nn.moments inside tf.contrib.layers.layer_norm.
+    mean = x.mean(axis=-1, keepdims=True)
+    variance = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(variance + LAYER_NORM_EPS) * gamma + beta
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def find_output_embedding(names: list[str], output_embedding_name: str | None) -> str | None:
+    """The decoupled output embedding: the given name, else the unique `*/output_embedding(s)` variable."""
+    if output_embedding_name is not None:
+        if output_embedding_name not in names:
+            raise UserError(f"output embedding {output_embedding_name!r} is not in the checkpoint; "
+                            "pass the right name or leave it out to find it by its suffix")
+        return output_embedding_name
+    # Matching the last segment leaves out optimizer slots such as `.../output_embedding/adam_m`.
+    candidates = sorted(n for n in names if n.split("/")[-1] in OUTPUT_EMBEDDING_SUFFIXES)
+    if len(candidates) > 1:
+        raise UserError(f"several output embeddings ({', '.join(candidates)}); pass output_embedding_name")
+    return candidates[0] if candidates else None
+
+
+def original_forward(
+    variables: Mapping[str, np.ndarray],
+    original_config: dict,
+    input_ids: np.ndarray,
+    token_type_ids: np.ndarray | None = None,
+    attention_mask: np.ndarray | None = None,
+    *,
+    activation: str = "tanh",
+    output_embedding_name: str | None = None,
+) -> dict[str, Any]:
+    """Run the original graph in float64 (no dropout). Returns "embedding_output", "hidden_states"
+    (num_layers + 1), "attentions", "last_hidden_state", "pooler_output" (None without a pooler),
+    "mlm_logits" (None without an MLM head) and "nsp_logits" (None without the next-sentence head)."""
+    gelu(np.zeros(1), activation)  # refuse an unknown activation before any work
+
+    def var(name: str) -> np.ndarray:
+        if name not in variables:
+            raise UserError(f"variable {name} is missing from the checkpoint; is it an original RemBERT one?")
+        return np.asarray(variables[name]).astype(np.float64)
+
+    def dense(x: np.ndarray, scope: str) -> np.ndarray:
+        return x @ var(f"{scope}/kernel") + var(f"{scope}/bias")  # TF1 kernels are [in, out]
+
+    missing = [k for k in ("num_hidden_layers", "num_attention_heads") if k not in original_config]
+    if missing:
+        raise UserError(f"original config lacks {', '.join(missing)}; pass the checkpoint's bert_config.json")
+    num_layers = int(original_config["num_hidden_layers"])
+    num_heads = int(original_config["num_attention_heads"])
+    input_ids = np.asarray(input_ids)
+    if input_ids.ndim != 2 or not np.issubdtype(input_ids.dtype, np.integer):
+        raise UserError(f"input_ids must be a 2-D integer array [batch, seq], got {input_ids.dtype} "
+                        f"{input_ids.shape}")
+    B, T = input_ids.shape
+    token_type_ids = np.zeros_like(input_ids) if token_type_ids is None else np.asarray(token_type_ids)
+    attention_mask = np.ones((B, T)) if attention_mask is None else np.asarray(attention_mask)
+    if token_type_ids.shape != (B, T) or attention_mask.shape != (B, T):
+        raise UserError(f"token_type_ids {token_type_ids.shape} and attention_mask {attention_mask.shape} must "
+                        f"match input_ids {input_ids.shape}")
+
+    # Embeddings: word + token type + position, LayerNorm (dropout is off at inference).
+    word = var("bert/embeddings/word_embeddings")  # (V, E)
+    token_type = var("bert/embeddings/token_type_embeddings")  # (types, E)
+    position = var("bert/embeddings/position_embeddings")  # (P, E)
+    for ids, table, what in ((input_ids, word, "input_ids"), (token_type_ids, token_type, "token_type_ids")):
+        if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+            raise UserError(f"{what} must lie in [0, {table.shape[0]}); got values in [{ids.min()}, {ids.max()}]")
+    if position.shape[0] < T:
+        raise UserError(f"sequence length {T} exceeds max_position_embeddings {position.shape[0]}; shorten it")
+    x = word[input_ids] + token_type[token_type_ids] + position[:T][None]  # (B, T, E)
+    embedding_output = layer_norm(x, var("bert/embeddings/LayerNorm/gamma"), var("bert/embeddings/LayerNorm/beta"))
+
+    # RemBERT: project the small input embedding up to the hidden size before the first layer.
+    h = dense(embedding_output, "bert/encoder/embedding_hidden_mapping_in")  # (B, T, H)
+    H = h.shape[-1]
+    if H % num_heads:
+        raise UserError(f"hidden size {H} is not a multiple of num_attention_heads {num_heads}; fix the config")
+    D = H // num_heads  # head size
+
+    # (B, 1, 1, T): masked keys get -10000 added to every query's score, as in modeling.py.
+    adder = (1.0 - attention_mask.astype(np.float64))[:, None, None, :] * MASK_ADDER
+
+    def split_heads(t: np.ndarray) -> np.ndarray:
+        return t.reshape(B, T, num_heads, D).transpose(0, 2, 1, 3)  # (B, nh, T, D)
+
+    hidden_states, attentions = [h], []
+    for i in range(num_layers):
+        layer = f"bert/encoder/layer_{i}"
+        q = split_heads(dense(h, f"{layer}/attention/self/query"))  # (B, nh, T, D)
+        k = split_heads(dense(h, f"{layer}/attention/self/key"))
+        v = split_heads(dense(h, f"{layer}/attention/self/value"))
+        scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(D) + adder  # (B, nh, T, T)
+        probs = softmax(scores)
+        context = (probs @ v).transpose(0, 2, 1, 3).reshape(B, T, H)  # (B, T, H)
+        attention_output = layer_norm(
+            dense(context, f"{layer}/attention/output/dense") + h,
+            var(f"{layer}/attention/output/LayerNorm/gamma"), var(f"{layer}/attention/output/LayerNorm/beta"),
+        )
+        intermediate = gelu(dense(attention_output, f"{layer}/intermediate/dense"), activation)  # (B, T, I)
+        h = layer_norm(
+            dense(intermediate, f"{layer}/output/dense") + attention_output,
+            var(f"{layer}/output/LayerNorm/gamma"), var(f"{layer}/output/LayerNorm/beta"),
+        )
+        hidden_states.append(h)
+        attentions.append(probs)
+
+    pooler_output = None
+    if "bert/pooler/dense/kernel" in variables:
+        pooler_output = np.tanh(dense(h[:, 0], "bert/pooler/dense"))  # (B, H): the first token
+
+    mlm_logits = None
+    if "cls/predictions/transform/dense/kernel" in variables:
+        output_embedding = find_output_embedding(list(variables), output_embedding_name)
+        if output_embedding is None:
+            raise UserError("the checkpoint has an MLM head but no output embedding (*/output_embedding); "
+                            "pass output_embedding_name")
+        t = gelu(dense(h, "cls/predictions/transform/dense"), activation)  # (B, T, O)
+        t = layer_norm(t, var("cls/predictions/transform/LayerNorm/gamma"),
+                       var("cls/predictions/transform/LayerNorm/beta"))
+        mlm_logits = t @ var(output_embedding).T + var("cls/predictions/output_bias")  # (B, T, V)
+
+    nsp_logits = None
+    if "cls/seq_relationship/output_weights" in variables and pooler_output is not None:
+        weights = var("cls/seq_relationship/output_weights")  # (2, H)
+        nsp_logits = pooler_output @ weights.T + var("cls/seq_relationship/output_bias")  # (B, 2)
+
+    return {
+        "embedding_output": embedding_output,
+        "hidden_states": hidden_states,
+        "attentions": attentions,
+        "last_hidden_state": h,
+        "pooler_output": pooler_output,
+        "mlm_logits": mlm_logits,
+        "nsp_logits": nsp_logits,
+    }
