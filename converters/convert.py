@@ -112,8 +112,6 @@ def _writer_factories(formats: Sequence[str], options: ConvertOptions) -> list[C
             from converters.h5_writer import H5Writer  # h5py only when asked for
 
             factories.append(lambda d, m, t: H5Writer(d, m, t, mlm_head=options.mlm_head))
-        else:
-            raise UserError(f"unknown format {name!r}; use one of: {', '.join(FORMATS)}")
     return factories
 
 
@@ -129,6 +127,10 @@ def convert_checkpoint(
         raise UserError(f"unknown dtype {options.dtype!r}; use one of: {', '.join(TARGET_DTYPES)}")
     if options.activation is not None and options.activation not in ACTIVATION_TO_HF:
         raise UserError(f"unknown activation {options.activation!r}; use one of: {', '.join(ACTIVATION_TO_HF)}")
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise UserError(f"unknown or no format {unknown}; use some of: {', '.join(FORMATS)}")
+    formats = [name for name in FORMATS if name in formats]  # one order, whatever the caller's
     output_dir = Path(output_dir)
     check_output_dir(output_dir, options.force)
     factories = _writer_factories(formats, options)

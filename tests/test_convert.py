@@ -1,0 +1,247 @@
+"""Conversion to pytorch_model.bin and model.safetensors: contents, layouts, determinism, atomic failure."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from converters.convert import ConvertOptions, convert_checkpoint
+from converters.errors import UserError
+from converters.synthetic import write_synthetic_checkpoint
+from tests.conftest import TINY_ORIGINAL_CONFIG
+
+
+def _load_safetensors_dir(directory: Path) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        tensors.update(load_file(path))
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def converted(tiny_ckpt, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("converted") / "tiny"
+    convert_checkpoint(tiny_ckpt.prefix, out, ["pytorch", "safetensors"], ConvertOptions(quiet=True))
+    return out
+
+
+def test_every_original_weight_lands_under_its_hf_name(tiny_ckpt, converted):
+    state = torch.load(converted / "pytorch_model.bin", weights_only=True)
+    v = tiny_ckpt.variables
+    # Written independently of the mapping table: the HF names of a few representative weights.
+    expectations = {
+        "rembert.embeddings.word_embeddings.weight": v["bert/embeddings/word_embeddings"],
+        "rembert.embeddings.LayerNorm.weight": v["bert/embeddings/LayerNorm/gamma"],
+        "rembert.encoder.embedding_hidden_mapping_in.weight": v["bert/encoder/embedding_hidden_mapping_in/kernel"].T,
+        "rembert.encoder.layer.2.attention.self.value.weight": v["bert/encoder/layer_2/attention/self/value/kernel"].T,
+        "rembert.encoder.layer.0.output.LayerNorm.bias": v["bert/encoder/layer_0/output/LayerNorm/beta"],
+        "rembert.encoder.layer.1.intermediate.dense.weight": v["bert/encoder/layer_1/intermediate/dense/kernel"].T,
+        "rembert.pooler.dense.weight": v["bert/pooler/dense/kernel"].T,
+        "cls.predictions.dense.weight": v["cls/predictions/transform/dense/kernel"].T,
+        "cls.predictions.LayerNorm.weight": v["cls/predictions/transform/LayerNorm/gamma"],
+        "cls.predictions.decoder.weight": v["cls/predictions/output_embedding"],
+        "cls.predictions.decoder.bias": v["cls/predictions/output_bias"],
+    }
+    for name, value in expectations.items():
+        np.testing.assert_array_equal(state[name].numpy(), value, err_msg=name)
+    model_values = {n for n in v if not n.startswith("cls/seq_relationship")}
+    assert len(state) == len(model_values) == 63
+
+
+def test_pytorch_and_safetensors_hold_identical_tensors(converted):
+    state = torch.load(converted / "pytorch_model.bin", weights_only=True)
+    st = _load_safetensors_dir(converted)
+    assert sorted(state) == sorted(st)
+    for name in state:
+        assert state[name].dtype == st[name].dtype == torch.float32
+        assert torch.equal(state[name], st[name]), name
+    with safe_open(converted / "model.safetensors", "pt") as handle:
+        assert handle.metadata() == {"format": "pt"}
+    # torch.load(mmap=True) needs the 64-byte record alignment torch.save uses.
+    mapped = torch.load(converted / "pytorch_model.bin", weights_only=True, mmap=True)
+    assert torch.equal(mapped["cls.predictions.decoder.weight"], state["cls.predictions.decoder.weight"])
+
+
+def test_config_and_report(converted):
+    config = json.loads((converted / "config.json").read_text())
+    assert config["model_type"] == "rembert"
+    assert config["hidden_act"] == "gelu_new"
+    assert config["architectures"] == ["RemBertForMaskedLM"]
+    assert (config["input_embedding_size"], config["output_embedding_size"]) == (18, 43)
+    report = json.loads((converted / "conversion_report.json").read_text())
+    ignored = {row["source"] for row in report["ignored"]}
+    assert "global_step" in ignored
+    assert "bert/encoder/layer_0/attention/self/query/kernel/adam_m" in ignored
+    assert report["activation"]["hidden_act"] == "gelu_new"
+    assert set(report["files"]) == {"pytorch_model.bin", "model.safetensors"}
+
+
+def test_two_runs_give_identical_bytes(tiny_ckpt, converted, tmp_path):
+    again = tmp_path / "again"
+    convert_checkpoint(tiny_ckpt.prefix, again, ["safetensors", "pytorch"], ConvertOptions(quiet=True))
+    for name in ("pytorch_model.bin", "model.safetensors", "config.json", "conversion_report.json"):
+        assert (again / name).read_bytes() == (converted / name).read_bytes(), name
+
+
+def test_sharded_safetensors_index(tiny_ckpt, converted, tmp_path):
+    out = tmp_path / "sharded"
+    convert_checkpoint(tiny_ckpt.prefix, out, ["safetensors"], ConvertOptions(quiet=True, max_shard_size="10KB"))
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert len(shards) > 2
+    assert sorted(set(index["weight_map"].values())) == [p.name for p in shards]
+    total = 0
+    for shard in shards:
+        with safe_open(shard, "pt") as handle:
+            keys = set(handle.keys())
+            assert handle.metadata() == {"format": "pt"}
+            assert keys == {k for k, v in index["weight_map"].items() if v == shard.name}
+            total += sum(handle.get_tensor(k).numel() * 4 for k in keys)
+            if len(keys) > 1:  # only a single tensor may exceed the shard size
+                assert shard.stat().st_size < 10_000 + 2_000
+    assert index["metadata"]["total_size"] == total
+    single = _load_safetensors_dir(converted)
+    for name, tensor in _load_safetensors_dir(out).items():
+        assert torch.equal(tensor, single[name])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cast_dtypes_equal_torch_casts(tiny_ckpt, converted, tmp_path, dtype):
+    out = tmp_path / dtype
+    convert_checkpoint(tiny_ckpt.prefix, out, ["pytorch", "safetensors"], ConvertOptions(quiet=True, dtype=dtype))
+    reference = torch.load(converted / "pytorch_model.bin", weights_only=True)
+    for state in (torch.load(out / "pytorch_model.bin", weights_only=True), _load_safetensors_dir(out)):
+        for name, tensor in state.items():
+            assert tensor.dtype == getattr(torch, dtype)
+            assert torch.equal(tensor, reference[name].to(tensor.dtype)), name
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == dtype
+
+
+def test_no_mlm_head_writes_the_bare_model_layout(tiny_ckpt, tmp_path):
+    out = tmp_path / "bare"
+    result = convert_checkpoint(tiny_ckpt.prefix, out, ["safetensors"], ConvertOptions(quiet=True, mlm_head=False))
+    names = set(_load_safetensors_dir(out))
+    assert "embeddings.word_embeddings.weight" in names and "pooler.dense.weight" in names
+    assert not any(n.startswith(("rembert.", "cls.")) for n in names)
+    dropped = {r.variable for r in result.plan.ignored if r.detail.startswith("mlm-head")}
+    assert "cls/predictions/output_embedding" in dropped and len(dropped) == 6
+
+
+def test_fp16_and_bf16_sources(tmp_path, tiny_ckpt):
+    for dtype in ("float16", "bfloat16"):
+        prefix = write_synthetic_checkpoint(tmp_path / dtype, TINY_ORIGINAL_CONFIG, seed=0, dtype=dtype,
+                                            optimizer_slots=False)
+        out = tmp_path / f"out-{dtype}"
+        convert_checkpoint(prefix, out, ["safetensors"], ConvertOptions(quiet=True))
+        state = _load_safetensors_dir(out)
+        expected = torch.from_numpy(tiny_ckpt.variables["bert/embeddings/word_embeddings"])
+        torch.testing.assert_close(state["rembert.embeddings.word_embeddings.weight"],
+                                   expected.to(getattr(torch, dtype)).float(), rtol=0, atol=0)
+
+
+def test_output_embedding_name_variants(tmp_path):
+    prefix = write_synthetic_checkpoint(tmp_path / "ck", TINY_ORIGINAL_CONFIG, seed=1, optimizer_slots=False,
+                                        output_embedding_name="bert/embeddings/output_embeddings")
+    result = convert_checkpoint(prefix, tmp_path / "out", ["safetensors"], ConvertOptions(quiet=True))
+    assert result.plan.output_embedding == "bert/embeddings/output_embeddings"
+
+
+# -- bad input: one-line errors, no partial output ---------------------------------------------------------
+
+
+def _assert_nothing_written(out: Path) -> None:
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+
+
+def _checkpoint_with(tmp_path: Path, config: dict | None = None, **kwargs) -> Path:
+    prefix = write_synthetic_checkpoint(tmp_path / "ck", TINY_ORIGINAL_CONFIG, seed=2, optimizer_slots=False,
+                                        **kwargs)
+    if config is not None:
+        (tmp_path / "ck" / "bert_config.json").write_text(json.dumps(config))
+    return prefix
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("unknown", r"bert/encoder/layer_0/adapter/kernel matches no mapping or ignore rule"),
+        ("layer_more", r"bert/encoder/layer_3/.* is missing from the checkpoint"),
+        ("layer_less", r"bert/encoder/layer_2/.* belongs to layer 2 but the config has num_hidden_layers = 2"),
+        ("hidden", r"has shape \[18, 32\] but the config implies \[18, 36\]"),
+        ("missing", r"cls/predictions/output_bias is missing from the checkpoint"),
+    ],
+)
+def test_mismatches_fail_naming_the_variable(tmp_path, case, message):
+    config = dict(TINY_ORIGINAL_CONFIG)
+    kwargs: dict = {}
+    if case == "unknown":
+        kwargs["extra_variables"] = {"bert/encoder/layer_0/adapter/kernel": np.zeros((32, 5), np.float32)}
+    elif case == "layer_more":
+        config["num_hidden_layers"] = 4
+    elif case == "layer_less":
+        config["num_hidden_layers"] = 2
+    elif case == "hidden":
+        config["hidden_size"] = 36
+    prefix = _checkpoint_with(tmp_path, config, **kwargs)
+    if case == "missing":
+        _drop_variable(prefix, "cls/predictions/output_bias")
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=message) as info:
+        convert_checkpoint(prefix, out, ["pytorch", "safetensors"], ConvertOptions(quiet=True))
+    assert "\n" not in str(info.value)
+    _assert_nothing_written(out)
+
+
+def _drop_variable(prefix: Path, name: str) -> None:
+    """Rewrite the checkpoint without one variable, with TensorFlow."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(prefix))
+    names = sorted(n for n in reader.get_variable_to_shape_map() if n != name)
+    tensors = [tf.constant(reader.get_tensor(n)) for n in names]
+    for path in prefix.parent.glob(f"{prefix.name}.*"):
+        path.unlink()
+    tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
+
+
+def test_pooler_absent_by_design(tmp_path):
+    prefix = _checkpoint_with(tmp_path, with_pooler=False)
+    result = convert_checkpoint(prefix, tmp_path / "out", ["safetensors"], ConvertOptions(quiet=True))
+    assert sorted(r.detail.split(":")[0] for r in result.plan.absent_by_design) == [
+        "rembert.pooler.dense.bias", "rembert.pooler.dense.weight"]
+
+
+def test_crc_failure_leaves_no_partial_output(tiny_ckpt, tmp_path):
+    copy = tmp_path / "ck"
+    shutil.copytree(tiny_ckpt.directory, copy)
+    from converters.tf1_checkpoint import CheckpointReader
+
+    entry = CheckpointReader(copy).entries["cls/predictions/output_embedding"]
+    data = copy / f"{tiny_ckpt.prefix.name}.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    raw[entry.offset + entry.size - 1] ^= 0x40
+    data.write_bytes(bytes(raw))
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="checksum mismatch in cls/predictions/output_embedding"):
+        convert_checkpoint(copy, out, ["pytorch", "safetensors"], ConvertOptions(quiet=True))
+    _assert_nothing_written(out)
+
+
+def test_existing_output_needs_force(tiny_ckpt, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty; pass --force"):
+        convert_checkpoint(tiny_ckpt.prefix, out, ["safetensors"], ConvertOptions(quiet=True))
+    assert (out / "keep.txt").read_text() == "mine"
+    convert_checkpoint(tiny_ckpt.prefix, out, ["safetensors"], ConvertOptions(quiet=True, force=True))
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
