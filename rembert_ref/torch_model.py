@@ -893,6 +893,8 @@ def _from_pretrained(
     strict_backbone: bool,
 ) -> RemBertPreTrainedModel:
     directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise UserError(f"model directory {directory} does not exist; convert a checkpoint into it first")
     if config is None:
         config_path = os.path.join(directory, "config.json")
         if not os.path.isfile(config_path):
@@ -928,7 +930,7 @@ def _from_pretrained(
             "use the config.json the weights were written with"
         )
     absent = [k for k in params if k not in loaded]
-    missing = [k for k in absent if _is_pretrained(_canonical(k))]
+    missing = sorted(k for k in absent if _is_pretrained(_canonical(k)))
     if missing and strict_backbone:
         raise UserError(
             f"{weights_file} in {directory} lacks {len(missing)} weight(s) {cls.__name__} needs: "
