@@ -307,6 +307,9 @@ def torch_to_tf_name(torch_name: str, config: RemBertConfig) -> tuple[str, bool]
     name = torch_name.removeprefix("rembert.")
     if name in table:
         return table[name]
+    if ".crossattention." in name:  # a decoder's cross-attention has the self-attention block's names
+        found = table.get(name.replace(".crossattention.", ".attention."))
+        return (found[0].replace("/attention/", "/crossattention/"), found[1]) if found else None
     head, _, kind = torch_name.rpartition(".")
     if head in TASK_HEAD_LINEARS and kind in ("weight", "bias"):
         return (f"{head}/kernel:0", True) if kind == "weight" else (f"{head}/bias:0", False)
@@ -315,6 +318,9 @@ def torch_to_tf_name(torch_name: str, config: RemBertConfig) -> tuple[str, bool]
 
 def tf_to_torch_name(tf_name: str, config: RemBertConfig, mlm_head: bool) -> tuple[str, bool] | None:
     """The inverse of `torch_to_tf_name`, in the file layout `torch_prefix` gives."""
+    if "/crossattention/" in tf_name:
+        found = tf_to_torch_name(tf_name.replace("/crossattention/", "/attention/"), config, mlm_head)
+        return (found[0].replace(".attention.", ".crossattention."), found[1]) if found else None
     for rule in RULES:
         for _, torch, tf in expand(rule, config):
             if tf == tf_name:

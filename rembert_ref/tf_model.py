@@ -25,9 +25,11 @@ import dataclasses
 import hashlib
 import math
 import os
+import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -36,56 +38,88 @@ from converters.errors import UserError
 from rembert_ref.config import RemBertConfig
 
 TF_WEIGHTS_NAME = "tf_model.h5"
-SAFE_WEIGHTS_NAME = "model.safetensors"
-TORCH_WEIGHTS_NAME = "pytorch_model.bin"
 CONFIG_NAME = "config.json"
 
 PastKeyValues = tuple[tuple[tf.Tensor, tf.Tensor], ...]  # per layer: (key, value), each (B, nh, S, hs)
 
 
-# -- outputs: the fields of the PyTorch outputs; NamedTuples so they pass through tf.function ----------------
+# -- outputs: PyTorch's dataclasses, field for field; registered with tf.nest so they pass through tf.function
 
 
-class BaseModelOutput(NamedTuple):
-    last_hidden_state: tf.Tensor  # (B, T, H)
+@dataclass
+class ModelOutput:
+    """`out.logits`, `out["logits"]`, and `out[0]` / `to_tuple()` skipping None fields, as in PyTorch."""
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(v for v in (getattr(self, f.name) for f in dataclasses.fields(self)) if v is not None)
+
+    def __getitem__(self, key: int | slice | str) -> Any:
+        return getattr(self, key) if isinstance(key, str) else self.to_tuple()[key]
+
+    def __iter__(self):
+        return iter(self.to_tuple())
+
+    def __len__(self) -> int:
+        return len(self.to_tuple())
+
+    # TensorFlow's nest protocol: all fields (None included) are the components, the class is the metadata.
+    def __tf_flatten__(self):
+        return type(self), tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+    @classmethod
+    def __tf_unflatten__(cls, metadata, components):
+        return metadata(*components)
+
+
+@dataclass
+class BaseModelOutput(ModelOutput):
+    last_hidden_state: tf.Tensor | None = None  # (B, T, H)
     pooler_output: tf.Tensor | None = None  # (B, H)
+    hidden_states: tuple[tf.Tensor, ...] | None = None  # num_layers + 1 of (B, T, H)
     past_key_values: PastKeyValues | None = None
-    hidden_states: tuple[tf.Tensor, ...] | None = None  # num_layers + 1 tensors (B, T, H)
-    attentions: tuple[tf.Tensor, ...] | None = None  # num_layers tensors (B, nh, T, S)
+    attentions: tuple[tf.Tensor, ...] | None = None  # num_layers of (B, nh, T, S)
+    cross_attentions: tuple[tf.Tensor, ...] | None = None
 
 
-class MaskedLMOutput(NamedTuple):
+@dataclass
+class MaskedLMOutput(ModelOutput):
     loss: tf.Tensor | None = None  # scalar
     logits: tf.Tensor | None = None  # (B, T, V)
     hidden_states: tuple[tf.Tensor, ...] | None = None
     attentions: tuple[tf.Tensor, ...] | None = None
 
 
-class CausalLMOutput(NamedTuple):
+@dataclass
+class CausalLMOutput(ModelOutput):
     loss: tf.Tensor | None = None
     logits: tf.Tensor | None = None  # (B, T, V)
     past_key_values: PastKeyValues | None = None
     hidden_states: tuple[tf.Tensor, ...] | None = None
     attentions: tuple[tf.Tensor, ...] | None = None
+    cross_attentions: tuple[tf.Tensor, ...] | None = None
 
 
-class SequenceClassifierOutput(NamedTuple):
+@dataclass
+class ClassifierOutput(ModelOutput):
+    """Sequence (B, num_labels), multiple choice (B, C) and token (B, T, num_labels) logits."""
+
     loss: tf.Tensor | None = None
-    logits: tf.Tensor | None = None  # (B, num_labels), (B, C) for multiple choice, (B, T, num_labels) for tokens
+    logits: tf.Tensor | None = None
     hidden_states: tuple[tf.Tensor, ...] | None = None
     attentions: tuple[tf.Tensor, ...] | None = None
 
 
-MultipleChoiceModelOutput = SequenceClassifierOutput
-TokenClassifierOutput = SequenceClassifierOutput
-
-
-class QuestionAnsweringModelOutput(NamedTuple):
+@dataclass
+class QuestionAnsweringOutput(ModelOutput):
     loss: tf.Tensor | None = None
     start_logits: tf.Tensor | None = None  # (B, T)
     end_logits: tf.Tensor | None = None  # (B, T)
     hidden_states: tuple[tf.Tensor, ...] | None = None
     attentions: tuple[tf.Tensor, ...] | None = None
+
+
+def _finish(out: ModelOutput, return_dict: bool | None) -> ModelOutput | tuple:
+    return out if return_dict is not False else out.to_tuple()
 
 
 # -- building blocks -----------------------------------------------------------------------------------------
@@ -164,15 +198,16 @@ def dropout(x: tf.Tensor, rate: float, training: bool) -> tf.Tensor:
 
 
 class TFRemBertEmbeddings(tf.Module):
+    """word + position + token type embeddings in the small input size, then LayerNorm."""
+
     def __init__(self, w: Weights, scope: str):
         super().__init__()
         c = w.config
-        self.word_embeddings = w.normal(f"{scope}/word_embeddings/weight", [c.vocab_size, c.input_embedding_size])
-        self.position_embeddings = w.normal(f"{scope}/position_embeddings/embeddings",
-                                            [c.max_position_embeddings, c.input_embedding_size])
-        self.token_type_embeddings = w.normal(f"{scope}/token_type_embeddings/embeddings",
-                                              [c.type_vocab_size, c.input_embedding_size])
-        self.LayerNorm = LayerNorm(w, f"{scope}/LayerNorm", c.input_embedding_size)
+        E = c.input_embedding_size
+        self.word_embeddings = w.normal(f"{scope}/word_embeddings/weight", [c.vocab_size, E])
+        self.position_embeddings = w.normal(f"{scope}/position_embeddings/embeddings", [c.max_position_embeddings, E])
+        self.token_type_embeddings = w.normal(f"{scope}/token_type_embeddings/embeddings", [c.type_vocab_size, E])
+        self.LayerNorm = LayerNorm(w, f"{scope}/LayerNorm", E)
         self.dropout_rate = c.hidden_dropout_prob
         self.vocab_size = c.vocab_size
 
@@ -182,16 +217,18 @@ class TFRemBertEmbeddings(tf.Module):
             tf.debugging.assert_less(input_ids, tf.cast(self.vocab_size, input_ids.dtype),
                                      message="input_ids must be < vocab_size")
             inputs_embeds = tf.gather(self.word_embeddings, input_ids)  # (B, T, E)
-        x = inputs_embeds + tf.gather(self.position_embeddings, position_ids) \
-            + tf.gather(self.token_type_embeddings, token_type_ids)  # (B, T, E)
+        x = inputs_embeds + tf.gather(self.token_type_embeddings, token_type_ids) \
+            + tf.gather(self.position_embeddings, position_ids)  # (B, T, E)
         return dropout(self.LayerNorm(x), self.dropout_rate, training)
 
 
 class TFRemBertSelfAttention(tf.Module):
+    """Multi-head attention. Self-attention by default; cross-attention when given `kv_states`."""
+
     def __init__(self, w: Weights, scope: str):
         super().__init__()
         c = w.config
-        self.num_attention_heads, self.attention_head_size = c.num_attention_heads, c.head_size
+        self.n_head, self.head_size = c.num_attention_heads, c.head_size
         self.query = Dense(w, f"{scope}/query", c.hidden_size, c.hidden_size)
         self.key = Dense(w, f"{scope}/key", c.hidden_size, c.hidden_size)
         self.value = Dense(w, f"{scope}/value", c.hidden_size, c.hidden_size)
@@ -199,28 +236,35 @@ class TFRemBertSelfAttention(tf.Module):
 
     def split_heads(self, x: tf.Tensor) -> tf.Tensor:
         B, T = tf.shape(x)[0], tf.shape(x)[1]
-        x = tf.reshape(x, [B, T, self.num_attention_heads, self.attention_head_size])  # (B, T, nh, hs)
+        x = tf.reshape(x, [B, T, self.n_head, self.head_size])  # (B, T, nh, hs)
         return tf.transpose(x, [0, 2, 1, 3])  # (B, nh, T, hs)
 
-    def __call__(self, hidden_states, attention_mask, head_mask, past_key_value, training: bool):
-        q = self.split_heads(self.query(hidden_states))  # (B, nh, T, hs)
-        k = self.split_heads(self.key(hidden_states))
-        v = self.split_heads(self.value(hidden_states))
-        if past_key_value is not None:
-            k = tf.concat([past_key_value[0], k], axis=2)  # (B, nh, S, hs)
-            v = tf.concat([past_key_value[1], v], axis=2)
-        scores = tf.matmul(q, k, transpose_b=True) / math.sqrt(self.attention_head_size)  # (B, nh, T, S)
-        scores = scores + attention_mask  # 0 where attending, dtype min where masked
-        probs = dropout(tf.nn.softmax(scores, axis=-1), self.dropout_rate, training)
+    def __call__(self, x, mask, head_mask=None, kv_states=None, past_kv=None, training: bool = False):
+        q = self.split_heads(self.query(x))  # (B, nh, T, hs)
+        if kv_states is not None and past_kv is not None:
+            k, v = past_kv  # the encoder's keys and values do not change from one decoding step to the next
+        else:
+            source = x if kv_states is None else kv_states
+            k = self.split_heads(self.key(source))  # (B, nh, S, hs)
+            v = self.split_heads(self.value(source))
+            if past_kv is not None:  # self-attention with a cache: the new positions follow the cached ones
+                k = tf.concat([past_kv[0], k], axis=2)
+                v = tf.concat([past_kv[1], v], axis=2)
+        att = tf.matmul(q, k, transpose_b=True) / math.sqrt(self.head_size)  # (B, nh, T, S)
+        if mask is not None:
+            att = att + mask  # 0 to attend, the dtype's minimum to ignore
+        att = dropout(tf.nn.softmax(att, axis=-1), self.dropout_rate, training)
         if head_mask is not None:
-            probs = probs * head_mask
-        context = tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3])  # (B, T, nh, hs)
-        B, T = tf.shape(context)[0], tf.shape(context)[1]
-        context = tf.reshape(context, [B, T, self.num_attention_heads * self.attention_head_size])  # (B, T, H)
-        return context, probs, (k, v)
+            att = att * head_mask
+        y = tf.transpose(tf.matmul(att, v), [0, 2, 1, 3])  # (B, T, nh, hs)
+        B, T = tf.shape(y)[0], tf.shape(y)[1]
+        y = tf.reshape(y, [B, T, self.n_head * self.head_size])  # (B, T, H)
+        return y, att, (k, v)
 
 
 class TFRemBertSelfOutput(tf.Module):
+    """Attention output projection, dropout, residual, LayerNorm (post-LN, like BERT)."""
+
     def __init__(self, w: Weights, scope: str):
         super().__init__()
         c = w.config
@@ -228,8 +272,8 @@ class TFRemBertSelfOutput(tf.Module):
         self.LayerNorm = LayerNorm(w, f"{scope}/LayerNorm", c.hidden_size)
         self.dropout_rate = c.hidden_dropout_prob
 
-    def __call__(self, hidden_states, input_tensor, training: bool) -> tf.Tensor:
-        return self.LayerNorm(dropout(self.dense(hidden_states), self.dropout_rate, training) + input_tensor)
+    def __call__(self, y: tf.Tensor, residual: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return self.LayerNorm(dropout(self.dense(y), self.dropout_rate, training) + residual)  # (B, T, H)
 
 
 class TFRemBertAttention(tf.Module):
@@ -238,19 +282,19 @@ class TFRemBertAttention(tf.Module):
         self.self = TFRemBertSelfAttention(w, f"{scope}/self")
         self.output = TFRemBertSelfOutput(w, f"{scope}/output")
 
-    def __call__(self, hidden_states, attention_mask, head_mask, past_key_value, training: bool):
-        context, probs, present = self.self(hidden_states, attention_mask, head_mask, past_key_value, training)
-        return self.output(context, hidden_states, training), probs, present
+    def __call__(self, x, mask, head_mask=None, kv_states=None, past_kv=None, training: bool = False):
+        y, att, kv = self.self(x, mask, head_mask, kv_states, past_kv, training)
+        return self.output(y, x, training), att, kv
 
 
 class TFRemBertIntermediate(tf.Module):
     def __init__(self, w: Weights, scope: str):
         super().__init__()
         self.dense = Dense(w, f"{scope}/dense", w.config.hidden_size, w.config.intermediate_size)
-        self.intermediate_act_fn = activation(w.config.hidden_act)
+        self.act = activation(w.config.hidden_act)
 
-    def __call__(self, hidden_states: tf.Tensor) -> tf.Tensor:
-        return self.intermediate_act_fn(self.dense(hidden_states))  # (B, T, I)
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        return self.act(self.dense(x))  # (B, T, I)
 
 
 class TFRemBertOutput(tf.Module):
@@ -261,22 +305,37 @@ class TFRemBertOutput(tf.Module):
         self.LayerNorm = LayerNorm(w, f"{scope}/LayerNorm", c.hidden_size)
         self.dropout_rate = c.hidden_dropout_prob
 
-    def __call__(self, hidden_states, input_tensor, training: bool) -> tf.Tensor:
-        return self.LayerNorm(dropout(self.dense(hidden_states), self.dropout_rate, training) + input_tensor)
+    def __call__(self, h: tf.Tensor, residual: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return self.LayerNorm(dropout(self.dense(h), self.dropout_rate, training) + residual)  # (B, T, H)
 
 
 class TFRemBertLayer(tf.Module):
+    """Self-attention, then (decoders with add_cross_attention) cross-attention, then the feed-forward."""
+
     def __init__(self, w: Weights, scope: str):
         super().__init__()
         self.attention = TFRemBertAttention(w, f"{scope}/attention")
+        if w.config.add_cross_attention:
+            self.crossattention = TFRemBertAttention(w, f"{scope}/crossattention")
         self.intermediate = TFRemBertIntermediate(w, f"{scope}/intermediate")
         self.output = TFRemBertOutput(w, f"{scope}/output")
 
-    def __call__(self, hidden_states, attention_mask, head_mask, past_key_value, training: bool):
-        attention_output, probs, present = self.attention(hidden_states, attention_mask, head_mask,
-                                                          past_key_value, training)
-        layer_output = self.output(self.intermediate(attention_output), attention_output, training)
-        return layer_output, probs, present
+    def __call__(self, x, mask, head_mask=None, encoder_hidden_states=None, encoder_mask=None, past=None,
+                 training: bool = False):
+        # past: (k, v), or (k, v, cross_k, cross_v) for decoders with cross-attention
+        x, att, present = self.attention(x, mask, head_mask, past_kv=past[:2] if past is not None else None,
+                                         training=training)
+        cross_att = None
+        if encoder_hidden_states is not None:
+            if not hasattr(self, "crossattention"):
+                raise UserError("encoder_hidden_states were given but the model has no cross-attention; "
+                                "build it with is_decoder=True and add_cross_attention=True")
+            cross_past = past[2:4] if past is not None and len(past) == 4 else None
+            x, cross_att, cross_present = self.crossattention(x, encoder_mask, head_mask, encoder_hidden_states,
+                                                              cross_past, training)
+            present = present + cross_present
+        x = self.output(self.intermediate(x), x, training)  # (B, T, H)
+        return x, att, cross_att, present
 
 
 class TFRemBertEncoder(tf.Module):
@@ -287,96 +346,16 @@ class TFRemBertEncoder(tf.Module):
                                                  c.input_embedding_size, c.hidden_size)
         self.layer = [TFRemBertLayer(w, f"{scope}/layer_._{i}") for i in range(c.num_hidden_layers)]
 
-    def __call__(self, hidden_states, attention_mask, head_mask, past_key_values, use_cache: bool,
-                 output_attentions: bool, output_hidden_states: bool, training: bool):
-        # hidden_states[0] is the embedding output AFTER the mapping up to hidden_size, as in Hugging Face.
-        hidden_states = self.embedding_hidden_mapping_in(hidden_states)  # (B, T, E) -> (B, T, H)
-        all_hidden_states, all_attentions, presents = [], [], []
-        for i, layer in enumerate(self.layer):
-            all_hidden_states.append(hidden_states)
-            past = past_key_values[i] if past_key_values is not None else None
-            hidden_states, probs, present = layer(hidden_states, attention_mask, head_mask[i], past, training)
-            all_attentions.append(probs)
-            presents.append(present)
-        all_hidden_states.append(hidden_states)
-        return (hidden_states,
-                tuple(presents) if use_cache else None,
-                tuple(all_hidden_states) if output_hidden_states else None,
-                tuple(all_attentions) if output_attentions else None)
-
 
 class TFRemBertPooler(tf.Module):
+    """tanh(dense(hidden state of the first token))."""
+
     def __init__(self, w: Weights, scope: str):
         super().__init__()
         self.dense = Dense(w, f"{scope}/dense", w.config.hidden_size, w.config.hidden_size)
 
-    def __call__(self, hidden_states: tf.Tensor) -> tf.Tensor:
-        return tf.tanh(self.dense(hidden_states[:, 0]))  # the first token: (B, H)
-
-
-class TFRemBertMainLayer(tf.Module):
-    """The encoder stack: what PyTorch calls RemBertModel, and Hugging Face TF `TFRemBertMainLayer`."""
-
-    def __init__(self, w: Weights, scope: str, add_pooling_layer: bool = True):
-        super().__init__()
-        self.config = w.config
-        self.embeddings = TFRemBertEmbeddings(w, f"{scope}/embeddings")
-        self.encoder = TFRemBertEncoder(w, f"{scope}/encoder")
-        self.pooler = TFRemBertPooler(w, f"{scope}/pooler") if add_pooling_layer else None
-
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 head_mask=None, inputs_embeds=None, past_key_values=None, use_cache: bool | None = None,
-                 output_attentions: bool = False, output_hidden_states: bool = False,
-                 training: bool = False) -> BaseModelOutput:
-        c = self.config
-        use_cache = (c.use_cache if use_cache is None else use_cache) if c.is_decoder else False
-        if (input_ids is None) == (inputs_embeds is None):
-            raise UserError("pass exactly one of input_ids and inputs_embeds")
-        if input_ids is not None:
-            input_ids = tf.convert_to_tensor(input_ids)
-            B, T = tf.shape(input_ids)[0], tf.shape(input_ids)[1]
-        else:
-            inputs_embeds = tf.convert_to_tensor(inputs_embeds)
-            B, T = tf.shape(inputs_embeds)[0], tf.shape(inputs_embeds)[1]
-        past_length = tf.shape(past_key_values[0][0])[2] if past_key_values is not None else 0
-        S = past_length + T
-
-        if attention_mask is None:
-            attention_mask = tf.ones([B, S])
-        if token_type_ids is None:
-            token_type_ids = tf.zeros([B, T], tf.int32)
-        if position_ids is None:
-            position_ids = tf.range(past_length, S)[None, :]  # (1, T), continues after the cache
-
-        embedding_output = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, training)
-        dtype = embedding_output.dtype
-        mask = tf.cast(attention_mask, dtype)[:, None, None, :]  # (B, 1, 1, S)
-        if c.is_decoder:
-            # query i sits at absolute position past_length + i and sees keys 0 .. past_length + i
-            causal = tf.range(S)[None, :] <= tf.range(past_length, S)[:, None]  # (T, S)
-            mask = mask * tf.cast(causal, dtype)[None, None]  # (B, 1, T, S)
-        # Added to the scores before the softmax; the dtype's minimum, as in the PyTorch models.
-        extended_mask = (1.0 - mask) * dtype.min
-        head_mask = self.get_head_mask(head_mask, dtype)
-
-        sequence_output, presents, hidden_states, attentions = self.encoder(
-            embedding_output, extended_mask, head_mask, past_key_values, use_cache, output_attentions,
-            output_hidden_states, training)
-        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
-        return BaseModelOutput(sequence_output, pooled_output, presents, hidden_states, attentions)
-
-    def get_head_mask(self, head_mask, dtype: tf.DType) -> list:
-        """[nh] or [num_layers, nh] of 1 (keep) / 0 (drop) -> one (1, nh, 1, 1) multiplier per layer."""
-        layers = self.config.num_hidden_layers
-        if head_mask is None:
-            return [None] * layers
-        head_mask = tf.cast(head_mask, dtype)
-        if head_mask.shape.rank == 1:
-            head_mask = tf.tile(head_mask[None], [layers, 1])
-        return [head_mask[i][None, :, None, None] for i in range(layers)]
-
-
-# -- heads ---------------------------------------------------------------------------------------------------
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.tanh(self.dense(x[:, 0]))  # (B, H)
 
 
 class OutputEmbedding(tf.Module):
@@ -392,16 +371,18 @@ class OutputEmbedding(tf.Module):
 
 
 class TFRemBertLMPredictionHead(tf.Module):
+    """RemBERT's decoupled output embedding: hidden -> output_embedding_size -> vocab, not tied to the input."""
+
     def __init__(self, w: Weights, scope: str):
         super().__init__()
         c = w.config
         self.dense = Dense(w, f"{scope}/dense", c.hidden_size, c.output_embedding_size)
-        self.activation = activation(c.hidden_act)
+        self.act = activation(c.hidden_act)
         self.LayerNorm = LayerNorm(w, f"{scope}/LayerNorm", c.output_embedding_size)
         self.decoder = OutputEmbedding(w, f"{scope}/decoder", c.output_embedding_size, c.vocab_size)
 
-    def __call__(self, hidden_states: tf.Tensor) -> tf.Tensor:
-        x = self.LayerNorm(self.activation(self.dense(hidden_states)))  # (B, T, O)
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        x = self.LayerNorm(self.act(self.dense(x)))  # (B, T, O)
         return self.decoder(x)  # (B, T, V)
 
 
@@ -410,12 +391,124 @@ class TFRemBertOnlyMLMHead(tf.Module):
         super().__init__()
         self.predictions = TFRemBertLMPredictionHead(w, f"{scope}/predictions")
 
-    def __call__(self, sequence_output: tf.Tensor) -> tf.Tensor:
-        return self.predictions(sequence_output)
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        return self.predictions(x)
 
 
-def cross_entropy(logits: tf.Tensor, labels: tf.Tensor, ignore_index: int | tf.Tensor = -100) -> tf.Tensor:
-    """PyTorch's CrossEntropyLoss: the mean over positions whose label is not ignore_index (nan if none)."""
+# -- the base model: masks and the forward pass --------------------------------------------------------------
+
+
+class TFRemBertMainLayer(tf.Module):
+    """What PyTorch calls RemBertModel (and Hugging Face TF `TFRemBertMainLayer`): every head's `rembert`."""
+
+    def __init__(self, w: Weights, scope: str, add_pooling_layer: bool = True):
+        super().__init__()
+        self.config = w.config
+        if self.config.add_cross_attention and not self.config.is_decoder:
+            raise UserError("add_cross_attention needs is_decoder=True in the config; set both or neither")
+        self.embeddings = TFRemBertEmbeddings(w, f"{scope}/embeddings")
+        self.encoder = TFRemBertEncoder(w, f"{scope}/encoder")
+        self.pooler = TFRemBertPooler(w, f"{scope}/pooler") if add_pooling_layer else None
+
+    def extended_attention_mask(self, attention_mask: tf.Tensor, T, dtype: tf.DType) -> tf.Tensor:
+        """1/0 mask (B, S) or (B, T, S) -> additive (B, 1, T or 1, S): 0 to attend, dtype min to ignore.
+        Decoders given a (B, S) mask also get the causal mask, with the S - T cached positions visible."""
+        mask = tf.cast(attention_mask, dtype)
+        if mask.shape.rank == 3:
+            mask = mask[:, None, :, :]  # (B, 1, T, S)
+        elif mask.shape.rank == 2:
+            if self.config.is_decoder:
+                S = tf.shape(mask)[1]
+                i = tf.range(T)[:, None] + (S - T)  # absolute query positions
+                j = tf.range(S)[None, :]
+                causal = tf.cast(j <= i, dtype)  # (T, S)
+                mask = causal[None, None, :, :] * mask[:, None, None, :]  # (B, 1, T, S)
+            else:
+                mask = mask[:, None, None, :]  # (B, 1, 1, S)
+        else:
+            raise UserError(f"attention_mask must have 2 or 3 dimensions, got shape {mask.shape}")
+        return (1.0 - mask) * dtype.min
+
+    def invert_encoder_mask(self, encoder_attention_mask: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+        mask = tf.cast(encoder_attention_mask, dtype)
+        mask = mask[:, None, :, :] if mask.shape.rank == 3 else mask[:, None, None, :]  # (B, 1, 1 or T, S)
+        return (1.0 - mask) * dtype.min
+
+    def expand_head_mask(self, head_mask, dtype: tf.DType) -> list:
+        """(nh,) or (L, nh), 1 keeps a head, 0 drops it -> per layer, broadcastable to (B, nh, T, S)."""
+        L = self.config.num_hidden_layers
+        if head_mask is None:
+            return [None] * L
+        head_mask = tf.cast(head_mask, dtype)
+        if head_mask.shape.rank == 1:
+            head_mask = tf.tile(head_mask[None], [L, 1])
+        if head_mask.shape.rank != 2:
+            raise UserError(f"head_mask must be (num_heads,) or (num_layers, num_heads), got {head_mask.shape}")
+        return [head_mask[i][None, :, None, None] for i in range(L)]  # (1, nh, 1, 1)
+
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 head_mask=None, inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                 past_key_values=None, use_cache: bool | None = None, output_attentions: bool | None = None,
+                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                 training: bool = False) -> BaseModelOutput | tuple:
+        config = self.config
+        use_cache = (config.use_cache if use_cache is None else use_cache) if config.is_decoder else False
+        if (input_ids is None) == (inputs_embeds is None):
+            raise UserError("pass exactly one of input_ids and inputs_embeds")
+        if input_ids is not None:
+            input_ids = tf.convert_to_tensor(input_ids)
+            B, T = tf.shape(input_ids)[0], tf.shape(input_ids)[1]
+        else:
+            inputs_embeds = tf.convert_to_tensor(inputs_embeds)
+            B, T = tf.shape(inputs_embeds)[0], tf.shape(inputs_embeds)[1]
+        T_past = tf.shape(past_key_values[0][0])[2] if past_key_values is not None else 0
+        dtype = self.embeddings.LayerNorm.gamma.dtype
+
+        if attention_mask is None:
+            attention_mask = tf.ones([B, T_past + T], dtype)
+        if token_type_ids is None:
+            token_type_ids = tf.zeros([B, T], tf.int32)
+        if position_ids is None:
+            position_ids = tf.range(T_past, T_past + T)[None]  # (1, T)
+        mask = self.extended_attention_mask(tf.convert_to_tensor(attention_mask), T, dtype)
+        encoder_mask = None
+        if config.is_decoder and encoder_hidden_states is not None:
+            encoder_hidden_states = tf.convert_to_tensor(encoder_hidden_states)
+            if encoder_attention_mask is None:
+                encoder_attention_mask = tf.ones(tf.shape(encoder_hidden_states)[:2], dtype)
+            encoder_mask = self.invert_encoder_mask(tf.convert_to_tensor(encoder_attention_mask), dtype)
+        head_masks = self.expand_head_mask(head_mask, dtype)
+
+        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, training)  # (B, T, E)
+        # hidden_states[0] is the embedding output AFTER the mapping up to hidden_size, as in Hugging Face.
+        x = self.encoder.embedding_hidden_mapping_in(x)  # (B, T, H)
+        hidden_states, attentions, cross_attentions, presents = [], [], [], []
+        for i, block in enumerate(self.encoder.layer):
+            hidden_states.append(x)
+            past = past_key_values[i] if past_key_values is not None else None
+            x, att, cross_att, present = block(x, mask, head_masks[i], encoder_hidden_states, encoder_mask, past,
+                                               training)
+            attentions.append(att)
+            cross_attentions.append(cross_att)
+            presents.append(present)
+        hidden_states.append(x)
+
+        out = BaseModelOutput(
+            last_hidden_state=x,
+            pooler_output=self.pooler(x) if self.pooler is not None else None,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            past_key_values=tuple(presents) if use_cache else None,
+            attentions=tuple(attentions) if output_attentions else None,
+            cross_attentions=tuple(cross_attentions) if output_attentions and config.add_cross_attention else None,
+        )
+        return _finish(out, return_dict)
+
+
+# -- the heads -----------------------------------------------------------------------------------------------
+
+
+def cross_entropy(logits: tf.Tensor, labels, ignore_index: int | tf.Tensor = -100) -> tf.Tensor:
+    """PyTorch's F.cross_entropy: the mean over positions whose label is not ignore_index (nan if none)."""
     labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
     logits = tf.reshape(logits, [tf.size(labels), -1])
     keep = tf.not_equal(labels, ignore_index)
@@ -428,227 +521,254 @@ class TFRemBertPreTrainedModel(tf.Module):
     """Root of every head: its Keras name scope (the first part of every weight name) and the loaders."""
 
     keras_name = ""  # Keras' automatic name for the Hugging Face class, e.g. tf_rem_bert_for_masked_lm
-    has_pooler = True
-    has_mlm_head = False
+    base_model_prefix = "rembert"
+    add_pooling_layer = True
 
     def __init__(self, config: RemBertConfig, seed: int = 0, dtype: tf.DType = tf.float32):
         super().__init__()
         self.config = config
         w = Weights(config, self.keras_name, seed, dtype)
-        self.rembert = TFRemBertMainLayer(w, "rembert", add_pooling_layer=self.has_pooler)
+        self.rembert = TFRemBertMainLayer(w, "rembert", add_pooling_layer=self.add_pooling_layer)
         self.build_head(w)
-        self.loading_info: dict[str, list[str]] = {}
+        self.loading_info: dict[str, list[str]] = {"missing": [], "unexpected": [], "newly_initialized": []}
 
     def build_head(self, w: Weights) -> None:
-        pass
+        """The task head's variables, under the root scope like Hugging Face's (`classifier/kernel:0`)."""
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any):
         raise NotImplementedError
-
-    # -- weights by name -----------------------------------------------------------------------------------
 
     def weights_by_name(self) -> dict[str, tf.Variable]:
         """Keras weight name below the model's root (`rembert/...:0`, `mlm___cls/...:0`) -> variable."""
         return {v.name.split("/", 1)[1]: v for v in self.variables}
 
-    def load_weights_dict(self, values: Mapping[str, np.ndarray], source: str) -> TFRemBertPreTrainedModel:
-        """Assign TF-layout arrays by Keras name below the root. Encoder and MLM-head weights must all be
-        present; a missing pooler or task head keeps its seeded initialization and is listed in
-        `loading_info["initialized"]`, as in Hugging Face."""
+    def assign_weights(self, values: Mapping[str, np.ndarray], source: str = "the weights") -> list[str]:
+        """Assign arrays in TF layout by Keras name below the root, after checking every shape; returns the
+        names this model has no place for. Variables not in `values` keep their values."""
         ours = self.weights_by_name()
-        missing = sorted(set(ours) - set(values))
-        required = [n for n in missing
-                    if (n.startswith("rembert/") and not n.startswith("rembert/pooler/")) or n.startswith("mlm___cls/")]
-        if required:
-            raise UserError(f"{source} lacks {len(required)} weight(s) of {type(self).__name__}: "
-                            f"{', '.join(required[:5])}{' ...' if len(required) > 5 else ''}; "
-                            "convert the checkpoint again with the MLM head if the head is missing")
-        wrong = [f"{n} {list(values[n].shape)} (expected {ours[n].shape.as_list()})" for n in sorted(ours)
-                 if n in values and tuple(values[n].shape) != tuple(ours[n].shape.as_list())]
+        wrong = [f"{n}: file {list(np.shape(values[n]))}, model {ours[n].shape.as_list()}" for n in sorted(ours)
+                 if n in values and tuple(np.shape(values[n])) != tuple(ours[n].shape.as_list())]
         if wrong:
-            raise UserError(f"{source} does not match config.json: {'; '.join(wrong[:5])}; "
-                            "use the config.json written with these weights")
+            raise UserError(f"weights in {source} do not fit the config: {'; '.join(wrong)}; "
+                            "use the config.json the weights were written with")
         for name, variable in ours.items():
             if name in values:
                 variable.assign(np.asarray(values[name]).astype(variable.dtype.as_numpy_dtype))
-        self.loading_info = {"missing": [], "initialized": missing,
-                             "unexpected": sorted(set(values) - set(ours))}
-        return self
+        return sorted(set(values) - set(ours))
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, seed: int = 0, dtype: tf.DType = tf.float32,
-                        **config_overrides: Any):
-        """Load `config.json` and `tf_model.h5` (else `model.safetensors`, else `pytorch_model.bin`) from a
-        directory. `config_overrides` replace config fields, e.g. num_labels=3 or is_decoder=True."""
-        directory = Path(directory)
-        if not (directory / CONFIG_NAME).is_file():
-            raise UserError(f"{directory} has no {CONFIG_NAME}; pass a directory written by convert-rembert")
-        config = RemBertConfig.from_json_file(directory / CONFIG_NAME)
-        config = dataclasses.replace(config, **config_overrides)
-        model = cls(config, seed=seed, dtype=dtype)
-        for name, reader in ((TF_WEIGHTS_NAME, read_h5_weights), (SAFE_WEIGHTS_NAME, read_torch_file),
-                             (TORCH_WEIGHTS_NAME, read_torch_file)):
-            if (directory / name).is_file():
-                return model.load_weights_dict(reader(directory / name, config), str(directory / name))
-        raise UserError(f"{directory} has none of {TF_WEIGHTS_NAME}, {SAFE_WEIGHTS_NAME}, {TORCH_WEIGHTS_NAME}; "
-                        "convert a checkpoint into it first")
+    def from_pretrained(cls, directory: str | os.PathLike, config: RemBertConfig | None = None,
+                        strict_backbone: bool = True, seed: int = 0, dtype: tf.DType = tf.float32):
+        """Load `config.json` and the weights from `directory`: `tf_model.h5` (Hugging Face's Keras layout),
+        else our `model.safetensors` or `pytorch_model.bin` (Linear weights transposed).
 
-    def load_torch_state_dict(self, state_dict: Mapping[str, Any]) -> TFRemBertPreTrainedModel:
-        """Assign a PyTorch state dict (any RemBERT head's layout), transposing Linear weights."""
-        return self.load_weights_dict(torch_to_tf_weights(state_dict, self.config), "the state dict")
+        As in the PyTorch models: a missing backbone (pooler included) or MLM-head weight is a UserError
+        (with `strict_backbone=False` it keeps its seeded initialization and is listed under "missing");
+        weights this class has no place for are listed under "unexpected"; task heads and cross-attention
+        start from normal(0, initializer_range) weights and zero biases (seeded by `seed` and the weight's
+        name) and are listed under "newly_initialized". The lists are in `model.loading_info`."""
+        directory = Path(directory)
+        if config is None:
+            if not (directory / CONFIG_NAME).is_file():
+                raise UserError(f"{directory / CONFIG_NAME} does not exist; pass config= or convert the "
+                                f"checkpoint into {directory}")
+            config = RemBertConfig.from_json_file(directory / CONFIG_NAME)
+        if (directory / TF_WEIGHTS_NAME).is_file():
+            values, weights_file = read_h5_weights(directory / TF_WEIGHTS_NAME), TF_WEIGHTS_NAME
+        else:  # raises a UserError naming the files it looked for
+            values, weights_file = read_torch_weights(directory, config)
+        model = cls(config, seed=seed, dtype=dtype)
+        absent = sorted(set(model.weights_by_name()) - set(values))
+        missing = [n for n in absent if _is_pretrained(n)]
+        if missing and strict_backbone:
+            raise UserError(f"{weights_file} in {directory} lacks {len(missing)} weight(s) {cls.__name__} needs: "
+                            f"{', '.join(missing)}; convert the full checkpoint, or pass strict_backbone=False "
+                            "to initialise them")
+        unexpected = model.assign_weights(values, f"{directory / weights_file}")
+        model.loading_info = {"missing": missing, "unexpected": unexpected,
+                              "newly_initialized": sorted(set(absent) - set(missing)),
+                              "weights_file": [weights_file]}
+        return model
+
+
+def _is_pretrained(tf_name: str) -> bool:
+    """Names a pretrained file must supply: backbone and MLM head; task heads and cross-attention may start
+    fresh (the PyTorch models' rule)."""
+    return "/crossattention/" not in tf_name and tf_name.startswith(("rembert/", "mlm___cls/"))
 
 
 class TFRemBertModel(TFRemBertPreTrainedModel):
     keras_name = "tf_rem_bert_model"
 
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 head_mask=None, inputs_embeds=None, past_key_values=None, use_cache: bool | None = None,
-                 output_attentions: bool = False, output_hidden_states: bool = False,
-                 training: bool = False) -> BaseModelOutput:
+                 head_mask=None, inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                 past_key_values=None, use_cache: bool | None = None, output_attentions: bool | None = None,
+                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                 training: bool = False) -> BaseModelOutput | tuple:
         return self.rembert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                            past_key_values, use_cache, output_attentions, output_hidden_states, training)
+                            encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache,
+                            output_attentions, output_hidden_states, return_dict, training)
 
 
 class TFRemBertForMaskedLM(TFRemBertPreTrainedModel):
     keras_name = "tf_rem_bert_for_masked_lm"
-    has_pooler, has_mlm_head = False, True
+    add_pooling_layer = False
 
     def build_head(self, w: Weights) -> None:
-        # Hugging Face's TF port names the PyTorch `cls` module `mlm___cls`; the attribute keeps PyTorch's name.
+        if self.config.is_decoder:
+            warnings.warn("TFRemBertForMaskedLM with is_decoder=True attends only to the left; set is_decoder=False",
+                          stacklevel=3)
+        # Hugging Face's TF port names PyTorch's `cls` module `mlm___cls`; the attribute keeps PyTorch's name.
         self.cls = TFRemBertOnlyMLMHead(w, "mlm___cls")
 
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 head_mask=None, inputs_embeds=None, labels=None, output_attentions: bool = False,
-                 output_hidden_states: bool = False, training: bool = False) -> MaskedLMOutput:
+                 head_mask=None, inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                 labels=None, output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+                 return_dict: bool | None = None, training: bool = False) -> MaskedLMOutput | tuple:
         out = self.rembert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                           encoder_hidden_states, encoder_attention_mask, use_cache=False,
                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                            training=training)
         logits = self.cls(out.last_hidden_state)  # (B, T, V)
-        loss = cross_entropy(logits, labels) if labels is not None else None
-        return MaskedLMOutput(loss, logits, out.hidden_states, out.attentions)
+        loss = cross_entropy(logits, labels) if labels is not None else None  # labels (B, T), -100 = not scored
+        return _finish(MaskedLMOutput(loss, logits, out.hidden_states, out.attentions), return_dict)
 
 
 class TFRemBertForCausalLM(TFRemBertPreTrainedModel):
     keras_name = "tf_rem_bert_for_causal_lm"
-    has_pooler, has_mlm_head = False, True
+    add_pooling_layer = False
 
     def build_head(self, w: Weights) -> None:
+        if not self.config.is_decoder:
+            # Hugging Face only warns, and then runs without the causal mask; that is never what one wants.
+            raise UserError("TFRemBertForCausalLM needs is_decoder=True in the config; "
+                            "pass dataclasses.replace(config, is_decoder=True)")
         self.cls = TFRemBertOnlyMLMHead(w, "mlm___cls")
 
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 head_mask=None, inputs_embeds=None, past_key_values=None, labels=None,
-                 use_cache: bool | None = None, output_attentions: bool = False,
-                 output_hidden_states: bool = False, training: bool = False) -> CausalLMOutput:
+                 head_mask=None, inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                 past_key_values=None, labels=None, use_cache: bool | None = None,
+                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+                 return_dict: bool | None = None, training: bool = False) -> CausalLMOutput | tuple:
         out = self.rembert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                           past_key_values, use_cache, output_attentions, output_hidden_states, training)
+                           encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache,
+                           output_attentions, output_hidden_states, training=training)
         logits = self.cls(out.last_hidden_state)  # (B, T, V)
         loss = None
-        if labels is not None:
-            # position t predicts token t + 1
+        if labels is not None:  # labels are the inputs themselves: position t predicts token t + 1
             loss = cross_entropy(logits[:, :-1], tf.convert_to_tensor(labels)[:, 1:])
-        return CausalLMOutput(loss, logits, out.past_key_values, out.hidden_states, out.attentions)
+        return _finish(CausalLMOutput(loss, logits, out.past_key_values, out.hidden_states, out.attentions,
+                                      out.cross_attentions), return_dict)
 
 
 class TFRemBertForSequenceClassification(TFRemBertPreTrainedModel):
     keras_name = "tf_rem_bert_for_sequence_classification"
 
     def build_head(self, w: Weights) -> None:
-        self.num_labels = self.config.num_labels
-        self.classifier = Dense(w, "classifier", self.config.hidden_size, self.num_labels)
+        self.dropout_rate = self.config.classifier_dropout_prob
+        self.classifier = Dense(w, "classifier", self.config.hidden_size, self.config.num_labels)
 
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 head_mask=None, inputs_embeds=None, labels=None, output_attentions: bool = False,
-                 output_hidden_states: bool = False, training: bool = False) -> SequenceClassifierOutput:
+                 head_mask=None, inputs_embeds=None, labels=None, output_attentions: bool | None = None,
+                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                 training: bool = False) -> ClassifierOutput | tuple:
         out = self.rembert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                            training=training)
-        pooled = dropout(out.pooler_output, self.config.classifier_dropout_prob, training)
-        logits = self.classifier(pooled)  # (B, num_labels)
-        loss = self.loss(logits, tf.convert_to_tensor(labels)) if labels is not None else None
-        return SequenceClassifierOutput(loss, logits, out.hidden_states, out.attentions)
+        logits = self.classifier(dropout(out.pooler_output, self.dropout_rate, training))  # (B, num_labels)
+        loss = sequence_classification_loss(logits, tf.convert_to_tensor(labels), self.config) \
+            if labels is not None else None
+        return _finish(ClassifierOutput(loss, logits, out.hidden_states, out.attentions), return_dict)
 
-    def loss(self, logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-        # The PyTorch rule: problem_type if set, else regression for one label, integer labels -> single-label
-        # classification, float labels -> multi-label.
-        problem = self.config.problem_type
-        if problem is None:
-            if self.num_labels == 1:
-                problem = "regression"
-            elif labels.dtype.is_integer:
-                problem = "single_label_classification"
-            else:
-                problem = "multi_label_classification"
-        if problem == "regression":
-            labels = tf.cast(labels, logits.dtype)
-            if self.num_labels == 1:
-                return tf.reduce_mean(tf.square(tf.reshape(logits, [-1]) - tf.reshape(labels, [-1])))
-            return tf.reduce_mean(tf.square(logits - labels))
-        if problem == "single_label_classification":
-            return cross_entropy(logits, labels)
+
+def sequence_classification_loss(logits: tf.Tensor, labels: tf.Tensor, config: RemBertConfig) -> tf.Tensor:
+    """The loss by config.problem_type; when unset, inferred like transformers: one label -> regression,
+    integer labels -> single-label cross-entropy, anything else -> multi-label BCE with logits."""
+    n = config.num_labels
+    problem = config.problem_type
+    if problem is None:
+        if n == 1:
+            problem = "regression"
+        elif labels.dtype.is_integer:
+            problem = "single_label_classification"
+        else:
+            problem = "multi_label_classification"
+    if problem == "regression":
+        labels = tf.cast(labels, logits.dtype)
+        if n == 1:
+            return tf.reduce_mean(tf.square(tf.reshape(logits, [-1]) - tf.reshape(labels, [-1])))
+        return tf.reduce_mean(tf.square(logits - labels))
+    if problem == "single_label_classification":
+        return cross_entropy(logits, labels)
+    if problem == "multi_label_classification":
         labels = tf.cast(labels, logits.dtype)
         return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
+    raise UserError(f"unknown problem_type {problem!r}; use regression, single_label_classification "
+                    "or multi_label_classification")
 
 
 class TFRemBertForMultipleChoice(TFRemBertPreTrainedModel):
     keras_name = "tf_rem_bert_for_multiple_choice"
 
     def build_head(self, w: Weights) -> None:
+        self.dropout_rate = self.config.classifier_dropout_prob
         self.classifier = Dense(w, "classifier", self.config.hidden_size, 1)
 
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 head_mask=None, inputs_embeds=None, labels=None, output_attentions: bool = False,
-                 output_hidden_states: bool = False, training: bool = False) -> MultipleChoiceModelOutput:
-        # (B, C, T) -> (B*C, T): every choice is encoded on its own
-        leading = input_ids if input_ids is not None else inputs_embeds
-        leading = tf.convert_to_tensor(leading)
-        num_choices, T = tf.shape(leading)[1], tf.shape(leading)[2]
+                 head_mask=None, inputs_embeds=None, labels=None, output_attentions: bool | None = None,
+                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                 training: bool = False) -> ClassifierOutput | tuple:
+        # input_ids (B, C, T), inputs_embeds (B, C, T, E); labels (B,) index of the right choice
+        leading = tf.convert_to_tensor(input_ids if input_ids is not None else inputs_embeds)
+        n_choices = tf.shape(leading)[1]
 
-        def flat(x, trailing=()):
-            return None if x is None else tf.reshape(x, [-1, T, *trailing])
+        def flat(t):  # (B, C, T, ...) -> (B * C, T, ...)
+            if t is None:
+                return None
+            t = tf.convert_to_tensor(t)
+            return tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], axis=0))
 
-        embeds = None if inputs_embeds is None else flat(inputs_embeds, [self.config.input_embedding_size])
         out = self.rembert(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
-                           head_mask, embeds, output_attentions=output_attentions,
+                           head_mask, flat(inputs_embeds), output_attentions=output_attentions,
                            output_hidden_states=output_hidden_states, training=training)
-        pooled = dropout(out.pooler_output, self.config.classifier_dropout_prob, training)
-        logits = tf.reshape(self.classifier(pooled), [-1, num_choices])  # (B, C)
+        logits = tf.reshape(self.classifier(dropout(out.pooler_output, self.dropout_rate, training)),
+                            [-1, n_choices])  # (B, C)
         loss = cross_entropy(logits, labels) if labels is not None else None
-        return MultipleChoiceModelOutput(loss, logits, out.hidden_states, out.attentions)
+        return _finish(ClassifierOutput(loss, logits, out.hidden_states, out.attentions), return_dict)
 
 
 class TFRemBertForTokenClassification(TFRemBertPreTrainedModel):
     keras_name = "tf_rem_bert_for_token_classification"
-    has_pooler = False
+    add_pooling_layer = False
 
     def build_head(self, w: Weights) -> None:
-        self.num_labels = self.config.num_labels
-        self.classifier = Dense(w, "classifier", self.config.hidden_size, self.num_labels)
+        # PyTorch's head uses classifier_dropout_prob here (Hugging Face's TF port: hidden_dropout_prob).
+        self.dropout_rate = self.config.classifier_dropout_prob
+        self.classifier = Dense(w, "classifier", self.config.hidden_size, self.config.num_labels)
 
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 head_mask=None, inputs_embeds=None, labels=None, output_attentions: bool = False,
-                 output_hidden_states: bool = False, training: bool = False) -> TokenClassifierOutput:
+                 head_mask=None, inputs_embeds=None, labels=None, output_attentions: bool | None = None,
+                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                 training: bool = False) -> ClassifierOutput | tuple:
         out = self.rembert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                            training=training)
-        # PyTorch's RemBertForTokenClassification uses classifier_dropout_prob here (HF TF: hidden_dropout_prob).
-        sequence_output = dropout(out.last_hidden_state, self.config.classifier_dropout_prob, training)
-        logits = self.classifier(sequence_output)  # (B, T, num_labels)
-        loss = cross_entropy(logits, labels) if labels is not None else None
-        return TokenClassifierOutput(loss, logits, out.hidden_states, out.attentions)
+        logits = self.classifier(dropout(out.last_hidden_state, self.dropout_rate, training))  # (B, T, num_labels)
+        loss = cross_entropy(logits, labels) if labels is not None else None  # labels (B, T), -100 = not scored
+        return _finish(ClassifierOutput(loss, logits, out.hidden_states, out.attentions), return_dict)
 
 
 class TFRemBertForQuestionAnswering(TFRemBertPreTrainedModel):
     keras_name = "tf_rem_bert_for_question_answering"
-    has_pooler = False
+    add_pooling_layer = False
 
     def build_head(self, w: Weights) -> None:
-        self.num_labels = self.config.num_labels
-        self.qa_outputs = Dense(w, "qa_outputs", self.config.hidden_size, self.num_labels)
+        self.qa_outputs = Dense(w, "qa_outputs", self.config.hidden_size, 2)  # start and end scores
 
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  head_mask=None, inputs_embeds=None, start_positions=None, end_positions=None,
-                 output_attentions: bool = False, output_hidden_states: bool = False,
-                 training: bool = False) -> QuestionAnsweringModelOutput:
+                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+                 return_dict: bool | None = None, training: bool = False) -> QuestionAnsweringOutput | tuple:
         out = self.rembert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                            training=training)
@@ -656,19 +776,27 @@ class TFRemBertForQuestionAnswering(TFRemBertPreTrainedModel):
         start_logits, end_logits = logits[..., 0], logits[..., 1]  # (B, T) each
         loss = None
         if start_positions is not None and end_positions is not None:
-            # Positions outside the sequence are clamped to T and ignored, as in PyTorch.
+            # Like transformers: answers outside the window are clamped to index T and that index is ignored.
             T = tf.shape(start_logits)[1]
-
-            def clamp(p):
-                return tf.clip_by_value(tf.reshape(tf.cast(p, tf.int32), [-1]), 0, T)
-
-            loss = (cross_entropy(start_logits, clamp(start_positions), T)
-                    + cross_entropy(end_logits, clamp(end_positions), T)) / 2
-        return QuestionAnsweringModelOutput(loss, start_logits, end_logits, out.hidden_states, out.attentions)
+            start = tf.clip_by_value(tf.reshape(tf.cast(start_positions, tf.int32), [-1]), 0, T)
+            end = tf.clip_by_value(tf.reshape(tf.cast(end_positions, tf.int32), [-1]), 0, T)
+            loss = (cross_entropy(start_logits, start, T) + cross_entropy(end_logits, end, T)) / 2
+        return _finish(QuestionAnsweringOutput(loss, start_logits, end_logits, out.hidden_states, out.attentions),
+                       return_dict)
 
 
-ALL_HEADS = (TFRemBertModel, TFRemBertForMaskedLM, TFRemBertForCausalLM, TFRemBertForSequenceClassification,
-             TFRemBertForMultipleChoice, TFRemBertForTokenClassification, TFRemBertForQuestionAnswering)
+MODEL_CLASSES: dict[str, type[TFRemBertPreTrainedModel]] = {
+    c.__name__: c
+    for c in (
+        TFRemBertModel,
+        TFRemBertForMaskedLM,
+        TFRemBertForCausalLM,
+        TFRemBertForSequenceClassification,
+        TFRemBertForMultipleChoice,
+        TFRemBertForTokenClassification,
+        TFRemBertForQuestionAnswering,
+    )
+}
 
 
 # -- reading weight files ------------------------------------------------------------------------------------
@@ -686,7 +814,7 @@ def _h5_attribute(group, name: str) -> list[str]:
     return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for chunk in chunks for n in chunk]
 
 
-def read_h5_weights(path: str | os.PathLike, config: RemBertConfig | None = None) -> dict[str, np.ndarray]:
+def read_h5_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """A Hugging Face `tf_model.h5` -> {Keras name below the root: array}. The root (the first part of each
     stored name, e.g. tf_rem_bert_for_masked_lm) is dropped, as Hugging Face's loader does."""
     import h5py
@@ -701,30 +829,33 @@ def read_h5_weights(path: str | os.PathLike, config: RemBertConfig | None = None
         if not layer_names:
             raise UserError(f"{path} has no layer_names attribute: not a Keras weights file")
         for layer in layer_names:
+            if layer not in handle:
+                raise UserError(f"{path} lists layer {layer!r} but has no such group; convert the checkpoint again")
             for stored in _h5_attribute(handle[layer], "weight_names"):
+                if stored not in handle[layer]:
+                    raise UserError(f"{path} lists weight {stored!r} but does not hold it; "
+                                    "convert the checkpoint again")
                 values[stored.split("/", 1)[1]] = handle[layer][stored][()]
     return values
 
 
-def read_torch_file(path: str | os.PathLike, config: RemBertConfig) -> dict[str, np.ndarray]:
-    """`model.safetensors` or `pytorch_model.bin` -> TF-layout arrays by Keras name (Linear weights transposed)."""
-    import torch
+def read_torch_weights(directory: Path, config: RemBertConfig) -> tuple[dict[str, np.ndarray], str]:
+    """Our PyTorch files (`model.safetensors`, sharded or not, or `pytorch_model.bin`), read by the PyTorch
+    reference's reader, as TF-layout arrays by Keras name (Linear weights transposed)."""
+    from rembert_ref.torch_model import read_state_dict
 
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state_dict = load_file(str(path))
-    else:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return torch_to_tf_weights(state_dict, config)
+    state_dict, weights_file = read_state_dict(directory)
+    return torch_to_tf_weights(state_dict, config), weights_file
 
 
 def torch_to_tf_weights(state_dict: Mapping[str, Any], config: RemBertConfig) -> dict[str, np.ndarray]:
+    """A PyTorch state dict of any RemBERT head's layout -> TF-layout arrays by Keras name below the root."""
     from converters.mapping import torch_to_tf_name
 
     values = {}
     for torch_name, tensor in state_dict.items():
+        if torch_name.endswith("embeddings.position_ids"):
+            continue  # a buffer older transformers versions saved: arange(max_positions), no weights
         target = torch_to_tf_name(torch_name, config)
         # A name outside the table stays under its PyTorch name, so the loader lists it as unexpected.
         tf_name, transpose = target if target is not None else (torch_name, False)
