@@ -83,6 +83,7 @@ def test_multi_shard_checkpoint(tmp_path):
     prefix = write_synthetic_checkpoint(tmp_path, TINY_ORIGINAL_CONFIG, seed=4, num_shards=3, optimizer_slots=False)
     expected = synthetic_variables(TINY_ORIGINAL_CONFIG, seed=4)
     with CheckpointReader(tmp_path) as reader:
+        assert reader.prefix == prefix
         assert reader.num_shards == 3
         assert len({e.shard for e in reader.entries.values()}) == 3
         for name, value in expected.items():
