@@ -1,0 +1,506 @@
+"""SentencePiece `.model` -> fast tokenizer (`tokenizer.json`) plus the Hugging Face tokenizer files.
+
+Everything is derived from the model file's own spec and nothing is added that SentencePiece does not do
+(unlike transformers' RemBertConverter, which rewrites quotes, lowercases, strips accents and collapses
+spaces on its own):
+
+- normalizer: the model's precompiled charsmap (`Precompiled`), then `remove_extra_whitespaces` as
+  SentencePiece does it after the charsmap (drop leading/trailing U+0020, collapse runs of U+0020; tabs and
+  other spaces stay unless the charsmap maps them), then `add_dummy_prefix` (`Prepend`, which leaves an
+  empty string empty, as SentencePiece does) and `escape_whitespaces` (" " -> "▁");
+- no pre-tokenizer: the model sees the whole normalized text, as SentencePiece's lattice / merge loop does;
+- model: Unigram with the model's float32 scores, or BPE with merges in SentencePiece's score order;
+  unknown runs fuse into one `<unk>`, `byte_fallback` as in the model;
+- special tokens `[CLS]`, `[SEP]`, `[PAD]`, `[MASK]` (lstrip, as in RemBERT) and `<unk>` with the model's
+  own ids (never appended), plus any other control pieces; RemBERT's post-processor
+  `[CLS] A [SEP]` / `[CLS] A [SEP] B [SEP]` with type ids 0/1;
+- decoder: "▁" -> " ", byte fallback, drop the first leading space, `<unk>` -> the model's unk surface.
+
+Parity is measured, not assumed: `measure_agreement` compares ids with SentencePiece's on the project's
+probe corpus and sorts every difference into a class. The classes that no `tokenizer.json` can remove
+(see `DIFFERENCE_CLASSES`) are documented with reproducers in `docs/tokenizer-parity.md`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import sentencepiece as spm
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
+
+from converters.errors import UserError
+
+# SentencePiece's ModelProto.SentencePiece.Type and TrainerSpec.ModelType values.
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, BYTE, UNUSED = 1, 2, 3, 4, 6, 5
+MODEL_TYPES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
+SPACE_SYMBOL = "▁"
+FLT_MIN = np.float32(1.17549435e-38)
+
+CLS, SEP, PAD, MASK = "[CLS]", "[SEP]", "[PAD]", "[MASK]"
+REQUIRED_SPECIALS = (CLS, SEP)
+OPTIONAL_SPECIALS = (PAD, MASK)
+
+# Where the fast tokenizer and SentencePiece may legitimately differ; anything else is a bug.
+DIFFERENCE_CLASSES = {
+    "precompiled-grapheme": "tokenizers' Precompiled normalizer applies the charsmap per grapheme cluster "
+                            "(shortest rule for clusters under 6 bytes, dropping the rest of the cluster; "
+                            "per character otherwise); SentencePiece takes the longest rule at each "
+                            "position. Hits stacked combining marks and sequence rules such as Hangul "
+                            "compatibility jamo.",
+    "unigram-float32-tie": "two segmentations whose scores differ by less than float32 rounding: "
+                           "SentencePiece sums scores in float32, tokenizers in float64.",
+    "bpe-user-defined": "a user-defined piece in a BPE model next to whitespace: tokenizers' BPE cannot "
+                        "hold a multi-character symbol whole, so it is split out before normalization.",
+}
+
+FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "sentencepiece.model")
+
+
+@dataclasses.dataclass(frozen=True)
+class SpmInfo:
+    """What the converter reads from a `.model` file."""
+
+    proto: Any  # sentencepiece_model_pb2.ModelProto
+    serialized: bytes
+    model_type: str
+    pieces: list[tuple[str, float, int]]  # (piece, score, type) in id order
+    unk_id: int
+    special_ids: dict[str, int]  # "[CLS]" -> id, for the RemBERT specials present
+    control_ids: list[int]  # every control piece, specials included
+    user_defined_ids: list[int]
+
+
+@dataclasses.dataclass
+class Agreement:
+    """Ids compared line by line with a reference; `classes` counts the explained differences."""
+
+    total: int = 0
+    equal: int = 0
+    classes: dict[str, int] = dataclasses.field(default_factory=dict)
+    unexplained: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.equal / self.total if self.total else 1.0
+
+
+@dataclasses.dataclass
+class TokenizerReport:
+    output_dir: Path
+    model_type: str
+    vocab_size: int
+    special_ids: dict[str, int]
+    byte_fallback: bool
+    normalization: str
+    agreement: Agreement
+    files: dict[str, str]  # file name -> sha256
+
+    def summary(self) -> str:
+        a = self.agreement
+        lines = [
+            f"wrote {self.output_dir} ({self.model_type}, {self.vocab_size} pieces, "
+            f"normalization {self.normalization or 'none'}, byte_fallback {self.byte_fallback})",
+            "special tokens: " + ", ".join(f"{k}={v}" for k, v in self.special_ids.items()),
+            f"ids equal to SentencePiece on {a.equal}/{a.total} probe lines ({100 * a.rate:.2f}%)",
+        ]
+        lines += [f"  {n} lines: {name} ({DIFFERENCE_CLASSES[name].split(':')[0].split(';')[0]})"
+                  for name, n in sorted(a.classes.items())]
+        lines += [f"  {name}  sha256 {digest}" for name, digest in self.files.items()]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read_sentencepiece(path: str | Path) -> SpmInfo:
+    """Parse and check a SentencePiece model; any problem is a one-line UserError."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"SentencePiece model {path} does not exist; pass the path of a .model file")
+    data = path.read_bytes()
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(data)
+        # The C++ loader checks what protobuf parsing alone accepts (a text file can parse as a proto).
+        spm.SentencePieceProcessor(model_proto=data)
+    except Exception as exc:  # protobuf DecodeError or sentencepiece RuntimeError
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise UserError(f"{path} is not a valid SentencePiece model ({reason}); pass the .model file "
+                        "that was trained with the checkpoint") from None
+    if not proto.pieces:
+        raise UserError(f"{path} is not a valid SentencePiece model (no pieces); pass the .model file "
+                        "that was trained with the checkpoint")
+    model_type = MODEL_TYPES.get(proto.trainer_spec.model_type, "unknown")
+    if model_type not in ("unigram", "bpe"):
+        raise UserError(f"{path} is a SentencePiece '{model_type}' model; only unigram and BPE models "
+                        "can be converted")
+    if proto.trainer_spec.treat_whitespace_as_suffix:
+        raise UserError(f"{path} uses treat_whitespace_as_suffix, which tokenizers cannot express; "
+                        "retrain without it")
+    pieces = [(p.piece, float(p.score), int(p.type)) for p in proto.pieces]
+    ids = {piece: i for i, (piece, _, _) in enumerate(pieces)}
+    unk_ids = [i for i, (_, _, t) in enumerate(pieces) if t == UNKNOWN]
+    missing = [s for s in REQUIRED_SPECIALS if s not in ids]
+    if missing:
+        raise UserError(f"{path} has no {' or '.join(missing)} piece, which RemBERT needs; pass the model "
+                        "trained with the RemBERT checkpoint")
+    specials = {s: ids[s] for s in (CLS, SEP, PAD, MASK) if s in ids}
+    return SpmInfo(
+        proto=proto,
+        serialized=data,
+        model_type=model_type,
+        pieces=pieces,
+        unk_id=unk_ids[0],
+        special_ids=specials,
+        control_ids=[i for i, (_, _, t) in enumerate(pieces) if t == CONTROL],
+        user_defined_ids=[i for i, (_, _, t) in enumerate(pieces) if t == USER_DEFINED],
+    )
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+
+def build_normalizer(info: SpmInfo) -> normalizers.Normalizer:
+    spec = info.proto.normalizer_spec
+    steps: list[normalizers.Normalizer] = []
+    if spec.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(spec.precompiled_charsmap))
+    if spec.remove_extra_whitespaces:
+        # SentencePiece treats only U+0020 (after the charsmap) as whitespace here.
+        steps.append(normalizers.Replace(Regex(r"\A +| +\z"), ""))
+        steps.append(normalizers.Replace(Regex(r" {2,}"), " "))
+    if spec.add_dummy_prefix:
+        steps.append(normalizers.Prepend(" "))
+    if spec.escape_whitespaces:
+        steps.append(normalizers.Replace(" ", SPACE_SYMBOL))
+    return normalizers.Sequence(steps)
+
+
+def unigram_scores(info: SpmInfo) -> list[float]:
+    """The scores SentencePiece's Unigram encoder really uses, one per id.
+
+    User-defined pieces get SentencePiece's bonus `byte_length * max_score - 0.1` (in float32, with
+    max_score over normal pieces floored at FLT_MIN) so they win as in SentencePiece. Pieces SentencePiece
+    never matches in text (control, unknown, byte, unused) get a score no text path can lose to.
+    """
+    normal = [np.float32(s) for _, s, t in info.pieces if t == NORMAL]
+    max_score = max([FLT_MIN] + normal)
+    min_score = min(normal) if normal else np.float32(0.0)
+    # Any SentencePiece path over k characters scores at least k * (min_score - 10) (single pieces or
+    # unknown nodes), so this is below every path over fewer than 1000 characters.
+    never = float(1000 * (min_score - 10.0))
+    scores = []
+    for piece, score, kind in info.pieces:
+        if kind == NORMAL:
+            scores.append(float(np.float32(score)))
+        elif kind == USER_DEFINED:
+            scores.append(float(np.float32(len(piece.encode("utf-8"))) * max_score - np.float32(0.1)))
+        else:
+            scores.append(never)
+    return scores
+
+
+def bpe_merges(info: SpmInfo) -> list[tuple[str, str]]:
+    """Merges in SentencePiece's order: by the merged piece's score, best first, then by id."""
+    vocab = {piece: i for i, (piece, _, kind) in enumerate(info.pieces) if kind in (NORMAL, USER_DEFINED)}
+    merges = []
+    for piece, score, kind in info.pieces:
+        if kind != NORMAL or len(piece) < 2:
+            continue
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in vocab and right in vocab:
+                merges.append((-score, vocab[piece], vocab[left], vocab[right], left, right))
+    merges.sort()
+    return [(m[4], m[5]) for m in merges]
+
+
+def build_model(info: SpmInfo) -> models.Model:
+    byte_fallback = bool(info.proto.trainer_spec.byte_fallback)
+    if info.model_type == "unigram":
+        vocab = [(piece, score) for (piece, _, _), score in zip(info.pieces, unigram_scores(info), strict=True)]
+        return models.Unigram(vocab, unk_id=info.unk_id, byte_fallback=byte_fallback)
+    vocab = {piece: i for i, (piece, _, _) in enumerate(info.pieces)}
+    return models.BPE(vocab, bpe_merges(info), unk_token=info.pieces[info.unk_id][0], fuse_unk=True,
+                      byte_fallback=byte_fallback)
+
+
+def build_decoder(info: SpmInfo) -> decoders.Decoder:
+    unk_surface = info.proto.trainer_spec.unk_surface or " \u2047 "
+    steps = [decoders.Replace(SPACE_SYMBOL, " "), decoders.ByteFallback(), decoders.Fuse()]
+    if info.proto.normalizer_spec.add_dummy_prefix:
+        steps.append(decoders.Strip(" ", 1, 0))  # after Fuse: only the text's first space
+    # After Strip, so that a leading unknown piece keeps its surface's space, as in SentencePiece.
+    steps.append(decoders.Replace(info.pieces[info.unk_id][0], unk_surface))
+    return decoders.Sequence(steps)
+
+
+def special_tokens(info: SpmInfo) -> list[AddedToken]:
+    """Added tokens, in id order: every control piece, <unk>, and the RemBERT specials present."""
+    ids = sorted(set(info.control_ids) | {info.unk_id} | set(info.special_ids.values()))
+    # In a BPE model a user-defined piece can only stay whole as an added token.
+    if info.model_type == "bpe":
+        ids = sorted(set(ids) | set(info.user_defined_ids))
+    tokens = []
+    for i in ids:
+        piece, _, kind = info.pieces[i]
+        special = kind != USER_DEFINED or piece in info.special_ids
+        tokens.append(AddedToken(piece, lstrip=piece == MASK, rstrip=False, single_word=False,
+                                 normalized=False, special=special))
+    return tokens
+
+
+def build_tokenizer(info: SpmInfo) -> Tokenizer:
+    tokenizer = Tokenizer(build_model(info))
+    tokenizer.normalizer = build_normalizer(info)
+    tokenizer.decoder = build_decoder(info)
+    cls_id, sep_id = info.special_ids[CLS], info.special_ids[SEP]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{CLS}:0 $A:0 {SEP}:0",
+        pair=f"{CLS}:0 $A:0 {SEP}:0 $B:1 {SEP}:1",
+        special_tokens=[(CLS, cls_id), (SEP, sep_id)],
+    )
+    tokens = special_tokens(info)
+    tokenizer.add_special_tokens([t for t in tokens if t.special])
+    tokenizer.add_tokens([t for t in tokens if not t.special])
+    for token in tokens:  # the ids come from the model: a mismatch here is a bug, never a new id
+        assert tokenizer.token_to_id(token.content) == info.pieces.index(
+            next(p for p in info.pieces if p[0] == token.content)), token.content
+    return tokenizer
+
+
+# ---------------------------------------------------------------------------------------- the HF files
+
+
+def special_tokens_map(info: SpmInfo) -> dict[str, Any]:
+    unk = info.pieces[info.unk_id][0]
+    mapping: dict[str, Any] = {"bos_token": CLS, "eos_token": SEP, "unk_token": unk, "sep_token": SEP,
+                               "cls_token": CLS}
+    if PAD in info.special_ids:
+        mapping["pad_token"] = PAD
+    if MASK in info.special_ids:
+        mapping["mask_token"] = {"content": MASK, "lstrip": True, "rstrip": False, "normalized": False,
+                                 "single_word": False}
+    return mapping
+
+
+def tokenizer_config(info: SpmInfo, tokenizer: Tokenizer) -> dict[str, Any]:
+    added = json.loads(tokenizer.to_str())["added_tokens"]
+    unk = info.pieces[info.unk_id][0]
+    config: dict[str, Any] = {
+        "added_tokens_decoder": {
+            str(t["id"]): {k: t[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word",
+                                             "special")}
+            for t in added
+        },
+        "bos_token": CLS,
+        "clean_up_tokenization_spaces": False,
+        "cls_token": CLS,
+        # The slow tokenizer must see the text as SentencePiece does: no lowercasing, accents kept, no
+        # whitespace rewriting of its own.
+        "do_lower_case": False,
+        "eos_token": SEP,
+        "keep_accents": True,
+        "mask_token": MASK if MASK in info.special_ids else None,
+        "model_max_length": 512,
+        "pad_token": PAD if PAD in info.special_ids else None,
+        "remove_space": False,
+        "sep_token": SEP,
+        "tokenizer_class": "RemBertTokenizer",
+        "unk_token": unk,
+    }
+    return config
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+
+
+def tokenizer_files(info: SpmInfo) -> dict[str, bytes]:
+    """The four output files as bytes; the same model gives the same bytes."""
+    tokenizer = build_tokenizer(info)
+    return {
+        "tokenizer.json": (tokenizer.to_str(pretty=True) + "\n").encode("utf-8"),
+        "tokenizer_config.json": _json_bytes(tokenizer_config(info, tokenizer)),
+        "special_tokens_map.json": _json_bytes(special_tokens_map(info)),
+        "sentencepiece.model": info.serialized,
+    }
+
+
+# ------------------------------------------------------------------------------------- measuring parity
+
+
+def _special_strings(info: SpmInfo) -> list[str]:
+    return [t.content for t in special_tokens(info) if t.special]
+
+
+def split_on_specials(text: str, specials: Sequence[str], lstrip: Iterable[str] = (MASK,)) -> list[str]:
+    """Split text on special-token strings (leftmost, longest first), as the added-token matcher does.
+
+    Returns alternating [text, special, text, ...]; a special that takes the space before it (lstrip)
+    removes the whitespace from the text on its left.
+    """
+    lstrip = set(lstrip)
+    ordered = sorted(specials, key=len, reverse=True)
+    parts: list[str] = []
+    start = pos = 0
+    while pos < len(text):
+        match = next((s for s in ordered if text.startswith(s, pos)), None)
+        if match is None:
+            pos += 1
+            continue
+        left = text[start:pos]
+        if match in lstrip:
+            left = left.rstrip(_WHITESPACE)
+        parts += [left, match]
+        pos = start = pos + len(match)
+    parts.append(text[start:])
+    return parts
+
+
+# Rust's char::is_whitespace (Unicode White_Space), which tokenizers' lstrip uses; Python's str.isspace
+# differs (it includes U+001C..U+001F and excludes nothing else we meet).
+_WHITESPACE = "".join(chr(c) for c in (*range(0x09, 0x0E), 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B),
+                                       0x2028, 0x2029, 0x202F, 0x205F, 0x3000))
+
+
+def reference_ids(sp: spm.SentencePieceProcessor, text: str, specials: Sequence[str]) -> list[int]:
+    """SentencePiece's ids with special-token strings taken as special tokens (Hugging Face semantics)."""
+    ids: list[int] = []
+    for i, part in enumerate(split_on_specials(text, specials)):
+        ids += [sp.piece_to_id(part)] if i % 2 else sp.encode(part)
+    return ids
+
+
+def _classify(info: SpmInfo, tokenizer: Tokenizer, sp: spm.SentencePieceProcessor, text: str,
+              got: list[int], want: list[int], specials: Sequence[str]) -> str | None:
+    """Name the documented class that explains a difference, or None if none does."""
+    segments = [p for i, p in enumerate(split_on_specials(text, specials)) if i % 2 == 0]
+    if any(tokenizer.normalizer.normalize_str(s) != sp.normalize(s) for s in segments):
+        return "precompiled-grapheme"
+    if info.model_type == "bpe" and info.user_defined_ids:
+        user = [info.pieces[i][0] for i in info.user_defined_ids]
+        if any(u in text for u in user):
+            return "bpe-user-defined"
+    got_pieces = [info.pieces[i][0] for i in got]
+    want_pieces = [info.pieces[i][0] for i in want]
+    if "".join(got_pieces) != "".join(want_pieces):
+        return None  # different text covered: never a tie
+    if info.model_type == "unigram":
+        scores = unigram_scores(info)
+        a, b = sum(scores[i] for i in got), sum(scores[i] for i in want)
+        bound = (len(got) + len(want)) * 2.0 ** -23 * max(abs(a), abs(b))
+        return "unigram-float32-tie" if abs(a - b) <= bound else None
+    return None  # BPE merges are exact: competing merges that make one piece are one merge
+
+
+def measure_agreement(info: SpmInfo, tokenizer: Tokenizer, lines: Iterable[str]) -> Agreement:
+    """Fast ids vs SentencePiece's (special-token strings as specials) for each line, explained."""
+    sp = spm.SentencePieceProcessor(model_proto=info.serialized)
+    specials = _special_strings(info)
+    agreement = Agreement()
+    for text in lines:
+        agreement.total += 1
+        got = tokenizer.encode(text, add_special_tokens=False).ids
+        want = reference_ids(sp, text, specials)
+        if got == want:
+            agreement.equal += 1
+            continue
+        name = _classify(info, tokenizer, sp, text, got, want, specials)
+        if name is None:
+            agreement.unexplained.append(text)
+        else:
+            agreement.classes[name] = agreement.classes.get(name, 0) + 1
+    return agreement
+
+
+# ------------------------------------------------------------------------------------------- the verb
+
+
+def convert_tokenizer(spm_path: str | Path, output_dir: str | Path, *, force: bool = False,
+                      quiet: bool = False, probe_lines: int = 400) -> TokenizerReport:
+    """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and sentencepiece.model.
+
+    The files are written to a temporary directory beside `output_dir` and renamed into place only when
+    complete. An existing non-empty `output_dir` is refused unless `force`. The report carries the
+    measured agreement with SentencePiece on the project's probe corpus.
+    """
+    from converters.spm_fixtures import probe_corpus
+
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"output {output_dir} is a file; pass a directory path")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not force:
+        raise UserError(f"output directory {output_dir} is not empty; pass --force to replace it or choose "
+                        "another -o")
+    info = read_sentencepiece(spm_path)
+    files = tokenizer_files(info)
+    agreement = measure_agreement(info, Tokenizer.from_str(files["tokenizer.json"].decode("utf-8")),
+                                  probe_corpus(probe_lines))
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        for name in FILES:
+            (staging / name).write_bytes(files[name])
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        staging.rename(output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    spec = info.proto.normalizer_spec
+    return TokenizerReport(
+        output_dir=output_dir,
+        model_type=info.model_type,
+        vocab_size=len(info.pieces),
+        special_ids={**info.special_ids, info.pieces[info.unk_id][0]: info.unk_id},
+        byte_fallback=bool(info.proto.trainer_spec.byte_fallback),
+        normalization=spec.name if spec.precompiled_charsmap else "",
+        agreement=agreement,
+        files={name: hashlib.sha256(files[name]).hexdigest() for name in FILES},
+    )
+
+
+def decode_charsmap(blob: bytes) -> dict[bytes, bytes]:
+    """Every rule of a precompiled charsmap (a darts-clone double-array trie + a pool of replacements).
+
+    Used by the tests to find inputs that hit sequence rules, and to explain differences.
+    """
+    (trie_size,) = struct.unpack_from("<I", blob, 0)
+    units = np.frombuffer(blob, dtype="<u4", count=trie_size // 4, offset=4).astype(np.int64)
+    pool = blob[4 + trie_size:]
+    labels = units & ((1 << 31) | 0xFF)
+
+    def offset(unit: int) -> int:
+        return (unit >> 10) << ((unit & (1 << 9)) >> 6)
+
+    rules: dict[bytes, bytes] = {}
+    byte_values = np.arange(1, 256)
+    stack = [(offset(int(units[0])), b"")]
+    while stack:
+        node, key = stack.pop()
+        children = node ^ byte_values
+        inside = children < len(units)
+        children, values = children[inside], byte_values[inside]
+        hit = labels[children] == values
+        for value, child in zip(values[hit], children[hit], strict=True):
+            unit = int(units[child])
+            next_node = child ^ offset(unit)
+            next_key = key + bytes([int(value)])
+            if (unit >> 8) & 1:  # has a leaf: the replacement's offset in the pool
+                start = int(units[next_node]) & 0x7FFFFFFF
+                rules[next_key] = pool[start:pool.index(b"\0", start)]
+            stack.append((next_node, next_key))
+    return rules
