@@ -166,14 +166,19 @@ def _generator(seed: int, role: str) -> np.random.Generator:
 
 
 def _value(spec: VariableSpec, seed: int) -> np.ndarray:
-    draws = _generator(seed, spec.role).standard_normal(spec.shape, dtype=np.float32)
-    return (np.float32(spec.mean) + np.float32(spec.std) * draws).astype(np.float32)
+    value = _generator(seed, spec.role).standard_normal(spec.shape, dtype=np.float32)
+    value *= np.float32(spec.std)  # in place: no float32 temporaries the size of a full-size embedding
+    value += np.float32(spec.mean)
+    return value
 
 
 def _slot(spec: VariableSpec, slot: str, seed: int) -> np.ndarray:
-    draws = _generator(seed, f"{spec.role}/{slot}").standard_normal(spec.shape, dtype=np.float32)
+    value = _generator(seed, f"{spec.role}/{slot}").standard_normal(spec.shape, dtype=np.float32)
     # Adam's first moment is small and signed, its second moment small and positive.
-    return (np.float32(1e-3) * draws if slot == "adam_m" else np.float32(1e-6) * draws * draws).astype(np.float32)
+    if slot == "adam_v":
+        np.square(value, out=value)
+    value *= np.float32(1e-3 if slot == "adam_m" else 1e-6)
+    return value
 
 
 def synthetic_variables(
