@@ -194,5 +194,60 @@ def safetensors(ckpt: str, max_shard_size: str, **kwargs: Any) -> None:
     _run_conversion(ckpt, ["safetensors"], kwargs, max_shard_size=max_shard_size)
 
 
+@main.command()
+@click.argument("ckpt", type=click.Path())
+@writer_options
+@checkpoint_options
+@handle_user_errors
+def tf2(ckpt: str, **kwargs: Any) -> None:
+    """Convert CKPT to tf_model.h5 (Hugging Face's Keras layout: loads with transformers' TFRemBert* classes
+    and rembert_ref.tf_model) + config.json. HDF5 has no bfloat16: use float32 or float16.
+
+    \b
+    Example:
+      convert-rembert tf2 examples/tiny-rembert -o out/tiny-rembert-tf
+      convert-rembert tf2 ckpt/model.ckpt-1000 --config bert_config.json -o out/tf --dtype float16
+    """
+    _run_conversion(ckpt, ["tf2"], kwargs)
+
+
+@main.command()
+@click.argument("ckpt", type=click.Path())
+@writer_options
+@click.option("--format", "formats", multiple=True, type=click.Choice(["pytorch", "safetensors", "tf2"]),
+              help="Formats to write (repeatable; default: all three), in one pass over the checkpoint.")
+@click.option("--tokenizer", "tokenizer", type=click.Path(dir_okay=False), default=None,
+              help="SentencePiece model to convert too (default: sentencepiece.model beside the checkpoint).")
+@click.option("--no-tokenizer", is_flag=True, help="Do not convert a tokenizer.")
+@click.option("--max-shard-size", default="5GB", show_default=True,
+              help="Split model.safetensors into shards + index above this size.")
+@checkpoint_options
+@handle_user_errors
+def convert(ckpt: str, formats: tuple[str, ...], tokenizer: str | None, no_tokenizer: bool, max_shard_size: str,
+            **kwargs: Any) -> None:
+    """Convert CKPT to every format at once: pytorch_model.bin, model.safetensors, tf_model.h5, the
+    tokenizer files (tokenizer.json, tokenizer_config.json, special_tokens_map.json, sentencepiece.model),
+    config.json and conversion_report.json, reading the checkpoint once.
+
+    \b
+    Example:
+      convert-rembert convert examples/tiny-rembert -o out/tiny-rembert
+      convert-rembert convert ckpt/ --config bert_config.json --tokenizer sentencepiece.model -o out/rembert
+    """
+    from pathlib import Path
+
+    from converters.tf1_checkpoint import resolve_checkpoint
+
+    if tokenizer and no_tokenizer:
+        raise UserError("--tokenizer and --no-tokenizer contradict each other; pass one")
+    if tokenizer is None and not no_tokenizer:
+        beside = resolve_checkpoint(ckpt).parent / "sentencepiece.model"
+        tokenizer = str(beside) if beside.is_file() else None
+    elif tokenizer is not None and not Path(tokenizer).is_file():
+        raise UserError(f"tokenizer {tokenizer} does not exist; pass the checkpoint's sentencepiece.model")
+    _run_conversion(ckpt, list(formats) or ["pytorch", "safetensors", "tf2"], kwargs,
+                    max_shard_size=max_shard_size, tokenizer=tokenizer)
+
+
 if __name__ == "__main__":
     main()

@@ -48,6 +48,7 @@ class ConvertOptions:
     force: bool = False
     quiet: bool = False
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    tokenizer: str | os.PathLike | None = None  # a SentencePiece .model to convert into the same folder
 
 
 @dataclass
@@ -152,11 +153,27 @@ def convert_checkpoint(
                 for writer in writers:
                     writer.abort()
                 raise
+            if options.tokenizer is not None:
+                files += _write_tokenizer(Path(options.tokenizer), config, staging)
             config.save(staging / "config.json")
             report = conversion_report(reader.prefix, plan, options, formats, staging, files)
             (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     final_files = [output_dir / p.name for p in files] + [output_dir / "config.json", output_dir / REPORT_NAME]
     return ConversionResult(output_dir, final_files, plan, report)
+
+
+def _write_tokenizer(spm_path: Path, config: RemBertConfig, staging: Path) -> list[Path]:
+    from converters.tokenizer import read_sentencepiece, tokenizer_files
+
+    info = read_sentencepiece(spm_path)
+    if len(info.pieces) != config.vocab_size:
+        raise UserError(f"{spm_path} has {len(info.pieces)} pieces but the model's vocab_size is {config.vocab_size}; "
+                        "pass the checkpoint's own SentencePiece model, or leave the tokenizer out")
+    written = []
+    for name, data in tokenizer_files(info).items():
+        (staging / name).write_bytes(data)
+        written.append(staging / name)
+    return written
 
 
 def _stream(reader: CheckpointReader, mappings: Sequence[TensorMapping], writers: Sequence[Writer],
