@@ -169,6 +169,11 @@ def _write_tokenizer(spm_path: Path, config: RemBertConfig, staging: Path) -> li
     if len(info.pieces) != config.vocab_size:
         raise UserError(f"{spm_path} has {len(info.pieces)} pieces but the model's vocab_size is {config.vocab_size}; "
                         "pass the checkpoint's own SentencePiece model, or leave the tokenizer out")
+    # The model's special ids follow the tokenizer (HF's defaults 0/312/313 are the full-size model's).
+    ids = info.special_ids
+    config.pad_token_id = ids.get("[PAD]", config.pad_token_id)
+    config.bos_token_id = ids.get("[CLS]", config.bos_token_id)
+    config.eos_token_id = ids.get("[SEP]", config.eos_token_id)
     written = []
     for name, data in tokenizer_files(info).items():
         (staging / name).write_bytes(data)

@@ -1,0 +1,102 @@
+"""The CLI: thin commands, one-line errors with exit code 2, tracebacks only with --debug."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from converters.cli import main
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "tiny-rembert"
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("command", ["inspect", "pytorch", "safetensors", "tf2", "convert", "tokenizer"])
+def test_every_command_shows_an_example(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    assert "Example:" in result.output and f"convert-rembert {command} " in result.output
+
+
+def test_convert_the_shipped_example(tmp_path):
+    out = tmp_path / "tiny"
+    result = run("convert", EXAMPLE, "-o", out)
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["pytorch_model.bin", "model.safetensors", "tf_model.h5", "tokenizer.json",
+                            "tokenizer_config.json", "special_tokens_map.json", "sentencepiece.model",
+                            "config.json", "conversion_report.json"])
+    assert "activation gelu_new (tanh approximation)" in result.output
+    report = json.loads((out / "conversion_report.json").read_text())
+    ignored = {row["source"] for row in report["ignored"]}
+    assert {"global_step", "cls/seq_relationship/output_weights"} <= ignored
+    config = json.loads((out / "config.json").read_text())
+    assert config["vocab_size"] == 512 and config["pad_token_id"] == 0
+
+
+def test_inspect_lists_fates_and_writes_nothing(tmp_path):
+    copy = tmp_path / "ck"
+    shutil.copytree(EXAMPLE, copy)
+    before = sorted(p.name for p in copy.iterdir())
+    result = run("inspect", copy, "--all")
+    assert result.exit_code == 0, result.output
+    assert "mapped   bert/encoder/layer_1/attention/self/key/kernel" in result.output
+    assert "rembert.encoder.layer.1.attention.self.key.weight (transposed)" in result.output
+    assert "ignored  bert/encoder/layer_1/attention/self/key/kernel/adam_m" in result.output
+    assert "cls/seq_relationship/output_bias" in result.output
+    assert sorted(p.name for p in copy.iterdir()) == before
+
+
+def test_inspect_reports_a_mismatch_and_fails(tmp_path):
+    copy = tmp_path / "ck"
+    shutil.copytree(EXAMPLE, copy)
+    config = json.loads((copy / "bert_config.json").read_text())
+    config["num_hidden_layers"] = 3
+    (copy / "bert_config.json").write_text(json.dumps(config))
+    result = run("inspect", copy)
+    assert result.exit_code == 2
+    assert "missing  bert/encoder/layer_2/attention/self/query/kernel" in result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: this checkpoint would not convert")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("pytorch", "{tmp}/nowhere", "-o", "{tmp}/out"), "error: no TF1 checkpoint at"),
+        (("safetensors", "{example}", "-o", "{tmp}/out", "--config", "{tmp}/none.json"),
+         "error: config file"),
+        (("safetensors", "{example}", "-o", "{tmp}/out", "--max-shard-size", "lots"), "error: cannot read size"),
+        (("convert", "{example}", "-o", "{tmp}/out", "--tokenizer", "{tmp}/x.model"), "error: tokenizer"),
+        (("convert", "{example}", "-o", "{tmp}/out", "--output-embedding-name", "cls/none"),
+         "error: --output-embedding-name"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    args = [a.format(tmp=tmp_path, example=EXAMPLE) for a in args]
+    result = run(*args)
+    assert result.exit_code == 2
+    assert result.output.startswith(message), result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_needs_force(tmp_path):
+    out = tmp_path / "out"
+    assert run("safetensors", EXAMPLE, "-o", out, "-q").exit_code == 0
+    result = run("safetensors", EXAMPLE, "-o", out)
+    assert result.exit_code == 2 and "pass --force" in result.output
+    assert run("safetensors", EXAMPLE, "-o", out, "--force", "-q").exit_code == 0
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = run("pytorch", tmp_path / "nowhere", "-o", tmp_path / "out", "--debug")
+    assert result.exit_code != 0
+    assert result.exc_info is not None and type(result.exc_info[1]).__name__ == "UserError"
