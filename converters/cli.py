@@ -249,5 +249,32 @@ def convert(ckpt: str, formats: tuple[str, ...], tokenizer: str | None, no_token
                     max_shard_size=max_shard_size, tokenizer=tokenizer)
 
 
+# -- tokenizer ----------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("spm", type=click.Path())
+@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
+              help="Output directory (written atomically).")
+@force_option
+@quiet_option
+@debug_option
+@handle_user_errors
+def tokenizer(spm: str, output: str, force: bool, quiet: bool, debug: bool) -> None:
+    """Convert the SentencePiece model SPM to a fast tokenizer: tokenizer.json (same ids as SentencePiece),
+    tokenizer_config.json, special_tokens_map.json and a copy as sentencepiece.model. Prints the measured
+    agreement with SentencePiece on the project's multilingual probe corpus.
+
+    \b
+    Example:
+      convert-rembert tokenizer examples/tiny-rembert/sentencepiece.model -o out/tiny-rembert-tok
+    """
+    from converters.tokenizer import convert_tokenizer
+
+    report = convert_tokenizer(spm, output, force=force, quiet=quiet)
+    if not quiet:
+        click.echo(report.summary())
+
+
 if __name__ == "__main__":
     main()
