@@ -26,7 +26,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -548,7 +548,7 @@ class RemBertForMaskedLM(RemBertPreTrainedModel):
         logits = self.cls(out.last_hidden_state)  # (B, T, V)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.view(-1, self.config.vocab_size), labels.view(-1))
+            loss = F.cross_entropy(logits.reshape(-1, self.config.vocab_size), labels.reshape(-1))
         return _finish(MaskedLMOutput(loss, logits, out.hidden_states, out.attentions), return_dict)
 
 
@@ -660,7 +660,7 @@ def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, con
     if problem == "regression":
         return F.mse_loss(logits.squeeze(), labels.squeeze()) if n == 1 else F.mse_loss(logits, labels)
     if problem == "single_label_classification":
-        return F.cross_entropy(logits.view(-1, n), labels.view(-1))
+        return F.cross_entropy(logits.reshape(-1, n), labels.reshape(-1))
     if problem == "multi_label_classification":
         return F.binary_cross_entropy_with_logits(logits, labels)
     raise UserError(
@@ -743,7 +743,7 @@ class RemBertForTokenClassification(RemBertPreTrainedModel):
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
+            loss = F.cross_entropy(logits.reshape(-1, self.config.num_labels), labels.reshape(-1))
         return _finish(ClassifierOutput(loss, logits, out.hidden_states, out.attentions), return_dict)
 
 
@@ -833,57 +833,96 @@ def _is_pretrained(name: str) -> bool:
     return name.startswith(("rembert.", "cls."))
 
 
-def read_state_dict(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
-    """The weights in `directory` and the file they came from. Safetensors wins when both kinds exist."""
+def find_weights(directory: str | os.PathLike) -> tuple[str, dict[str, str]]:
+    """The weights file chosen in `directory` and {tensor name: path of the file that holds it}, read from
+    headers and indexes only. Safetensors wins when both kinds exist; the choice is fixed, not by date."""
     directory = os.fspath(directory)
     for name in (SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE, TORCH_FILE, TORCH_INDEX_FILE):
         path = os.path.join(directory, name)
         if not os.path.isfile(path):
             continue
         if name.endswith(".index.json"):
-            return _read_sharded(directory, path), name
-        return _read_weights_file(path), name
-    if not os.path.isdir(directory):
-        raise UserError(f"model directory {directory} does not exist; convert a checkpoint into it first")
+            return name, _read_index(directory, path)
+        with _WeightsFile(path) as tensors:
+            return name, dict.fromkeys(tensors.keys(), path)
     raise UserError(
         f"{directory} has none of {SAFETENSORS_FILE}, {SAFETENSORS_INDEX_FILE}, {TORCH_FILE}, {TORCH_INDEX_FILE}; "
         "point at a converted model directory"
     )
 
 
-def _read_weights_file(path: str) -> dict[str, torch.Tensor]:
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise UserError(f"cannot read weights file {path} ({exc}); convert the checkpoint again") from exc
-    except Exception as exc:  # safetensors raises its own SafetensorError, not an OSError
-        if type(exc).__name__ == "SafetensorError":
-            raise UserError(f"cannot read weights file {path} ({exc}); convert the checkpoint again") from exc
-        raise
+def read_state_dict(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
+    """All the weights in `directory` at once, and the file they came from."""
+    weights_file, locations = find_weights(directory)
+    return dict(_iter_tensors(locations)), weights_file
 
 
-def _read_sharded(directory: str, index_path: str) -> dict[str, torch.Tensor]:
+class _WeightsFile:
+    """One weights file as a context manager giving keys() and get_tensor(): safetensors reads a tensor when
+    asked and a torch pickle is memory-mapped, so the file is never held in memory next to the model."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.context = None
+
+    def __enter__(self):
+        try:
+            if self.path.endswith(".safetensors"):
+                from safetensors import safe_open
+
+                self.context = safe_open(self.path, framework="pt")
+                return self.context.__enter__()
+            try:
+                state = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # files from before torch 1.6's zip format cannot be memory-mapped
+                state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # SafetensorError, RuntimeError, UnpicklingError, ... all mean a bad file
+            raise UserError(f"cannot read weights file {self.path} ({exc}); convert the checkpoint again") from exc
+        if not isinstance(state, dict):
+            raise UserError(f"{self.path} holds a {type(state).__name__}, not a state dict; save model.state_dict()")
+        return _DictHandle(state)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.context is not None:
+            self.context.__exit__(*exc_info)
+
+
+class _DictHandle:
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        self.state = state
+
+    def keys(self) -> list[str]:
+        return list(self.state)
+
+    def get_tensor(self, key: str) -> torch.Tensor:
+        return self.state[key]
+
+
+def _read_index(directory: str, index_path: str) -> dict[str, str]:
     try:
         with open(index_path, encoding="utf-8") as handle:
             weight_map = json.load(handle)["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        locations = {key: os.path.join(directory, shard) for key, shard in weight_map.items()}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"{index_path} is not a valid index with a weight_map ({exc}); write it again") from exc
-    state: dict[str, torch.Tensor] = {}
     for shard in sorted(set(weight_map.values())):
-        path = os.path.join(directory, shard)
-        if not os.path.isfile(path):
+        if not os.path.isfile(os.path.join(directory, shard)):
             raise UserError(f"{index_path} names shard {shard}, which is not in {directory}; copy it there")
-        tensors = _read_weights_file(path)
-        wanted = {k for k, v in weight_map.items() if v == shard}
-        absent = sorted(wanted - tensors.keys())
-        if absent:
-            raise UserError(f"shard {shard} lacks {', '.join(absent)} that {index_path} promises; write it again")
-        state.update({k: tensors[k] for k in sorted(wanted)})
-    return state
+    return locations
+
+
+def _iter_tensors(locations: dict[str, str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every name, one file open at a time, names sorted within a file."""
+    for path in sorted(set(locations.values())):
+        wanted = sorted(k for k, p in locations.items() if p == path)
+        with _WeightsFile(path) as tensors:
+            absent = sorted(set(wanted) - set(tensors.keys()))
+            if absent:
+                raise UserError(
+                    f"{os.path.basename(path)} lacks {', '.join(absent)}, which its index promises; write it again"
+                )
+            for key in wanted:
+                yield key, tensors.get_tensor(key)
 
 
 def _from_pretrained(
@@ -900,7 +939,7 @@ def _from_pretrained(
         if not os.path.isfile(config_path):
             raise UserError(f"{config_path} does not exist; pass config= or convert the checkpoint into {directory}")
         config = RemBertConfig.from_json_file(config_path)
-    file_state, weights_file = read_state_dict(directory)
+    weights_file, locations = find_weights(directory)
 
     # Build without allocating or initialising: every tensor is then either loaded or initialised below.
     with torch.device("meta"):
@@ -909,39 +948,39 @@ def _from_pretrained(
     params = dict(model.named_parameters())
     by_canonical = {_canonical(k): k for k in params}
 
-    loaded: dict[str, torch.Tensor] = {}
+    targets: dict[str, str] = {}  # file key -> model parameter name
     unexpected = []
-    for key in sorted(file_state):
+    for key in sorted(locations):
         canonical = _canonical(key)
         if canonical in IGNORED_KEYS:
             continue
         if canonical in by_canonical:
-            loaded[by_canonical[canonical]] = file_state[key]
+            targets[key] = by_canonical[canonical]
         else:
             unexpected.append(key)
-    mismatched = [
-        f"{k}: file {tuple(t.shape)}, model {tuple(params[k].shape)}"
-        for k, t in loaded.items()
-        if t.shape != params[k].shape
-    ]
-    if mismatched:
-        raise UserError(
-            f"weights in {weights_file} do not fit the config: {'; '.join(mismatched)}; "
-            "use the config.json the weights were written with"
-        )
-    absent = [k for k in params if k not in loaded]
-    missing = sorted(k for k in absent if _is_pretrained(_canonical(k)))
+    absent = sorted(set(params) - set(targets.values()))
+    missing = [k for k in absent if _is_pretrained(_canonical(k))]
     if missing and strict_backbone:
         raise UserError(
             f"{weights_file} in {directory} lacks {len(missing)} weight(s) {cls.__name__} needs: "
             f"{', '.join(missing)}; convert the full checkpoint, or pass strict_backbone=False to initialise them"
         )
 
+    mismatched = []
     with torch.no_grad():
-        for name, tensor in loaded.items():
-            params[name].copy_(tensor)  # casts to the model's float32
-        for name in sorted(absent):
+        for key, tensor in _iter_tensors({k: locations[k] for k in targets}):
+            param = params[targets[key]]
+            if tensor.shape != param.shape:
+                mismatched.append(f"{key}: file {tuple(tensor.shape)}, model {tuple(param.shape)}")
+            else:
+                param.copy_(tensor)  # casts to the model's float32
+        for name in absent:  # sorted, so a seeded caller gets the same heads every time
             _init_parameter(params[name], name, config)
+    if mismatched:
+        raise UserError(
+            f"weights in {weights_file} do not fit the config: {'; '.join(mismatched)}; "
+            "use the config.json the weights were written with"
+        )
     model.loading_info = {
         "missing": missing,
         "unexpected": unexpected,
