@@ -185,6 +185,30 @@ def train_sentencepiece(
     return output_path
 
 
+def handmade_unigram_model(output_path: str | Path, pieces: Sequence[tuple[str, float]]) -> Path:
+    """A unigram model with exactly the given normal pieces and scores (identity normalization).
+
+    `[PAD]` 0, `<unk>` 1 and `[CLS]`, `[SEP]`, `[MASK]` (control) come first. Used to build exact
+    reproducers, such as a float32 score tie.
+    """
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.trainer_spec.model_type = 1  # UNIGRAM
+    proto.trainer_spec.unk_surface = " \u2047 "
+    proto.normalizer_spec.name = "identity"
+    proto.normalizer_spec.add_dummy_prefix = True
+    proto.normalizer_spec.remove_extra_whitespaces = True
+    proto.normalizer_spec.escape_whitespaces = True
+    for piece, kind, score in [(PAD_PIECE, 3, 0.0), (UNK_PIECE, 2, 0.0)] + [
+            (p, 3, 0.0) for p in REMBERT_SPECIAL_PIECES] + [(p, 1, s) for p, s in pieces]:
+        entry = proto.pieces.add()
+        entry.piece, entry.type, entry.score = piece, kind, score
+    output_path = Path(output_path)
+    output_path.write_bytes(proto.SerializeToString())
+    return output_path
+
+
 def train_example_model(output_path: str | Path) -> Path:
     """The shipped example's model: unigram, exactly 512 pieces, RemBERT's special pieces."""
     return train_sentencepiece(output_path, model_type="unigram", vocab_size=512)

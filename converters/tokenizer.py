@@ -14,7 +14,7 @@ spaces on its own):
 - special tokens `[CLS]`, `[SEP]`, `[PAD]`, `[MASK]` (lstrip, as in RemBERT) and `<unk>` with the model's
   own ids (never appended), plus any other control pieces; RemBERT's post-processor
   `[CLS] A [SEP]` / `[CLS] A [SEP] B [SEP]` with type ids 0/1;
-- decoder: "▁" -> " ", byte fallback, drop the first leading space, `<unk>` -> the model's unk surface.
+- decoder: `<unk>` -> the model's unk surface, "▁" -> " ", byte fallback, drop the text's first space.
 
 Parity is measured, not assumed: `measure_agreement` compares ids with SentencePiece's on the project's
 probe corpus and sorts every difference into a class. The classes that no `tokenizer.json` can remove
@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import shutil
 import struct
 import tempfile
@@ -58,8 +59,9 @@ DIFFERENCE_CLASSES = {
                             "compatibility jamo.",
     "unigram-float32-tie": "two segmentations whose scores differ by less than float32 rounding: "
                            "SentencePiece sums scores in float32, tokenizers in float64.",
-    "bpe-user-defined": "a user-defined piece in a BPE model next to whitespace: tokenizers' BPE cannot "
-                        "hold a multi-character symbol whole, so it is split out before normalization.",
+    "bpe-user-defined": "a user-defined piece in a BPE model: tokenizers' BPE cannot hold a "
+                        "multi-character symbol whole, so it is split out before normalization and the "
+                        "text on each side is encoded as a sentence of its own (own dummy prefix).",
 }
 
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "sentencepiece.model")
@@ -239,11 +241,16 @@ def build_model(info: SpmInfo) -> models.Model:
 
 def build_decoder(info: SpmInfo) -> decoders.Decoder:
     unk_surface = info.proto.trainer_spec.unk_surface or " \u2047 "
-    steps = [decoders.Replace(SPACE_SYMBOL, " "), decoders.ByteFallback(), decoders.Fuse()]
+    unk = re.escape(info.pieces[info.unk_id][0])
+    steps = [
+        # Only the <unk> token itself, not text that happens to spell "<unk>" across pieces.
+        decoders.Replace(Regex(rf"\A{unk}\z"), unk_surface),
+        decoders.Replace(SPACE_SYMBOL, " "),
+        decoders.ByteFallback(),
+        decoders.Fuse(),
+    ]
     if info.proto.normalizer_spec.add_dummy_prefix:
         steps.append(decoders.Strip(" ", 1, 0))  # after Fuse: only the text's first space
-    # After Strip, so that a leading unknown piece keeps its surface's space, as in SentencePiece.
-    steps.append(decoders.Replace(info.pieces[info.unk_id][0], unk_surface))
     return decoders.Sequence(steps)
 
 

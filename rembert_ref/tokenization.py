@@ -363,9 +363,9 @@ class RemBertTokenizer(_RemBertTokenizerBase):
         return [self.sp_model.id_to_piece(int(i)) for i in ids]
 
     def _decode(self, ids: list[int], skip_special_tokens: bool) -> str:
-        # The fast tokenizer's decoder, step by step: "▁" -> " ", byte pieces -> UTF-8, join, drop the
-        # first space, then <unk> -> its surface. SentencePiece's own decode agrees on every id list that
-        # SentencePiece's encode makes (tested); it differs on purpose for special tokens.
+        # The fast tokenizer's decoder, step by step: <unk> -> its surface, "▁" -> " ", byte pieces ->
+        # UTF-8, join, drop the first space. SentencePiece's own decode agrees on every id list that its
+        # encode makes (tested); it differs on purpose for special tokens.
         special = set(self.all_special_ids)
         parts: list[str] = []
         pending: list[int] = []
@@ -378,12 +378,10 @@ class RemBertTokenizer(_RemBertTokenizerBase):
                 continue
             parts += _flush_bytes(pending)
             pending = []
-            parts.append(piece.replace(SPACE_SYMBOL, " "))
+            parts.append(self._unk_surface if i == self.unk_token_id else piece.replace(SPACE_SYMBOL, " "))
         parts += _flush_bytes(pending)
         text = "".join(parts)
-        if self._strip_first_space and text.startswith(" "):
-            text = text[1:]
-        return text.replace(self.unk_token, self._unk_surface)
+        return text[1:] if self._strip_first_space and text.startswith(" ") else text
 
 
 def _flush_bytes(pending: list[int]) -> list[str]:

@@ -1,0 +1,248 @@
+"""SentencePiece -> tokenizer.json: ids equal SentencePiece's on a multilingual corpus, for models the
+project trains (unigram and BPE, nmt_nfkc and identity, byte_fallback on and off, user-defined and control
+special pieces); every difference must fall in a documented class, which the tests reproduce exactly."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer
+
+from converters.cli import main
+from converters.errors import UserError
+from converters.spm_fixtures import handmade_unigram_model, probe_corpus, train_sentencepiece
+from converters.tokenizer import (
+    DIFFERENCE_CLASSES,
+    build_tokenizer,
+    convert_tokenizer,
+    measure_agreement,
+    read_sentencepiece,
+    reference_ids,
+)
+
+# name -> training options. Sizes differ so that no two models share a vocabulary size.
+MODELS = {
+    "unigram-nfkc": dict(model_type="unigram", vocab_size=512),
+    "unigram-identity-bytes": dict(model_type="unigram", vocab_size=803, normalization="identity",
+                                   byte_fallback=True),
+    "unigram-nfkc-control": dict(model_type="unigram", vocab_size=517, user_defined_symbols=("<url>", "@@"),
+                                 control_symbols=("[CLS]", "[SEP]", "[MASK]")),
+    "bpe-nfkc-bytes": dict(model_type="bpe", vocab_size=811, byte_fallback=True),
+    "bpe-identity": dict(model_type="bpe", vocab_size=523, normalization="identity"),
+    "bpe-nfkc-user": dict(model_type="bpe", vocab_size=529, user_defined_symbols=("[CLS]", "[SEP]", "[MASK]",
+                                                                                    "<url>")),
+}
+LINES = probe_corpus(400)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("spm")
+    return {name: train_sentencepiece(root / f"{name}.model", **opts) for name, opts in MODELS.items()}
+
+
+def _load(path: Path) -> tuple:
+    info = read_sentencepiece(path)
+    # Through JSON, so the test sees exactly what tokenizer.json holds.
+    tokenizer = Tokenizer.from_str(build_tokenizer(info).to_str())
+    return info, tokenizer, spm.SentencePieceProcessor(model_file=str(path))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_ids_equal_sentencepiece_on_probe_corpus(models: dict[str, Path], name: str) -> None:
+    info, tokenizer, sp = _load(models[name])
+    agreement = measure_agreement(info, tokenizer, LINES)
+    print(f"{name}: {agreement.equal}/{agreement.total} lines equal, classes {agreement.classes}")
+    assert agreement.unexplained == []
+    assert set(agreement.classes) <= set(DIFFERENCE_CLASSES)
+    if info.proto.normalizer_spec.precompiled_charsmap:
+        assert agreement.rate > 0.85
+    else:  # no charsmap: nothing is left that tokenizers cannot express
+        assert agreement.classes == {}
+    # Lines without special-token strings are compared with plain sp.encode, nothing in between.
+    plain = [t for t in LINES if not any(s in t for s in ("[CLS]", "[SEP]", "[PAD]", "[MASK]", "<unk>"))]
+    assert len(plain) > 300
+    for text in plain:
+        if tokenizer.normalizer.normalize_str(text) == sp.normalize(text) and "<url>" not in text:
+            assert tokenizer.encode(text, add_special_tokens=False).ids == sp.encode(text), text
+
+
+@pytest.mark.parametrize("name", ["unigram-nfkc", "bpe-nfkc-bytes", "unigram-nfkc-control"])
+def test_special_ids_come_from_the_model(models: dict[str, Path], name: str) -> None:
+    info, tokenizer, sp = _load(models[name])
+    for piece in ("[CLS]", "[SEP]", "[PAD]", "[MASK]", "<unk>"):
+        assert tokenizer.token_to_id(piece) == sp.piece_to_id(piece) < sp.get_piece_size()
+    assert tokenizer.get_vocab_size(with_added_tokens=True) == sp.get_piece_size()  # nothing appended
+    enc = tokenizer.encode("a b", "c")
+    cls, sep = sp.piece_to_id("[CLS]"), sp.piece_to_id("[SEP]")
+    assert enc.ids == [cls] + sp.encode("a b") + [sep] + sp.encode("c") + [sep]
+    assert enc.type_ids == [0] * (len(sp.encode("a b")) + 2) + [1] * (len(sp.encode("c")) + 1)
+    # [MASK] takes the space before it, as in RemBERT; the text around it is SentencePiece's.
+    mask = sp.piece_to_id("[MASK]")
+    assert tokenizer.encode("Paris is the [MASK] of", add_special_tokens=False).ids == (
+        sp.encode("Paris is the") + [mask] + sp.encode(" of"))
+
+
+def test_control_pieces_are_never_matched_by_the_model(models: dict[str, Path]) -> None:
+    # With special tokens split like text (transformers' split_special_tokens), control pieces ([PAD]) and
+    # <unk> must not come out of the model, and user-defined ones must, as in SentencePiece. (Limit, in
+    # docs/tokenizer-parity.md: a control string holding a character unknown to the model can still match.)
+    info, tokenizer, sp = _load(models["unigram-nfkc"])
+    tokenizer.encode_special_tokens = True
+    for text in ["[CLS] x [SEP]", "<unk>", "a[MASK]b", "x <unk>  <unk>y"]:
+        assert tokenizer.encode(text, add_special_tokens=False).ids == sp.encode(text), text
+
+
+def _normalizes_alike(tokenizer: Tokenizer, sp: spm.SentencePieceProcessor, text: str) -> bool:
+    return tokenizer.normalizer.normalize_str(text) == sp.normalize(text)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(st.characters(exclude_categories=("Cs",)), max_size=40))
+def test_property_random_unicode(models: dict[str, Path], text: str) -> None:
+    for name in ("unigram-nfkc", "bpe-identity", "unigram-identity-bytes"):
+        info, tokenizer, sp = _cached(models, name)
+        agreement = measure_agreement(info, tokenizer, [text])
+        assert agreement.unexplained == [], (name, text)
+        if agreement.classes:
+            # The only class random text may hit is the charsmap's, and only where normalization differs.
+            assert set(agreement.classes) <= {"precompiled-grapheme", "unigram-float32-tie"}
+        if not info.proto.normalizer_spec.precompiled_charsmap and "unigram" not in name:
+            assert agreement.equal == 1, (name, text)
+        # Decoding SentencePiece's own ids gives SentencePiece's text.
+        ids = sp.encode(text)
+        assert tokenizer.decode(ids, skip_special_tokens=False) == sp.decode(ids), (name, text)
+
+
+_CACHE: dict[str, tuple] = {}
+
+
+def _cached(models: dict[str, Path], name: str) -> tuple:
+    if name not in _CACHE:
+        _CACHE[name] = _load(models[name])
+    return _CACHE[name]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_decode_round_trips_as_sentencepiece(models: dict[str, Path], name: str) -> None:
+    info, tokenizer, sp = _load(models[name])
+    for text in LINES:
+        ids = sp.encode(text)
+        assert tokenizer.decode(ids, skip_special_tokens=False) == sp.decode(ids), text
+    cls, sep = sp.piece_to_id("[CLS]"), sp.piece_to_id("[SEP]")
+    ids = sp.encode("hello world")
+    assert tokenizer.decode([cls] + ids + [sep], skip_special_tokens=True) == sp.decode(ids)
+
+
+# -- the documented difference classes, reproduced exactly ------------------------------------------------
+
+
+def test_tie_class_reproducer(tmp_path: Path) -> None:
+    # "..." with "." at score a and ".." at 2a: both segmentations score exactly the same in real
+    # arithmetic; SentencePiece's float32 sums break the tie one way, tokenizers' float64 sums the other.
+    a, space = -5.6014724, -4.6444073
+    path = handmade_unigram_model(tmp_path / "tie.model", [("▁", space), (".", a), ("..", 2 * a), ("x", -5.0)])
+    info, tokenizer, sp = _load(path)
+    assert sp.encode("...", out_type=str) == ["▁", "..", "."]
+    assert tokenizer.encode("...", add_special_tokens=False).tokens == ["▁", ".", ".."]
+    assert measure_agreement(info, tokenizer, ["..."]).classes == {"unigram-float32-tie": 1}
+    # A real score difference is never called a tie.
+    path = handmade_unigram_model(tmp_path / "no_tie.model", [("▁", space), (".", a), ("..", 2 * a + 0.01)])
+    info, tokenizer, sp = _load(path)
+    assert tokenizer.encode("...", add_special_tokens=False).ids == sp.encode("...")
+
+
+def test_grapheme_class_reproducer(models: dict[str, Path]) -> None:
+    # u + diaeresis + acute is one grapheme cluster of 5 bytes: tokenizers' Precompiled takes the shortest
+    # rule ("u\u0308" -> "ü") and drops the acute; SentencePiece takes the longest ("u\u0308\u0301" -> "ǘ").
+    info, tokenizer, sp = _load(models["unigram-nfkc"])
+    text = "u\u0308\u0301"
+    assert sp.normalize(text) == "▁\u01d8"
+    assert tokenizer.normalizer.normalize_str(text) == "▁\u00fc"
+    assert measure_agreement(info, tokenizer, [text]).classes == {"precompiled-grapheme": 1}
+    # Precomposed input (NFC, as most real text is) is not affected.
+    composed = unicodedata.normalize("NFC", text)
+    assert tokenizer.encode(composed, add_special_tokens=False).ids == sp.encode(composed)
+
+
+def test_bpe_user_defined_class_reproducer(models: dict[str, Path]) -> None:
+    info, tokenizer, sp = _load(models["bpe-nfkc-user"])
+    assert sp.encode("see <url> now", out_type=str)[:6] != tokenizer.encode(
+        "see <url> now", add_special_tokens=False).tokens[:6]
+    assert measure_agreement(info, tokenizer, ["see <url> now"]).classes == {"bpe-user-defined": 1}
+    # The symbol itself stays whole; the text on each side is encoded as a sentence of its own.
+    url = sp.piece_to_id("<url>")
+    assert tokenizer.encode("a<url>b", add_special_tokens=False).ids == sp.encode("a") + [url] + sp.encode("b")
+
+
+# -- files, errors, CLI -----------------------------------------------------------------------------------
+
+
+def test_convert_writes_deterministic_files(models: dict[str, Path], tmp_path: Path) -> None:
+    first = convert_tokenizer(models["unigram-nfkc"], tmp_path / "a", probe_lines=20)
+    second = convert_tokenizer(models["unigram-nfkc"], tmp_path / "b", probe_lines=20)
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == ["sentencepiece.model", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert first.files == second.files
+    config = json.loads((tmp_path / "a" / "tokenizer_config.json").read_text())
+    assert config["do_lower_case"] is False and config["keep_accents"] is True
+    assert config["unk_token"] == "<unk>" and config["pad_token"] == "[PAD]"
+    assert config["added_tokens_decoder"][str(first.special_ids["[MASK]"])]["lstrip"] is True
+    assert (tmp_path / "a" / "sentencepiece.model").read_bytes() == models["unigram-nfkc"].read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_refuses_non_empty_output_without_force(models: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(UserError, match="not empty; pass --force"):
+        convert_tokenizer(models["unigram-nfkc"], out, probe_lines=5)
+    assert (out / "keep.txt").exists()
+    convert_tokenizer(models["unigram-nfkc"], out, force=True, probe_lines=5)
+    assert not (out / "keep.txt").exists() and (out / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a model at all\n", bytes(range(256)) * 3])
+def test_corrupt_file_is_a_one_line_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "bad.model"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        read_sentencepiece(path)
+    assert "not a valid SentencePiece model" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_model_without_cls_is_refused(tmp_path: Path) -> None:
+    path = train_sentencepiece(tmp_path / "plain.model", vocab_size=509, user_defined_symbols=())
+    with pytest.raises(UserError, match=r"no \[CLS\] or \[SEP\] piece"):
+        read_sentencepiece(path)
+
+
+def test_cli(models: dict[str, Path], tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["tokenizer", str(models["bpe-identity"]), "-o", str(tmp_path / "t")])
+    assert result.exit_code == 0, result.output
+    assert "ids equal to SentencePiece on" in result.output and "(100.00%)" in result.output
+    again = runner.invoke(main, ["tokenizer", str(models["bpe-identity"]), "-o", str(tmp_path / "t")])
+    assert again.exit_code == 2 and again.output.count("\n") == 1 and "--force" in again.output
+    bad = tmp_path / "bad.model"
+    bad.write_text("hello")
+    result = runner.invoke(main, ["tokenizer", str(bad), "-o", str(tmp_path / "u")])
+    assert result.exit_code == 2 and result.output.startswith("error: ") and result.output.count("\n") == 1
+    help_text = runner.invoke(main, ["tokenizer", "--help"]).output
+    assert "convert-rembert tokenizer examples/tiny-rembert/sentencepiece.model -o" in help_text
+
+
+def test_reference_ids_split_special_strings(models: dict[str, Path]) -> None:
+    _, _, sp = _load(models["unigram-nfkc"])
+    mask = sp.piece_to_id("[MASK]")
+    assert reference_ids(sp, "a [MASK]b", ["[MASK]"]) == sp.encode("a") + [mask] + sp.encode("b")
