@@ -85,11 +85,13 @@ def bundle_header(num_shards: int = 1) -> bytes:
     return _field_varint(1, num_shards) + _field_bytes(3, _field_varint(1, 1))
 
 
-def bundle_entry(dtype: str, shape: tuple[int, ...], shard: int, offset: int, size: int, crc32c: int) -> bytes:
+def bundle_entry(dtype: str, shape: tuple[int, ...], shard: int, offset: int, size: int,
+                 crc32c: int) -> bytes:
     """BundleEntryProto: dtype, shape (TensorShapeProto of dims), shard_id, offset, size, masked crc32c."""
     dims = b"".join(_field_bytes(2, _field_varint(1, d)) for d in shape)
     return (_field_varint(1, TF_DTYPE_CODES[dtype]) + _field_bytes(2, dims) + _field_varint(3, shard)
-            + _field_varint(4, offset) + _field_varint(5, size) + _varint(6 << 3 | 5) + struct.pack("<I", crc32c))
+            + _field_varint(4, offset) + _field_varint(5, size)
+            + _varint(6 << 3 | 5) + struct.pack("<I", crc32c))
 
 
 def _block(entries: list[tuple[bytes, bytes]]) -> bytes:
@@ -127,7 +129,7 @@ def index_table(entries: dict[bytes, bytes]) -> bytes:
     return bytes(out + footer)
 
 
-# -- values, in row slices -------------------------------------------------------------------------------------
+# -- values, in row slices -----------------------------------------------------------------------------------
 
 
 def _slices(spec: VariableSpec, role: str, seed: int, rows_per_chunk: int) -> Iterator[np.ndarray]:
@@ -162,7 +164,8 @@ def _tensors(specs: list[VariableSpec], slots: bool, seed: int, dtype: str, chun
         tensors[spec.name] = (dtype, spec.shape, lambda s=spec, r=rows: model(s, r))
         if slots:
             for name in SLOTS:
-                tensors[f"{spec.name}/{name}"] = ("float32", spec.shape, lambda s=spec, n=name, r=rows: slot(s, n, r))
+                tensors[f"{spec.name}/{name}"] = ("float32", spec.shape,
+                                                  lambda s=spec, n=name, r=rows: slot(s, n, r))
     tensors["global_step"] = ("int64", (), lambda: iter([np.asarray(STEP, dtype="<i8")]))
     for name in sorted(tensors, key=lambda n: n.encode("utf-8")):
         tensor_dtype, shape, make = tensors[name]
