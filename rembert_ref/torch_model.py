@@ -361,7 +361,10 @@ class RemBertPreTrainedModel(nn.Module):
             nn.init.zeros_(module.bias)
 
     def post_init(self) -> None:
-        self.apply(self._init_weights)
+        # A head's `rembert` initialised itself when it was built; doing it again costs time, not results.
+        for name, child in self.named_children():
+            if name != self.base_model_prefix:
+                child.apply(self._init_weights)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -276,6 +276,20 @@ def test_activations():
     assert (outs[0] - outs[1]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("cls", [RemBertForMaskedLM, RemBertForSequenceClassification])
+def test_fresh_model_initialisation(cls):
+    model = build(cls)
+    for name, param in model.named_parameters():
+        if name.endswith("bias"):
+            assert torch.count_nonzero(param) == 0, name
+        elif "LayerNorm" in name:
+            assert torch.equal(param, torch.ones_like(param)), name
+        else:  # normal(0, initializer_range); the smallest matrix (token types) has 36 entries
+            assert 0.01 < param.std().item() < 0.03, name
+    word = model.rembert.embeddings.word_embeddings.weight
+    assert torch.count_nonzero(word[CONFIG.pad_token_id]) == 0 and torch.count_nonzero(word[1]) > 0
+
+
 def test_config_errors():
     with pytest.raises(UserError, match="is_decoder=True"):
         RemBertForCausalLM(CONFIG)
