@@ -342,8 +342,10 @@ class RemBertTokenizer(_RemBertTokenizerBase):
                 ids.append(self.sp_model.piece_to_id(part))
                 pieces.append(part)
             elif part:
-                ids += self.sp_model.encode(part)
-                pieces += self.sp_model.encode(part, out_type=str)
+                part_ids = self.sp_model.encode(part)
+                ids += part_ids
+                # By id, so that an unknown run reads "<unk>" (sentencepiece would give its surface text).
+                pieces += [self.sp_model.id_to_piece(i) for i in part_ids]
         return ids, pieces
 
     def _encode_texts(self, texts: list[str]) -> list[list[int]]:
@@ -412,8 +414,8 @@ class RemBertTokenizerFast(_RemBertTokenizerBase):
         specials = [t.content for _, t in sorted(added.items()) if t.special]
         special_ids = {t: self._tokenizer.token_to_id(t) for t in (CLS, SEP, PAD, MASK)
                        if self._tokenizer.token_to_id(t) is not None}
-        unk_id = self._tokenizer.model.unk_id if hasattr(self._tokenizer.model, "unk_id") else None
-        unk = self._tokenizer.id_to_token(unk_id) if unk_id is not None else self._tokenizer.model.unk_token
+        model = json.loads(self._tokenizer.to_str())["model"]  # Unigram names its unk by id, BPE by text
+        unk = self._tokenizer.id_to_token(model["unk_id"]) if "unk_id" in model else model["unk_token"]
         self._source_dir: Path | None = self.tokenizer_file.parent
         super().__init__(special_ids=special_ids, unk_token=unk, special_tokens=specials,
                          model_max_length=model_max_length)
@@ -462,7 +464,9 @@ class RemBertTokenizerFast(_RemBertTokenizerBase):
         return [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
 
     def tokenize(self, text: str) -> list[str]:
-        return self._tokenizer.encode(text, add_special_tokens=False).tokens
+        # By id: the encoding's own token text would include the space an lstrip token took.
+        ids = self._tokenizer.encode(text, add_special_tokens=False).ids
+        return [self._tokenizer.id_to_token(i) for i in ids]
 
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
         unk = self._tokenizer.token_to_id(self.unk_token) if hasattr(self, "unk_token") else None

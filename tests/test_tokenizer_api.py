@@ -1,0 +1,138 @@
+"""The reference tokenizers' API (slow on sentencepiece, fast on tokenizers): they agree with each other,
+with SentencePiece, and (interop) with Hugging Face transformers loading the converter's files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converters.errors import UserError
+from converters.spm_fixtures import probe_corpus, train_sentencepiece
+from converters.tokenizer import convert_tokenizer
+from rembert_ref.tokenization import RemBertTokenizer, RemBertTokenizerFast
+
+LINES = probe_corpus(150, seed=7)
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tok")
+    model = train_sentencepiece(root / "m.model", model_type="unigram", vocab_size=512)
+    convert_tokenizer(model, root / "out", probe_lines=10)
+    return root / "out"
+
+
+@pytest.fixture(scope="module")
+def pair(tok_dir: Path) -> tuple[RemBertTokenizer, RemBertTokenizerFast]:
+    return RemBertTokenizer.from_pretrained(tok_dir), RemBertTokenizerFast.from_pretrained(tok_dir)
+
+
+def _same_normalization(slow: RemBertTokenizer, fast: RemBertTokenizerFast, text: str) -> bool:
+    return fast.backend_tokenizer.normalizer.normalize_str(text) == slow.sp_model.normalize(text)
+
+
+def test_slow_and_fast_agree_on_the_corpus(pair) -> None:
+    slow, fast = pair
+    differ = [t for t in LINES if slow(t)["input_ids"] != fast(t)["input_ids"]]
+    # Only lines the charsmap class explains (tests/test_tokenizer.py reproduces it).
+    assert all(not _same_normalization(slow, fast, t) for t in differ)
+    assert len(differ) < 0.15 * len(LINES)
+    for text in LINES[:40]:
+        assert slow.tokenize(text) == fast.tokenize(text) or not _same_normalization(slow, fast, text)
+
+
+def test_single_pair_and_batch_with_padding_and_truncation(pair) -> None:
+    slow, fast = pair
+    texts = ["Paris is the [MASK] of France.", "hello", "日本語のテキスト  and more words here"]
+    pairs = ["second", "a much longer second sequence of words", ""]
+    for kwargs in [dict(), dict(padding=True), dict(padding="max_length", max_length=24, truncation=True),
+                   dict(truncation="only_first", max_length=64), dict(truncation=True, max_length=7)]:
+        a, b = slow(texts, pairs, **kwargs), fast(texts, pairs, **kwargs)
+        assert dict(a) == dict(b), kwargs
+    enc = fast(texts, padding=True)
+    width = max(len(fast(t)["input_ids"]) for t in texts)
+    assert all(len(row) == width for row in enc["input_ids"])
+    assert [row.count(1) for row in enc["attention_mask"]] == [len(fast(t)["input_ids"]) for t in texts]
+    assert enc["input_ids"][1][-1] == fast.pad_token_id
+    enc = fast("a b c d e f g h", "x y z", truncation=True, max_length=9)
+    assert len(enc["input_ids"]) == 9 and enc["token_type_ids"].count(1) >= 2  # longest_first trims A first
+    for tok in (slow, fast):
+        enc = tok("a b c", "w x y z q r s t", truncation="only_second", max_length=10)
+        assert enc["token_type_ids"].count(0) == len(tok("a b c")["input_ids"]) and len(enc["input_ids"]) == 10
+        with pytest.raises(UserError, match="longest_first"):
+            tok("a b c d e f g h", "x", truncation="only_second", max_length=6)
+    single = fast("hello world")
+    assert single["input_ids"][0] == fast.cls_token_id and single["input_ids"][-1] == fast.sep_token_id
+    assert fast.encode("hello world") == single["input_ids"]
+
+
+@pytest.mark.parametrize("kind", ["np"])  # "pt" and "tf" in test_tokenizer_frameworks.py
+def test_return_tensors(pair, kind: str) -> None:
+    slow, fast = pair
+    a = slow(["one", "two three four"], padding=True, return_tensors=kind)
+    b = fast(["one", "two three four"], padding=True, return_tensors=kind)
+    for key in ("input_ids", "token_type_ids", "attention_mask"):
+        assert np.array_equal(np.asarray(a[key]), np.asarray(b[key]))
+        assert tuple(np.asarray(b[key]).shape) == (2, len(fast("two three four")["input_ids"]))
+    with pytest.raises(UserError, match="padding=True"):
+        fast(["one", "two three four"], return_tensors=kind)
+
+
+def test_special_token_helpers(pair) -> None:
+    slow, fast = pair
+    a, b = [11, 12, 13], [21, 22]
+    for tok in (slow, fast):
+        cls, sep = tok.cls_token_id, tok.sep_token_id
+        assert tok.build_inputs_with_special_tokens(a) == [cls, *a, sep]
+        assert tok.build_inputs_with_special_tokens(a, b) == [cls, *a, sep, *b, sep]
+        assert tok.get_special_tokens_mask(a, b) == [1, 0, 0, 0, 1, 0, 0, 1]
+        built = tok.build_inputs_with_special_tokens(a, b)
+        assert tok.get_special_tokens_mask(built, already_has_special_tokens=True) == [1, 0, 0, 0, 1, 0, 0, 1]
+        assert tok.create_token_type_ids_from_sequences(a, b) == [0, 0, 0, 0, 0, 1, 1, 1]
+        assert tok.convert_tokens_to_ids(["[CLS]", "[MASK]", "<unk>"]) == [cls, tok.mask_token_id,
+                                                                           tok.unk_token_id]
+        assert tok.convert_ids_to_tokens(cls) == "[CLS]"
+    assert slow.get_vocab() == fast.get_vocab() and len(slow) == len(fast) == 512
+
+
+def test_decode_and_batch_decode(pair) -> None:
+    slow, fast = pair
+    for text in LINES[:60]:
+        ids = slow.sp_model.encode(text)
+        assert slow.decode(ids) == fast.decode(ids) == slow.sp_model.decode(ids), text
+    batch = fast(["hello world", "日本語"], padding=True)["input_ids"]
+    assert fast.batch_decode(batch, skip_special_tokens=True) == ["hello world", "日本語"]
+    assert slow.batch_decode(batch, skip_special_tokens=True) == ["hello world", "日本語"]
+    assert fast.decode(batch[0]) == slow.decode(batch[0]) == "[CLS] hello world[SEP]"
+
+
+def test_save_and_reload(pair, tmp_path: Path) -> None:
+    slow, fast = pair
+    fast.save_pretrained(tmp_path / "fast")
+    slow.save_pretrained(tmp_path / "slow")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "sentencepiece.model"):
+        assert (tmp_path / "fast" / name).is_file() and (tmp_path / "slow" / name).is_file()
+    again = RemBertTokenizerFast.from_pretrained(tmp_path / "fast")
+    assert again(LINES[:20])["input_ids"] == fast(LINES[:20])["input_ids"]
+    again_slow = RemBertTokenizer.from_pretrained(tmp_path / "slow")
+    assert again_slow(LINES[:20])["input_ids"] == slow(LINES[:20])["input_ids"]
+    (tmp_path / "v").mkdir()
+    (path,) = fast.save_vocabulary(tmp_path / "v", filename_prefix="x")
+    assert Path(path).name == "x-sentencepiece.model"
+    assert Path(path).read_bytes() == (tmp_path / "fast" / "sentencepiece.model").read_bytes()
+    with pytest.raises(UserError, match="has no tokenizer.json"):
+        RemBertTokenizerFast.from_pretrained(tmp_path / "v")
+
+
+def test_bad_options_are_user_errors(pair) -> None:
+    _, fast = pair
+    with pytest.raises(UserError, match="padding="):
+        fast("x", padding="sideways")
+    with pytest.raises(UserError, match="truncation="):
+        fast("x", truncation="middle")
+    with pytest.raises(UserError, match="return_tensors="):
+        fast(["x"], return_tensors="jax")
+    with pytest.raises(UserError, match="one pair per text"):
+        fast(["x", "y"], ["z"])

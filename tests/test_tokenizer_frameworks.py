@@ -1,0 +1,61 @@
+"""The reference tokenizers with the heavy frameworks: PyTorch / TensorFlow tensors, and Hugging Face
+transformers loading the converter's files (marked interop; skipped when transformers is missing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converters.errors import UserError
+from converters.spm_fixtures import probe_corpus, train_sentencepiece
+from converters.tokenizer import convert_tokenizer
+from rembert_ref.tokenization import RemBertTokenizer, RemBertTokenizerFast
+
+LINES = probe_corpus(150, seed=7)
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tok")
+    model = train_sentencepiece(root / "m.model", model_type="unigram", vocab_size=512)
+    convert_tokenizer(model, root / "out", probe_lines=10)
+    return root / "out"
+
+
+@pytest.fixture(scope="module")
+def pair(tok_dir: Path) -> tuple[RemBertTokenizer, RemBertTokenizerFast]:
+    return RemBertTokenizer.from_pretrained(tok_dir), RemBertTokenizerFast.from_pretrained(tok_dir)
+
+
+@pytest.mark.parametrize("kind", ["pt", "tf"])
+def test_return_tensors(pair, kind: str) -> None:
+    slow, fast = pair
+    a = slow(["one", "two three four"], padding=True, return_tensors=kind)
+    b = fast(["one", "two three four"], padding=True, return_tensors=kind)
+    for key in ("input_ids", "token_type_ids", "attention_mask"):
+        assert np.array_equal(np.asarray(a[key]), np.asarray(b[key]))
+        assert tuple(np.asarray(b[key]).shape) == (2, len(fast("two three four")["input_ids"]))
+    with pytest.raises(UserError, match="padding=True"):
+        fast(["one", "two three four"], return_tensors=kind)
+
+
+@pytest.mark.interop
+def test_transformers_loads_the_files(tok_dir: Path, pair) -> None:
+    transformers = pytest.importorskip("transformers")
+    slow, fast = pair
+    auto = transformers.AutoTokenizer.from_pretrained(str(tok_dir))
+    generic = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tok_dir / "tokenizer.json"))
+    assert auto.is_fast and len(auto) == len(fast) == 512  # nothing appended
+    assert (auto.cls_token_id, auto.sep_token_id, auto.pad_token_id, auto.mask_token_id, auto.unk_token_id) == (
+        fast.cls_token_id, fast.sep_token_id, fast.pad_token_id, fast.mask_token_id, fast.unk_token_id)
+    for text in LINES:
+        assert auto(text)["input_ids"] == fast(text)["input_ids"], text
+        assert generic(text)["input_ids"] == fast(text)["input_ids"], text
+    enc = auto(LINES[:8], LINES[8:16], padding=True, truncation=True, max_length=32)
+    assert enc["input_ids"] == fast(LINES[:8], LINES[8:16], padding=True, truncation=True,
+                                    max_length=32)["input_ids"]
+    hf_slow = transformers.AutoTokenizer.from_pretrained(str(tok_dir), use_fast=False)
+    for text in LINES[:80]:
+        assert hf_slow(text)["input_ids"] == slow(text)["input_ids"], text
