@@ -16,7 +16,8 @@ S key length (past + T), E input_embedding_size, H hidden_size, nh heads, hs hea
 output_embedding_size, V vocab_size, I intermediate_size, C choices.
 
 Every call works eagerly and under `tf.function` (`tf.function(model)(input_ids=...)`); Python booleans
-(output_attentions, use_cache, ...) select the traced graph.
+(output_attentions, use_cache, ...) select the traced graph. As in PyTorch, a head's computation is its
+`forward`; `__call__` runs it without autograph, which has nothing to convert here and only slows tracing.
 """
 
 from __future__ import annotations
@@ -535,7 +536,13 @@ class TFRemBertPreTrainedModel(tf.Module):
     def build_head(self, w: Weights) -> None:
         """The task head's variables, under the root scope like Hugging Face's (`classifier/kernel:0`)."""
 
+    # Autograph would only slow tracing down: no Python branch here depends on a tensor's value.
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, *args: Any, **kwargs: Any):
+        """Run `forward` (PyTorch's name for it), eagerly or inside tf.function."""
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any):
         raise NotImplementedError
 
     def weights_by_name(self) -> dict[str, tf.Variable]:
@@ -600,7 +607,7 @@ def _is_pretrained(tf_name: str) -> bool:
 class TFRemBertModel(TFRemBertPreTrainedModel):
     keras_name = "tf_rem_bert_model"
 
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  head_mask=None, inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None,
                  past_key_values=None, use_cache: bool | None = None, output_attentions: bool | None = None,
                  output_hidden_states: bool | None = None, return_dict: bool | None = None,
@@ -621,7 +628,7 @@ class TFRemBertForMaskedLM(TFRemBertPreTrainedModel):
         # Hugging Face's TF port names PyTorch's `cls` module `mlm___cls`; the attribute keeps PyTorch's name.
         self.cls = TFRemBertOnlyMLMHead(w, "mlm___cls")
 
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  head_mask=None, inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None,
                  labels=None, output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                  return_dict: bool | None = None, training: bool = False) -> MaskedLMOutput | tuple:
@@ -645,7 +652,7 @@ class TFRemBertForCausalLM(TFRemBertPreTrainedModel):
                             "pass dataclasses.replace(config, is_decoder=True)")
         self.cls = TFRemBertOnlyMLMHead(w, "mlm___cls")
 
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  head_mask=None, inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None,
                  past_key_values=None, labels=None, use_cache: bool | None = None,
                  output_attentions: bool | None = None, output_hidden_states: bool | None = None,
@@ -668,7 +675,7 @@ class TFRemBertForSequenceClassification(TFRemBertPreTrainedModel):
         self.dropout_rate = self.config.classifier_dropout_prob
         self.classifier = Dense(w, "classifier", self.config.hidden_size, self.config.num_labels)
 
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  head_mask=None, inputs_embeds=None, labels=None, output_attentions: bool | None = None,
                  output_hidden_states: bool | None = None, return_dict: bool | None = None,
                  training: bool = False) -> ClassifierOutput | tuple:
@@ -714,7 +721,7 @@ class TFRemBertForMultipleChoice(TFRemBertPreTrainedModel):
         self.dropout_rate = self.config.classifier_dropout_prob
         self.classifier = Dense(w, "classifier", self.config.hidden_size, 1)
 
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  head_mask=None, inputs_embeds=None, labels=None, output_attentions: bool | None = None,
                  output_hidden_states: bool | None = None, return_dict: bool | None = None,
                  training: bool = False) -> ClassifierOutput | tuple:
@@ -746,7 +753,7 @@ class TFRemBertForTokenClassification(TFRemBertPreTrainedModel):
         self.dropout_rate = self.config.classifier_dropout_prob
         self.classifier = Dense(w, "classifier", self.config.hidden_size, self.config.num_labels)
 
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  head_mask=None, inputs_embeds=None, labels=None, output_attentions: bool | None = None,
                  output_hidden_states: bool | None = None, return_dict: bool | None = None,
                  training: bool = False) -> ClassifierOutput | tuple:
@@ -765,7 +772,7 @@ class TFRemBertForQuestionAnswering(TFRemBertPreTrainedModel):
     def build_head(self, w: Weights) -> None:
         self.qa_outputs = Dense(w, "qa_outputs", self.config.hidden_size, 2)  # start and end scores
 
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  head_mask=None, inputs_embeds=None, start_positions=None, end_positions=None,
                  output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                  return_dict: bool | None = None, training: bool = False) -> QuestionAnsweringOutput | tuple:
