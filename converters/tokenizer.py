@@ -18,7 +18,7 @@ spaces on its own):
 
 Parity is measured, not assumed: `measure_agreement` compares ids with SentencePiece's on the project's
 probe corpus and sorts every difference into a class. The classes that no `tokenizer.json` can remove
-(see `DIFFERENCE_CLASSES`) are documented with reproducers in `docs/tokenizer-parity.md`.
+are documented with their cause and a reproducer in `DIFFERENCE_CLASSES` below.
 """
 
 from __future__ import annotations
@@ -50,19 +50,35 @@ CLS, SEP, PAD, MASK = "[CLS]", "[SEP]", "[PAD]", "[MASK]"
 REQUIRED_SPECIALS = (CLS, SEP)
 OPTIONAL_SPECIALS = (PAD, MASK)
 
-# Where the fast tokenizer and SentencePiece may legitimately differ; anything else is a bug.
+# Where the fast tokenizer and SentencePiece may differ, why no tokenizer.json can remove it, and a
+# reproducer (each is asserted in tests/test_tokenizer.py). Anything else is a bug: the tests fail on it.
 DIFFERENCE_CLASSES = {
-    "precompiled-grapheme": "tokenizers' Precompiled normalizer applies the charsmap per grapheme cluster "
-                            "(shortest rule for clusters under 6 bytes, dropping the rest of the cluster; "
-                            "per character otherwise); SentencePiece takes the longest rule at each "
-                            "position. Hits stacked combining marks and sequence rules such as Hangul "
-                            "compatibility jamo.",
-    "unigram-float32-tie": "two segmentations whose scores differ by less than float32 rounding: "
-                           "SentencePiece sums scores in float32, tokenizers in float64.",
-    "bpe-user-defined": "a user-defined piece in a BPE model: tokenizers' BPE cannot hold a "
-                        "multi-character symbol whole, so it is split out before normalization and the "
-                        "text on each side is encoded as a sentence of its own (own dummy prefix).",
+    "precompiled-grapheme":
+        "tokenizers' Precompiled normalizer applies the charsmap per grapheme cluster: for a cluster under 6 "
+        "bytes it takes the SHORTEST matching rule and replaces the whole cluster with it (the rest of the "
+        "cluster is dropped); longer clusters go char by char (sequence rules never apply). SentencePiece "
+        "takes the LONGEST rule at each position. No charsmap can fix it: a lone 'u\u0308' and "
+        "'u\u0308\u0301' share the shortest rule, which must map the first to 'ü'. The charsmap holds "
+        "220k sequence rules (12k distinct outputs), too many for Replace normalizers. Reproducer (nmt_nfkc): "
+        "'u\u0308\u0301' -> SentencePiece '▁ǘ', tokenizers '▁ü'. NFC (precomposed) text is not affected.",
+    "unigram-float32-tie":
+        "two segmentations whose scores are equal or differ by less than float32 rounding: SentencePiece "
+        "sums path scores in float32, tokenizers in float64 (exactly), so each breaks the tie its own way. "
+        "Reproducer: pieces '▁' -4.6444073, '.' -5.6014724, '..' 2x that: '...' -> SentencePiece "
+        "'▁ .. .', tokenizers '▁ . ..'.",
+    "bpe-user-defined":
+        "a user-defined piece in a BPE model: tokenizers' BPE cannot hold a multi-character symbol whole, so "
+        "it is split out before normalization and the text on each side is encoded as a sentence of its "
+        "own (own dummy prefix). Reproducer: 'see <url> now' -> SentencePiece '▁see ▁ <url> ▁now', "
+        "tokenizers '▁see <url> ▁now'. (In a unigram model user-defined pieces are exact.)",
 }
+# Not a class of encode() differences, but limits worth knowing:
+# - split_special_tokens / encode_special_tokens=True: control pieces stay in the Unigram vocabulary with a
+#   score no path loses to, but tokenizers scores unknown characters from the lowest score, so a control
+#   string holding a character the model does not know ("[" in a model that never saw it) can come out as
+#   the control id, where SentencePiece gives <unk> pieces. The default (special tokens matched) is exact.
+# - decode of an id list that STARTS with <unk> gives "⁇ ..." where SentencePiece gives " ⁇ ..."; ids that
+#   SentencePiece's encode makes never start with <unk> (the dummy prefix comes first).
 
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "sentencepiece.model")
 
@@ -114,7 +130,7 @@ class TokenizerReport:
             "special tokens: " + ", ".join(f"{k}={v}" for k, v in self.special_ids.items()),
             f"ids equal to SentencePiece on {a.equal}/{a.total} probe lines ({100 * a.rate:.2f}%)",
         ]
-        lines += [f"  {n} lines differ by documented class {name} (see docs/tokenizer-parity.md)"
+        lines += [f"  {n} lines differ by documented class {name} (converters/tokenizer.py: DIFFERENCE_CLASSES)"
                   for name, n in sorted(a.classes.items())]
         lines += [f"  UNEXPLAINED difference: {text!r}" for text in a.unexplained]
         lines += [f"  {name}  sha256 {digest}" for name, digest in self.files.items()]

@@ -93,7 +93,7 @@ def test_special_ids_come_from_the_model(models: dict[str, Path], name: str) -> 
 def test_control_pieces_are_never_matched_by_the_model(models: dict[str, Path]) -> None:
     # With special tokens split like text (transformers' split_special_tokens), control pieces ([PAD]) and
     # <unk> must not come out of the model, and user-defined ones must, as in SentencePiece. (Limit, in
-    # docs/tokenizer-parity.md: a control string holding a character unknown to the model can still match.)
+    # converters/tokenizer.py: a control string holding a character unknown to the model can still match.)
     info, tokenizer, sp = _load(models["unigram-nfkc"])
     tokenizer.encode_special_tokens = True
     for text in ["[CLS] x [SEP]", "<unk>", "a[MASK]b", "x <unk>  <unk>y"]:
