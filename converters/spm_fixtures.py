@@ -100,6 +100,8 @@ EDGE_LINES: tuple[str, ...] = (
     "\ufeffbom",
     "ﬁ ﬂ ﬀ ™ ½ ①",
     "x\u0000y\u0007z",
+    "▁literal meta symbol▁",
+    "a ▁ ",
 )
 
 

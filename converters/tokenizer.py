@@ -79,6 +79,9 @@ DIFFERENCE_CLASSES = {
 #   the control id, where SentencePiece gives <unk> pieces. The default (special tokens matched) is exact.
 # - decode of an id list that STARTS with <unk> gives "⁇ ..." where SentencePiece gives " ⁇ ..."; ids that
 #   SentencePiece's encode makes never start with <unk> (the dummy prefix comes first).
+# - decode of text that began with a literal "▁" (only an identity-normalized model keeps it): SentencePiece
+#   drops one leading "▁" per piece while its output is still empty, tokenizers drops one space in all, so
+#   "▁▁a" encoded as ['▁', '▁', 'a'] decodes to "a" in SentencePiece and " a" here.
 
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "sentencepiece.model")
 
@@ -203,6 +206,9 @@ def build_normalizer(info: SpmInfo) -> normalizers.Normalizer:
         steps.append(normalizers.Prepend(" "))
     if spec.escape_whitespaces:
         steps.append(normalizers.Replace(" ", SPACE_SYMBOL))
+        if spec.remove_extra_whitespaces:
+            # SentencePiece drops trailing "▁" after escaping, so a literal "▁" at the end goes too.
+            steps.append(normalizers.Replace(Regex(SPACE_SYMBOL + r"+\z"), ""))
     return normalizers.Sequence(steps)
 
 
