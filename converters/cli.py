@@ -234,17 +234,7 @@ def convert(ckpt: str, formats: tuple[str, ...], tokenizer: str | None, no_token
       convert-rembert convert examples/tiny-rembert -o out/tiny-rembert
       convert-rembert convert ckpt/ --config bert_config.json --tokenizer sentencepiece.model -o out/rembert
     """
-    from pathlib import Path
-
-    from converters.tf1_checkpoint import resolve_checkpoint
-
-    if tokenizer and no_tokenizer:
-        raise UserError("--tokenizer and --no-tokenizer contradict each other; pass one")
-    if tokenizer is None and not no_tokenizer:
-        beside = resolve_checkpoint(ckpt).parent / "sentencepiece.model"
-        tokenizer = str(beside) if beside.is_file() else None
-    elif tokenizer is not None and not Path(tokenizer).is_file():
-        raise UserError(f"tokenizer {tokenizer} does not exist; pass the checkpoint's sentencepiece.model")
+    tokenizer = _tokenizer_beside(ckpt, tokenizer, no_tokenizer)
     _run_conversion(ckpt, list(formats) or ["pytorch", "safetensors", "tf2"], kwargs,
                     max_shard_size=max_shard_size, tokenizer=tokenizer)
 
@@ -274,6 +264,117 @@ def tokenizer(spm: str, output: str, force: bool, quiet: bool, debug: bool) -> N
     report = convert_tokenizer(spm, output, force=force, quiet=quiet)
     if not quiet:
         click.echo(report.summary())
+
+
+# -- parity and publishing -----------------------------------------------------------------------------------
+
+
+def _tokenizer_beside(ckpt: str, tokenizer: str | None, no_tokenizer: bool) -> str | None:
+    from pathlib import Path
+
+    from converters.tf1_checkpoint import resolve_checkpoint
+
+    if tokenizer and no_tokenizer:
+        raise UserError("--tokenizer and --no-tokenizer contradict each other; pass one")
+    if tokenizer is None and not no_tokenizer:
+        beside = resolve_checkpoint(ckpt).parent / "sentencepiece.model"
+        return str(beside) if beside.is_file() else None
+    if tokenizer is not None and not Path(tokenizer).is_file():
+        raise UserError(f"tokenizer {tokenizer} does not exist; pass the checkpoint's sentencepiece.model")
+    return tokenizer
+
+
+@main.command()
+@click.argument("ckpt", type=click.Path())
+@click.argument("converted", type=click.Path(file_okay=False))
+@click.option("--config", "config", type=click.Path(dir_okay=False),
+              help="Original bert_config.json (default: beside the checkpoint).")
+@click.option("--tolerance", type=float, default=None,
+              help="Override the per-dtype tolerance (atol = rtol = this); recorded in the report.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+              help="Write parity_report.json and parity_report.md into this directory.")
+@click.option("--all-rows", is_flag=True, help="Print every row, not only the worst per head and format.")
+@debug_option
+@handle_user_errors
+def verify(ckpt: str, converted: str, config: str | None, tolerance: float | None, report_dir: str | None,
+           all_rows: bool, debug: bool) -> None:
+    """Measure every head x format x output of CONVERTED (a folder written by convert-rembert) against the
+    original checkpoint CKPT: base and masked-LM heads against a float64 run of the original TF1 graph, task
+    heads across formats. Exits 1 if any row exceeds its tolerance.
+
+    \b
+    Example:
+      convert-rembert verify examples/tiny-rembert out/tiny-rembert
+      convert-rembert verify ckpt/ out/rembert --report out/parity --tolerance 1e-4
+    """
+    from pathlib import Path
+
+    from validation.parity import verify_conversion
+
+    report = verify_conversion(ckpt, converted, original_config=config, tolerance=tolerance)
+    shown = report.rows if all_rows else _worst_rows(report.rows)
+    for row in shown:
+        click.echo(f"{'ok  ' if row.passed else 'FAIL'} {row.head:34} {row.format:11} {row.output:20} "
+                   f"max abs {row.max_abs:.2e}  rel {row.rel_err:.2e}  tol {row.tolerance:.2e}  vs {row.reference}")
+    if report_dir is not None:
+        Path(report_dir).mkdir(parents=True, exist_ok=True)
+        for path in report.write(Path(report_dir)):
+            click.echo(f"wrote {path}")
+    verdict = "passed" if report.passed else "FAILED"
+    click.echo(f"parity {verdict}: {len(report.rows) - len(report.failures)}/{len(report.rows)} outputs within "
+               f"tolerance (weights {report.dtype}, {', '.join(report.formats)})")
+    if not report.passed:
+        sys.exit(1)
+
+
+def _worst_rows(rows):
+    worst = {}
+    for row in rows:
+        key = (row.head, row.format)
+        if key not in worst or row.max_abs / max(row.tolerance, 1e-30) > \
+                worst[key].max_abs / max(worst[key].tolerance, 1e-30):
+            worst[key] = row
+    return list(worst.values())
+
+
+@main.command()
+@click.argument("ckpt", type=click.Path())
+@writer_options
+@click.option("--tokenizer", "tokenizer", type=click.Path(dir_okay=False), default=None,
+              help="SentencePiece model (default: sentencepiece.model beside the checkpoint).")
+@click.option("--no-tokenizer", is_flag=True, help="Publish without tokenizer files.")
+@click.option("--format", "formats", multiple=True, type=click.Choice(["pytorch", "safetensors", "tf2"]),
+              help="Formats to publish (repeatable; default: all three; bfloat16 needs pytorch/safetensors only).")
+@click.option("--max-shard-size", default="5GB", show_default=True,
+              help="Split model.safetensors into shards + index above this size.")
+@click.option("--tolerance", type=float, default=None,
+              help="Override the per-dtype parity tolerance; recorded in the report and the model card.")
+@checkpoint_options
+@handle_user_errors
+def bundle(ckpt: str, tokenizer: str | None, no_tokenizer: bool, formats: tuple[str, ...], max_shard_size: str,
+           tolerance: float | None, **kwargs: Any) -> None:
+    """Write a publishable folder: pytorch_model.bin, model.safetensors, tf_model.h5, tokenizer files,
+    config.json, conversion_report.json, parity_report.{json,md}, a model card (README.md) and SHA256SUMS.
+    Parity is measured on the staged files; if it fails, nothing is written and the exit code is non-zero.
+
+    \b
+    Example:
+      convert-rembert bundle examples/tiny-rembert -o out/tiny-rembert-bundle
+      convert-rembert bundle ckpt/ --config bert_config.json --tokenizer sentencepiece.model -o publish/rembert
+      convert-rembert bundle ckpt/ -o publish/rembert-bf16 --dtype bfloat16 --format safetensors
+    """
+    from validation.bundle import bundle_checkpoint
+
+    tokenizer = _tokenizer_beside(ckpt, tokenizer, no_tokenizer)
+    result = bundle_checkpoint(ckpt, kwargs["output"], _options(kwargs, max_shard_size=max_shard_size,
+                                                                tokenizer=tokenizer),
+                               formats=formats or ("pytorch", "safetensors", "tf2"), tolerance=tolerance)
+    if not kwargs.get("quiet"):
+        parity = result.parity
+        click.echo(f"parity passed: {len(parity.rows)} outputs within tolerance "
+                   f"(worst relative error {max(r.rel_err for r in parity.rows):.1e})")
+        for path in result.files:
+            click.echo(f"wrote {path}")
 
 
 if __name__ == "__main__":

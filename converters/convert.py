@@ -17,8 +17,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from converters.errors import UserError
 from converters.mapping import ConversionPlan, TensorMapping, classify, plan_conversion
+from converters.pipeline import FileHasher, read_ahead
 from converters.tf1_checkpoint import DEFAULT_CHUNK_BYTES, CheckpointReader, resolve_checkpoint
 from converters.writers import (
     FLOAT_SOURCE_DTYPES,
@@ -48,6 +51,7 @@ class ConvertOptions:
     force: bool = False
     quiet: bool = False
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    checksums: bool = True  # sha256 of every file in the report: on 2 cores it costs more than the I/O
     tokenizer: str | os.PathLike | None = None  # a SentencePiece .model to convert into the same folder
 
 
@@ -121,8 +125,13 @@ def convert_checkpoint(
     output_dir: str | os.PathLike,
     formats: Sequence[str],
     options: ConvertOptions | None = None,
+    *,
+    before_commit: Callable[[ConversionResult], None] | None = None,
 ) -> ConversionResult:
-    """Convert a TF1 RemBERT checkpoint into the requested formats (one pass over the checkpoint)."""
+    """Convert a TF1 RemBERT checkpoint into the requested formats (one pass over the checkpoint).
+
+    `before_commit` sees the finished files in the staging directory and may add files or raise (then nothing
+    is written): `bundle` verifies parity there, before the output appears."""
     options = options or ConvertOptions()
     if options.dtype not in TARGET_DTYPES:
         raise UserError(f"unknown dtype {options.dtype!r}; use one of: {', '.join(TARGET_DTYPES)}")
@@ -146,18 +155,25 @@ def convert_checkpoint(
         config.architectures = ["RemBertForMaskedLM" if options.mlm_head else "RemBertModel"]
         with atomic_output_dir(output_dir, options.force) as staging:
             writers = [factory(staging, plan.mappings, options.dtype) for factory in factories]
+            hasher = FileHasher() if options.checksums else None
             try:
-                _stream(reader, plan.mappings, writers, options)
+                _stream(reader, plan.mappings, writers, options, hasher)
                 files = [path for writer in writers for path in writer.close()]
             except BaseException:
                 for writer in writers:
                     writer.abort()
+                if hasher is not None:
+                    hasher.cancel()
                 raise
             if options.tokenizer is not None:
                 files += _write_tokenizer(Path(options.tokenizer), config, staging)
+            digests = hasher.finish(files) if hasher is not None else None
             config.save(staging / "config.json")
-            report = conversion_report(reader.prefix, plan, options, formats, staging, files)
+            report = conversion_report(reader.prefix, plan, options, formats, staging, files, digests)
             (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            if before_commit is not None:
+                before_commit(ConversionResult(staging, files + [staging / "config.json", staging / REPORT_NAME],
+                                               plan, report))
     final_files = [output_dir / p.name for p in files] + [output_dir / "config.json", output_dir / REPORT_NAME]
     return ConversionResult(output_dir, final_files, plan, report)
 
@@ -182,20 +198,29 @@ def _write_tokenizer(spm_path: Path, config: RemBertConfig, staging: Path) -> li
 
 
 def _stream(reader: CheckpointReader, mappings: Sequence[TensorMapping], writers: Sequence[Writer],
-            options: ConvertOptions) -> None:
-    total = sum(reader.entries[m.source].size for m in mappings)
+            options: ConvertOptions, hasher: FileHasher | None = None) -> None:
+    total = sum(reader.entries[m.source].nbytes for m in mappings)
     progress = _progress(total, options.quiet)
     try:
-        for mapping in mappings:
-            # Transposed kernels are read whole (the largest real one is 21 MB); the rest streams in slices.
-            limit = reader.entries[mapping.source].size if mapping.transpose else options.chunk_bytes
-            for chunk in reader.iter_rows(mapping.source, max_bytes=max(limit, 1)):
-                converted = cast(chunk, mapping.source_dtype, options.dtype)
-                for writer in writers:
-                    writer.add(mapping, converted)
-                progress.update(chunk.nbytes)
+        # The reader runs a few slices ahead in a thread of its own (see converters/pipeline.py).
+        for mapping, chunk in read_ahead(_slices(reader, mappings, options.chunk_bytes)):
+            converted = cast(chunk, mapping.source_dtype, options.dtype)
+            for writer in writers:
+                writer.add(mapping, converted)
+            if hasher is not None:
+                hasher.advance({path: n for writer in writers for path, n in writer.finished_bytes().items()})
+            progress.update(chunk.nbytes)
     finally:
         progress.close()
+
+
+def _slices(reader: CheckpointReader, mappings: Sequence[TensorMapping], chunk_bytes: int
+            ) -> Iterator[tuple[TensorMapping, np.ndarray]]:
+    for mapping in mappings:
+        # Transposed kernels are read whole (the largest real one is 21 MB); the rest streams in slices.
+        limit = reader.entries[mapping.source].nbytes if mapping.transpose else chunk_bytes
+        for chunk in reader.iter_rows(mapping.source, max_bytes=max(limit, 1)):
+            yield mapping, chunk
 
 
 def _progress(total: int, quiet: bool):
@@ -207,8 +232,9 @@ def _progress(total: int, quiet: bool):
 
 
 def conversion_report(prefix: Path, plan: ConversionPlan, options: ConvertOptions, formats: Sequence[str],
-                      staging: Path, files: Sequence[Path]) -> dict:
-    """What was converted, ignored and absent, and the files' sha256: deterministic, no timestamps."""
+                      staging: Path, files: Sequence[Path], digests: dict[Path, str] | None = None) -> dict:
+    """What was converted, ignored and absent, and the files' sha256 (unless `options.checksums` is off):
+    deterministic, no timestamps."""
     return {
         "source": {"checkpoint": prefix.name, "output_embedding": plan.output_embedding},
         "activation": {"hidden_act": plan.config.hidden_act,
@@ -222,7 +248,9 @@ def conversion_report(prefix: Path, plan: ConversionPlan, options: ConvertOption
                    for m in plan.mappings],
         "ignored": [{"source": r.variable, "shape": list(r.shape), "reason": r.detail} for r in plan.ignored],
         "absent_by_design": [r.detail for r in plan.absent_by_design],
-        "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files},
+        "files": {p.name: {"bytes": p.stat().st_size,
+                           **({"sha256": (digests or {}).get(p) or sha256_file(p)} if options.checksums else {})}
+                  for p in files},
     }
 
 
