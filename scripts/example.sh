@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 VENV="${VENV:-.venv}"
-"$VENV/bin/convert-rembert" convert examples/tiny-rembert -o out/tiny-rembert --force "$@"
+"$VENV/bin/convert-rembert" bundle examples/tiny-rembert -o out/tiny-rembert --force "$@"
