@@ -27,7 +27,9 @@ from converters.errors import UserError
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48  # two block handles padded to 40 bytes + 8-byte magic
 BLOCK_TRAILER_SIZE = 5  # 1-byte compression type + 4-byte masked CRC32C
-DEFAULT_CHUNK_BYTES = 64 << 20
+# 16 MiB: under glibc's 32 MiB ceiling for its dynamic mmap threshold, so freed slices are reused rather
+# than mapped and faulted in afresh (64 MiB slices cost 8x the CPU time to read on a 2-core VM).
+DEFAULT_CHUNK_BYTES = 16 << 20
 
 # TensorFlow DataType enum -> numpy dtype name. bfloat16 is carried as raw uint16 bits (numpy has no bfloat16).
 TF_DTYPES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 7: "string",
@@ -48,7 +50,13 @@ class TensorEntry:
     offset: int
     size: int  # bytes
     crc32c: int  # masked, as stored
-    partitioned: bool = False  # saved as slices of a partitioned variable
+    # A partitioned variable has no data of its own: one (start, length) per dimension for each saved slice,
+    # length -1 meaning the whole dimension. Each slice's data is an entry of its own (see `slice_key`).
+    slices: tuple[tuple[tuple[int, int], ...], ...] = ()
+
+    @property
+    def partitioned(self) -> bool:
+        return bool(self.slices)
 
     @property
     def itemsize(self) -> int:
@@ -57,6 +65,11 @@ class TensorEntry:
     @property
     def num_elements(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        """The whole tensor's bytes (`size` is 0 for a partitioned variable, whose slices hold the data)."""
+        return self.num_elements * self.itemsize
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -97,9 +110,11 @@ class CheckpointReader:
 
     def __init__(self, path: str | os.PathLike):
         self.prefix = resolve_checkpoint(path)
-        self.num_shards, self.entries = _read_index(Path(f"{self.prefix}.index"))
+        self.num_shards, self.entries, slice_entries = _read_index(Path(f"{self.prefix}.index"))
+        # For every variable, its data as (region, entry) pieces: the whole tensor, or each saved slice.
+        self.pieces = {name: _pieces(entry, slice_entries) for name, entry in self.entries.items()}
         self._files: dict[int, int] = {}
-        for shard in sorted({e.shard for e in self.entries.values() if e.size}):
+        for shard in sorted({e.shard for pieces in self.pieces.values() for _, e in pieces if e.size}):
             data = self.data_path(shard)
             if not data.is_file():
                 raise UserError(f"checkpoint data shard {data.name} is missing next to {self.prefix.name}.index; "
@@ -136,13 +151,11 @@ class CheckpointReader:
     def iter_rows(self, name: str, max_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[np.ndarray]:
         """Yield consecutive slices along the first axis, each at most `max_bytes` (at least one row).
 
-        Arrays use the stored dtype (bfloat16 as uint16 bits). The CRC is checked after the last slice, so a
-        caller writing slices as they come must discard its output when this raises.
+        Arrays use the stored dtype (bfloat16 as uint16 bits). A partitioned variable is reassembled in row
+        order from its saved slices, whatever axes they split. Each piece's CRC is checked right after its
+        last row is read, so a caller writing slices as they come must discard its output when this raises.
         """
         entry = self._entry(name)
-        if entry.partitioned:
-            raise UserError(f"{name} is a partitioned variable; partitioned checkpoints are not supported yet: "
-                            "re-save the checkpoint without partitioning")
         if entry.dtype == "string":
             raise UserError(f"{name} holds strings; only numeric tensors can be converted")
         dtype = numpy_storage_dtype(entry.dtype)
@@ -150,30 +163,146 @@ class CheckpointReader:
         rows = shape[0] if shape else 1
         row_shape = shape[1:] if shape else ()
         row_bytes = entry.itemsize * int(np.prod(row_shape, dtype=np.int64))
-        if rows * row_bytes != entry.size:
-            raise UserError(f"checkpoint index is corrupt: {name} has shape {list(shape)} ({entry.dtype}) but "
-                            f"{entry.size} bytes of data; the checkpoint needs to be re-downloaded")
         rows_per_chunk = max(1, max_bytes // max(row_bytes, 1))
-        fd = self._fd(entry.shard)
-        crc = 0
-        for start in range(0, rows, rows_per_chunk) if rows else [0]:
-            count = min(rows_per_chunk, rows - start)
-            buffer = os.pread(fd, count * row_bytes, entry.offset + start * row_bytes)
-            if len(buffer) != count * row_bytes:
-                raise UserError(f"checkpoint data shard {self.data_path(entry.shard).name} is truncated "
-                                f"(reading {name}); re-download the checkpoint")
-            crc = google_crc32c.extend(crc, buffer)
-            chunk = np.frombuffer(buffer, dtype=dtype)
-            yield chunk.reshape((count, *row_shape)) if shape else chunk.reshape(())
-        if mask_crc(crc) != entry.crc32c:
-            raise UserError(f"checksum mismatch in {name} (crc32c {mask_crc(crc):#010x}, index says "
-                            f"{entry.crc32c:#010x}): the checkpoint data is corrupt; re-download it")
+        pieces = [_Piece(region, piece, shape) for region, piece in self.pieces[name]]
+        for piece in pieces:
+            if piece.rows.stop == piece.rows.start:  # an empty piece: only its checksum to check
+                self._check_crc(name, piece)
+        # Row bands in which the same pieces are present; within a band, chunks of `rows_per_chunk` rows.
+        bounds = sorted({0, rows} | {p.rows.start for p in pieces} | {p.rows.stop for p in pieces})
+        for band_start, band_stop in zip(bounds, bounds[1:], strict=False):
+            present = [p for p in pieces if p.rows.start <= band_start < p.rows.stop]
+            for start in range(band_start, band_stop, rows_per_chunk):
+                count = min(rows_per_chunk, band_stop - start)
+                if len(present) == 1 and present[0].whole_rows:  # the common case: no copy at all
+                    chunk = np.frombuffer(self._read_piece_rows(name, present[0], start, count), dtype=dtype)
+                else:
+                    chunk = np.empty((count, *row_shape), dtype=dtype)
+                    for piece in present:
+                        part = np.frombuffer(self._read_piece_rows(name, piece, start, count), dtype=dtype)
+                        chunk[(slice(None), *piece.region[1:])] = part.reshape((count, *piece.shape[1:]))
+                yield chunk.reshape((count, *row_shape)) if shape else chunk.reshape(())
+        if rows == 0:
+            yield np.empty(shape, dtype=dtype)
+
+    def _read_piece_rows(self, name: str, piece: _Piece, start: int, count: int) -> bytes:
+        """Rows [start, start + count) of the full tensor from one piece, extending the piece's CRC."""
+        entry = piece.entry
+        nbytes = count * piece.row_bytes
+        offset = entry.offset + (start - piece.rows.start) * piece.row_bytes
+        buffer = os.pread(self._fd(entry.shard), nbytes, offset)
+        if len(buffer) != nbytes:
+            raise UserError(f"checkpoint data shard {self.data_path(entry.shard).name} is truncated "
+                            f"(reading {name}); re-download the checkpoint")
+        piece.crc = google_crc32c.extend(piece.crc, buffer)
+        if start + count == piece.rows.stop:
+            self._check_crc(name, piece)
+        return buffer
+
+    def _check_crc(self, name: str, piece: _Piece) -> None:
+        if mask_crc(piece.crc) != piece.entry.crc32c:
+            where = name if piece.entry.name == name else f"{name} (slice {piece.entry.name})"
+            raise UserError(f"checksum mismatch in {where} (crc32c {mask_crc(piece.crc):#010x}, index says "
+                            f"{piece.entry.crc32c:#010x}): the checkpoint data is corrupt; re-download it")
 
     def _entry(self, name: str) -> TensorEntry:
         try:
             return self.entries[name]
         except KeyError:
             raise UserError(f"{name} is not in checkpoint {self.prefix}") from None
+
+
+class _Piece:
+    """A stored block of a tensor (the whole tensor, or one saved slice of a partitioned variable) and the
+    running CRC of its data, read in row order."""
+
+    def __init__(self, region: tuple[slice, ...], entry: TensorEntry, full_shape: tuple[int, ...]):
+        self.region, self.entry = region, entry  # region: where the block sits in the full tensor
+        self.shape = tuple(r.stop - r.start for r in region) or (1,)  # a scalar is one row
+        self.rows = region[0] if region else slice(0, 1)
+        self.row_bytes = entry.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
+        self.whole_rows = self.shape[1:] == tuple(full_shape[1:])  # its rows are whole rows of the tensor
+        self.crc = 0
+
+
+def _pieces(entry: TensorEntry, slice_entries: dict[bytes, TensorEntry]
+            ) -> list[tuple[tuple[slice, ...], TensorEntry]]:
+    """Where each stored block of a variable goes, checked to tile the full tensor exactly once."""
+    shape = entry.shape
+    if not entry.slices:
+        if entry.dtype != "string" and entry.num_elements * entry.itemsize != entry.size:
+            raise UserError(f"checkpoint index is corrupt: {entry.name} has shape {list(shape)} "
+                            f"({entry.dtype}) but {entry.size} bytes of data; the checkpoint needs to be "
+                            "re-downloaded")
+        return [(tuple(slice(0, d) for d in shape), entry)]
+    corrupt = f"checkpoint index is corrupt: partitioned variable {entry.name}"
+    pieces = []
+    for extents in entry.slices:
+        if len(extents) != len(shape):
+            raise UserError(f"{corrupt} has a {len(extents)}-d slice of a {len(shape)}-d tensor; "
+                            "re-download it")
+        region = tuple(slice(0, d) if length == -1 else slice(start, start + length)
+                       for (start, length), d in zip(extents, shape, strict=True))
+        if any(r.start < 0 or r.stop > d or r.stop < r.start for r, d in zip(region, shape, strict=True)):
+            raise UserError(f"{corrupt} has a slice {_slice_spec(extents)} outside its shape {list(shape)}")
+        piece = slice_entries.get(slice_key(entry.name, extents))
+        if piece is None:
+            raise UserError(f"{corrupt} lacks the data of its slice {_slice_spec(extents)}; re-download it")
+        piece_shape = tuple(r.stop - r.start for r in region)
+        if piece.dtype != entry.dtype or piece.num_elements * piece.itemsize != piece.size or (
+                piece.shape != piece_shape):
+            raise UserError(f"{corrupt}: its slice {_slice_spec(extents)} holds {list(piece.shape)} "
+                            f"{piece.dtype} in {piece.size} bytes, not {list(piece_shape)} {entry.dtype}; "
+                            "re-download it")
+        pieces.append((region, TensorEntry(f"{entry.name}[{_slice_spec(extents)}]", piece.dtype, piece.shape,
+                                           piece.shard, piece.offset, piece.size, piece.crc32c)))
+    # Exactly once: the volumes add up and no two slices overlap.
+    volume = sum(int(np.prod([r.stop - r.start for r in region], dtype=np.int64)) for region, _ in pieces)
+    overlap = any(all(a.start < b.stop and b.start < a.stop for a, b in zip(first, second, strict=True))
+                  for i, (first, _) in enumerate(pieces) for second, _ in pieces[i + 1:])
+    if overlap or volume != entry.num_elements:
+        raise UserError(f"{corrupt}: its slices do not cover it exactly once; re-download the checkpoint")
+    return pieces
+
+
+def _slice_spec(extents: tuple[tuple[int, int], ...]) -> str:
+    """TensorFlow's notation: `0,5:-` is rows 0-4 of every column."""
+    return ":".join("-" if length == -1 else f"{start},{length}" for start, length in extents)
+
+
+def slice_key(name: str, extents: tuple[tuple[int, int], ...]) -> bytes:
+    """The index key of one slice's data: TensorFlow's EncodeTensorNameSlice (strings::OrderedCode), i.e.
+    0, the escaped name, the number of dimensions, then start and length of each (-1 for the whole)."""
+    escaped = b"".join(_ESCAPES.get(byte, bytes([byte])) for byte in name.encode("utf-8"))
+    key = _ordered_unsigned(0) + escaped + b"\x00\x01" + _ordered_unsigned(len(extents))
+    for start, length in extents:
+        key += _ordered_signed(start) + _ordered_signed(length)
+    return key
+
+
+_ESCAPES = {0x00: b"\x00\xff", 0xFF: b"\xff\x00"}  # so that b"\x00\x01" can end the name
+
+
+def _ordered_unsigned(value: int) -> bytes:
+    """OrderedCode::WriteNumIncreasing: a length byte, then the big-endian value without leading zeros."""
+    raw = value.to_bytes(8, "big").lstrip(b"\x00")
+    return bytes([len(raw)]) + raw
+
+
+# OrderedCode::WriteSignedNumIncreasing marks the encoded length in the leading bits of the first two bytes.
+_SIGNED_HEADER = {1: (0x80, 0), 2: (0xC0, 0), 3: (0xE0, 0), 4: (0xF0, 0), 5: (0xF8, 0), 6: (0xFC, 0),
+                  7: (0xFE, 0), 8: (0xFF, 0), 9: (0xFF, 0x80), 10: (0xFF, 0xC0)}
+
+
+def _ordered_signed(value: int) -> bytes:
+    magnitude = ~value if value < 0 else value
+    length = magnitude.bit_length() // 7 + 1  # 6 value bits in one byte, 7 more per extra byte
+    raw = bytearray((value & ((1 << 80) - 1)).to_bytes(10, "big")[-length:])  # sign-extended big-endian
+    first, second = _SIGNED_HEADER[length]
+    raw[0] ^= first
+    if length > 1:
+        raw[1] ^= second
+    return bytes(raw)
 
 
 def mask_crc(crc: int) -> int:
@@ -184,7 +313,7 @@ def mask_crc(crc: int) -> int:
 # -- the .index table -----------------------------------------------------------------------------------------
 
 
-def _read_index(path: Path) -> tuple[int, dict[str, TensorEntry]]:
+def _read_index(path: Path) -> tuple[int, dict[str, TensorEntry], dict[bytes, TensorEntry]]:
     data = path.read_bytes()
     where = f"checkpoint index {path.name}"
     if len(data) < FOOTER_SIZE or struct.unpack_from("<Q", data, len(data) - 8)[0] != TABLE_MAGIC:
@@ -195,14 +324,14 @@ def _read_index(path: Path) -> tuple[int, dict[str, TensorEntry]]:
         (index_offset, index_size), _ = _read_handle(footer, pos)
         header: dict[int, list] | None = None
         entries: dict[str, TensorEntry] = {}
-        slice_keys: set[str] = set()
+        slice_entries: dict[bytes, TensorEntry] = {}
         for _, handle in _block_entries(_read_block(data, index_offset, index_size, where)):
             (offset, size), _ = _read_handle(handle, 0)
             for key, value in _block_entries(_read_block(data, offset, size, where)):
                 if key == b"":
                     header = _parse_proto(value)
-                elif key[:1] == b"\x00":
-                    slice_keys.add(bytes(key).hex())  # the data of one slice of a partitioned variable
+                elif key[:1] == b"\x00":  # the data of one slice of a partitioned variable
+                    slice_entries[bytes(key)] = _parse_entry(repr(bytes(key)), _parse_proto(value))
                 else:
                     name = bytes(key).decode("utf-8")
                     entries[name] = _parse_entry(name, _parse_proto(value))
@@ -213,7 +342,7 @@ def _read_index(path: Path) -> tuple[int, dict[str, TensorEntry]]:
     num_shards = _scalar(header, 1, 1)
     if _scalar(header, 2, 0) != 0:
         raise UserError(f"{where} was written on a big-endian machine; convert it on that machine to little-endian")
-    return num_shards, entries
+    return num_shards, entries, slice_entries
 
 
 def _read_handle(buf: memoryview | bytes, pos: int) -> tuple[tuple[int, int], int]:
@@ -309,8 +438,17 @@ def _parse_entry(name: str, fields: dict[int, list]) -> TensorEntry:
     return TensorEntry(
         name=name, dtype=TF_DTYPES[dtype_code], shape=tuple(shape), shard=_scalar(fields, 3, 0),
         offset=_signed(_scalar(fields, 4, 0)), size=_signed(_scalar(fields, 5, 0)), crc32c=_scalar(fields, 6, 0),
-        partitioned=bool(fields.get(7)),
+        slices=tuple(_parse_slice(buf) for buf in fields.get(7, [])),
     )
+
+
+def _parse_slice(buf: bytes) -> tuple[tuple[int, int], ...]:
+    """TensorSliceProto: one Extent {start, length} per dimension; an empty Extent is the whole dimension."""
+    extents = []
+    for extent in _parse_proto(buf).get(1, []):
+        fields = _parse_proto(extent)
+        extents.append((_signed(_scalar(fields, 1, 0)), _signed(fields[2][-1]) if 2 in fields else -1))
+    return tuple(extents)
 
 
 def _snappy_decompress(data: bytes) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import pickle
 import struct
 import zipfile
@@ -81,6 +82,11 @@ class Writer:
     def abort(self) -> None:
         """Release open files after a failure (the driver deletes the temporary directory)."""
 
+    def finished_bytes(self) -> dict[Path, int]:
+        """How many leading bytes of each file are final and in the OS (not in a Python buffer), so that
+        hashing can start before `close()`. By default none: files are hashed once closed."""
+        return {}
+
 
 # -- safetensors ----------------------------------------------------------------------------------------------
 
@@ -124,10 +130,10 @@ class SafetensorsWriter(Writer):
         self.shard_of = {m.torch_name: i for i, (_, group) in enumerate(self.shards) for m in group}
         self.handle = None
         self.current = -1
+        self.closed: dict[Path, int] = {}
 
     def _open(self, index: int) -> None:
-        if self.handle is not None:
-            self.handle.close()
+        self._close_shard()
         name, group = self.shards[index]
         header: dict[str, object] = {"__metadata__": SAFETENSORS_METADATA}
         offset = 0
@@ -149,10 +155,19 @@ class SafetensorsWriter(Writer):
             self._open(shard)
         self.handle.write(memoryview(torch_layout(mapping, chunk)).cast("B"))
 
-    def close(self) -> list[Path]:
+    def _close_shard(self) -> None:
         if self.handle is not None:
             self.handle.close()
+            self.closed[Path(self.handle.name)] = os.path.getsize(self.handle.name)
             self.handle = None
+
+    def finished_bytes(self) -> dict[Path, int]:
+        # Written strictly in order: whatever reached the OS is final (large writes bypass the buffer).
+        current = {Path(self.handle.name): self.handle.raw.tell()} if self.handle is not None else {}
+        return {**self.closed, **current}
+
+    def close(self) -> list[Path]:
+        self._close_shard()
         files = [self.directory / name for name, _ in self.shards]
         if len(self.shards) > 1:
             index = {
@@ -273,10 +288,17 @@ class TorchBinWriter(Writer):
             if self.stream is not None:
                 self.stream.close()
             key = self.key_of[mapping.torch_name]
-            info = self._info(f"data/{key}", target_nbytes(mapping, self.dtype))
-            self.stream = self.zip.open(info, "w")
+            self.record = self._info(f"data/{key}", target_nbytes(mapping, self.dtype))
+            self.stream = self.zip.open(self.record, "w")
             self.current = mapping.torch_name
         self.stream.write(memoryview(torch_layout(mapping, chunk)).cast("B"))
+
+    def finished_bytes(self) -> dict[Path, int]:
+        # zipfile rewrites a record's local header (with its CRC) when the record closes: everything
+        # before the open record's header is final.
+        if self.stream is None:
+            return {}
+        return {self.path: min(self.record.header_offset, self.zip.fp.raw.tell())}
 
     def close(self) -> list[Path]:
         if self.stream is not None:

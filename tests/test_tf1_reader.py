@@ -161,3 +161,190 @@ def test_not_a_checkpoint(tmp_path):
         CheckpointReader(tmp_path / "nothing")
     with pytest.raises(UserError, match="no `checkpoint` file and 0 .index files"):
         CheckpointReader(tmp_path)
+
+
+# -- partitioned (sliced) variables, as TensorFlow writes them -----------------------------------------------
+
+# name -> (full shape, dtype, TensorFlow slice specs). Row starts >= 64 take multi-byte slice keys.
+PARTITIONED = {
+    "p/rows": ((150, 6), "float32", ["0,70:-", "70,70:-", "140,10:-"]),
+    "p/grid": ((7, 9), "float32", ["0,3:0,4", "0,3:4,5", "3,4:-"]),
+    "p/columns": ((5, 11), "float16", ["-:0,2", "-:2,9"]),
+    "p/bf16": ((9, 3), "bfloat16", ["0,4:-", "4,5:-"]),
+}
+
+
+def _slice_of(value: np.ndarray, spec: str) -> np.ndarray:
+    index = tuple(slice(None) if part == "-" else slice(int(part.split(",")[0]),
+                                                         sum(int(x) for x in part.split(",")))
+                  for part in spec.split(":"))
+    return value[index]
+
+
+def _save_slices(prefix: Path, values: dict[str, np.ndarray], names: list[str] | None = None) -> None:
+    """One SaveV2 call holding every slice of `names` (default: all of PARTITIONED) and nothing else."""
+    import tensorflow as tf
+
+    tensor_names, specs, tensors = [], [], []
+    for name in names or sorted(PARTITIONED):
+        shape, dtype, slices = PARTITIONED[name]
+        for spec in slices:
+            tensor_names.append(name)
+            specs.append(f"{' '.join(map(str, shape))} {spec}")
+            tensors.append(tf.constant(_slice_of(values[name], spec), dtype=getattr(tf, dtype)))
+    tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=tensor_names, shape_and_slices=specs, tensors=tensors)
+
+
+def _partitioned_values() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(11)
+    return {name: rng.standard_normal(shape) for name, (shape, _, _) in PARTITIONED.items()}
+
+
+def _stored(value: np.ndarray, dtype: str) -> np.ndarray:
+    """What the checkpoint holds, in our reader's representation (bfloat16 as bits), via TensorFlow's casts."""
+    import tensorflow as tf
+
+    stored = tf.cast(value, getattr(tf, dtype))
+    return tf.bitcast(stored, tf.uint16).numpy() if dtype == "bfloat16" else stored.numpy()
+
+
+@pytest.fixture(scope="module")
+def partitioned_ckpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
+    values = _partitioned_values()
+    prefix = tmp_path_factory.mktemp("partitioned") / "model.ckpt-1"
+    _save_slices(prefix, values)
+    return prefix, values
+
+
+def test_partitioned_variables_are_reassembled(partitioned_ckpt):
+    prefix, values = partitioned_ckpt
+    with CheckpointReader(prefix) as reader:
+        assert reader.variables() == {name: (shape, dtype) for name, (shape, dtype, _) in PARTITIONED.items()}
+        for name, (_, dtype, slices) in PARTITIONED.items():
+            assert reader.entries[name].partitioned and len(reader.pieces[name]) == len(slices)
+            np.testing.assert_array_equal(reader.read(name), _stored(values[name], dtype))
+
+
+@pytest.mark.parametrize("rows_per_chunk", [1, 4, 69, 1000])
+def test_partitioned_rows_stream_in_order(partitioned_ckpt, rows_per_chunk):
+    prefix, values = partitioned_ckpt
+    with CheckpointReader(prefix) as reader:
+        for name, (shape, dtype, _) in PARTITIONED.items():
+            row_bytes = int(np.prod(shape[1:])) * np.dtype("float16" if dtype != "float32" else dtype).itemsize
+            chunks = list(reader.iter_rows(name, max_bytes=rows_per_chunk * row_bytes))
+            assert all(len(c) <= rows_per_chunk for c in chunks)
+            np.testing.assert_array_equal(np.concatenate(chunks), _stored(values[name], dtype))
+
+
+def test_partitions_across_shards(tmp_path):
+    """Slices of one variable in different data files, merged by TensorFlow as a sharded Saver does."""
+    import tensorflow as tf
+
+    values = _partitioned_values()
+    parts = [tmp_path / "part-0", tmp_path / "part-1"]
+    _save_slices(parts[0], values, ["p/grid"])
+    # The other shard holds the remaining slices of p/rows: split the spec list between the two shards.
+    shape, dtype, slices = PARTITIONED["p/rows"]
+    tf.raw_ops.SaveV2(prefix=str(parts[1]), tensor_names=["p/rows"] * 2,
+                      shape_and_slices=[f"150 6 {s}" for s in slices[1:]],
+                      tensors=[tf.constant(_slice_of(values["p/rows"], s), tf.float32) for s in slices[1:]])
+    tf.raw_ops.SaveV2(prefix=str(parts[0]) + "b", tensor_names=["p/rows"], shape_and_slices=[f"150 6 {slices[0]}"],
+                      tensors=[tf.constant(_slice_of(values["p/rows"], slices[0]), tf.float32)])
+    prefix = tmp_path / "model.ckpt-2"
+    tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=[str(parts[0]), str(parts[1]), str(parts[0]) + "b"],
+                                  destination_prefix=str(prefix), delete_old_dirs=False)
+    with CheckpointReader(prefix) as reader:
+        assert reader.num_shards == 3
+        assert len({e.shard for _, e in reader.pieces["p/rows"]}) == 2
+        for name in ("p/rows", "p/grid"):
+            np.testing.assert_array_equal(reader.read(name), values[name].astype(np.float32))
+
+
+def test_partitioned_variable_saved_by_tf1_saver(tmp_path):
+    """The way TF1 training code partitions an embedding: get_variable with a partitioner, saved by Saver."""
+    import tensorflow as tf
+
+    prefix = tmp_path / "model.ckpt-7"
+    with tf.Graph().as_default():
+        tf.compat.v1.set_random_seed(3)
+        variable = tf.compat.v1.get_variable("bert/embeddings/word_embeddings", shape=[99, 18],
+                                             partitioner=tf.compat.v1.fixed_size_partitioner(4))
+        saver = tf.compat.v1.train.Saver()
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            expected = session.run(tf.concat(list(variable), axis=0))
+            saver.save(session, str(prefix))
+    with CheckpointReader(prefix) as reader:
+        assert reader.variables()["bert/embeddings/word_embeddings"] == ((99, 18), "float32")
+        assert len(reader.pieces["bert/embeddings/word_embeddings"]) == 4
+        np.testing.assert_array_equal(reader.read("bert/embeddings/word_embeddings"), expected)
+
+
+def test_crc_mismatch_in_one_slice(partitioned_ckpt, tmp_path):
+    source, _ = partitioned_ckpt
+    shutil.copytree(source.parent, tmp_path / "copy")
+    prefix = tmp_path / "copy" / source.name
+    reader = CheckpointReader(prefix)
+    (_, damaged), = [(r, e) for r, e in reader.pieces["p/rows"] if r[0].start == 70]
+    data = Path(f"{prefix}.data-00000-of-00001")
+    raw = bytearray(data.read_bytes())
+    raw[damaged.offset + 5] ^= 0x10
+    data.write_bytes(bytes(raw))
+    chunks = reader.iter_rows("p/rows", max_bytes=10 * 6 * 4)
+    for _ in range(7):  # rows 0-69 come from an intact slice
+        next(chunks)
+    with pytest.raises(UserError, match=r"checksum mismatch in p/rows \(slice p/rows\[70,70:-\]\)"):
+        list(chunks)
+    reader.read("p/grid")
+
+
+def test_converting_a_partitioned_checkpoint_gives_the_same_bytes(tmp_path, tiny_original_config):
+    """A RemBERT checkpoint with partitioned embeddings and a column-partitioned kernel converts to the same
+    safetensors bytes as the same values saved whole."""
+    import json
+
+    import tensorflow as tf
+
+    from converters.convert import ConvertOptions, convert_checkpoint
+    from converters.synthetic import synthetic_variables
+
+    values = synthetic_variables(tiny_original_config, seed=8)
+    partitions = {"bert/embeddings/word_embeddings": ["0,40:-", "40,40:-", "80,19:-"],
+                  "cls/predictions/output_embedding": ["0,50:-", "50,49:-"],
+                  "bert/encoder/layer_1/attention/self/query/kernel": ["-:0,10", "-:10,22"]}
+    outputs = {}
+    for layout in ("whole", "partitioned"):
+        directory = tmp_path / layout
+        directory.mkdir()
+        names, specs, tensors = [], [], []
+        for name, value in sorted(values.items()):
+            for spec in partitions.get(name, [""]) if layout == "partitioned" else [""]:
+                names.append(name)
+                specs.append(f"{' '.join(map(str, value.shape))} {spec}" if spec else "")
+                tensors.append(tf.constant(_slice_of(value, spec) if spec else value))
+        tf.raw_ops.SaveV2(prefix=str(directory / "model.ckpt-3"), tensor_names=names, shape_and_slices=specs,
+                          tensors=tensors)
+        (directory / "bert_config.json").write_text(json.dumps(tiny_original_config))
+        convert_checkpoint(directory / "model.ckpt-3", tmp_path / f"out-{layout}", ["safetensors"],
+                           ConvertOptions(quiet=True, chunk_bytes=300))
+        outputs[layout] = (tmp_path / f"out-{layout}" / "model.safetensors").read_bytes()
+    assert outputs["whole"] == outputs["partitioned"]
+
+
+def test_full_size_generator_writes_what_tensorflow_reads(tmp_path, tiny_original_config):
+    """benchmarks/make_full_checkpoint.py writes the bundle itself: TensorFlow and our reader must read back
+    converters.synthetic's values (drawn there in row slices, here in one piece)."""
+    import tensorflow as tf
+
+    from benchmarks.make_full_checkpoint import write_bundle_checkpoint
+    from converters.synthetic import synthetic_variables
+
+    prefix = write_bundle_checkpoint(tmp_path, tiny_original_config, seed=6, slots=True, chunk_bytes=200)
+    expected = synthetic_variables(tiny_original_config, seed=6)
+    tf_reader = tf.train.load_checkpoint(str(prefix))
+    assert len(tf_reader.get_variable_to_shape_map()) == 3 * len(expected) + 1  # slots and global_step
+    with CheckpointReader(tmp_path) as reader:
+        for name, value in expected.items():
+            np.testing.assert_array_equal(tf_reader.get_tensor(name), value)
+            np.testing.assert_array_equal(reader.read(name), value)
+        assert reader.read("global_step") == tf_reader.get_tensor("global_step") == 0

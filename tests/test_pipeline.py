@@ -1,0 +1,85 @@
+"""The read-ahead thread and the while-writing sha256 of converters/pipeline.py, and the report digests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from converters.convert import ConvertOptions, convert_checkpoint
+from converters.pipeline import FileHasher, read_ahead
+
+
+def test_read_ahead_keeps_order_and_runs_in_another_thread():
+    threads = []
+
+    def items():
+        for i in range(50):
+            threads.append(threading.current_thread())
+            yield i
+
+    assert list(read_ahead(items(), depth=3)) == list(range(50))
+    assert threading.main_thread() not in threads
+
+
+def test_read_ahead_raises_the_producers_error_in_order():
+    def items():
+        yield 1
+        yield 2
+        raise ValueError("broken at 3")
+
+    seen = []
+    with pytest.raises(ValueError, match="broken at 3"):
+        for item in read_ahead(items()):
+            seen.append(item)
+    assert seen == [1, 2]
+
+
+def test_stopping_early_stops_the_producer():
+    produced = []
+
+    def items():
+        for i in range(10_000):
+            produced.append(i)
+            yield i
+
+    for item in read_ahead(items(), depth=2):
+        if item == 5:
+            break
+    assert len(produced) < 20  # it stopped a few items ahead, not at the end
+    assert not any(t.name == "read-ahead" for t in threading.enumerate())
+
+
+def test_hasher_interleaved_with_writes(tmp_path):
+    paths = [tmp_path / "a", tmp_path / "b", tmp_path / "empty"]
+    paths[2].write_bytes(b"")
+    hasher = FileHasher()
+    handles = [open(p, "wb", buffering=0) for p in paths[:2]]
+    for i in range(200):
+        for k, handle in enumerate(handles):
+            handle.write(bytes([i % 256, k]) * 5000)
+        hasher.advance({p: h.tell() for p, h in zip(paths, handles, strict=False)})
+    for handle in handles:
+        handle.close()
+    digests = hasher.finish(paths)
+    assert digests == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+@pytest.mark.parametrize("checksums", [True, False])
+def test_report_digests_match_the_files(tiny_ckpt, tmp_path, checksums):
+    out = tmp_path / "out"
+    # Small slices and shards, so that hashing runs while the pytorch and safetensors files grow.
+    options = ConvertOptions(quiet=True, chunk_bytes=256, max_shard_size="20KB", checksums=checksums)
+    convert_checkpoint(tiny_ckpt.prefix, out, ["pytorch", "safetensors", "tf2"], options)
+    files = json.loads((out / "conversion_report.json").read_text())["files"]
+    assert len(files) > 3  # pytorch_model.bin, safetensors shards and index, tf_model.h5
+    for name, info in files.items():
+        data = Path(out / name).read_bytes()
+        assert info["bytes"] == len(data)
+        if checksums:
+            assert info["sha256"] == hashlib.sha256(data).hexdigest(), name
+        else:
+            assert "sha256" not in info
