@@ -90,6 +90,9 @@ def writer_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True, help="Weight dtype of the written files."),
         force_option,
         quiet_option,
+        click.option("--no-checksums", "no_checksums", is_flag=True,
+                     help="Leave the files' sha256 out of conversion_report.json (hashing 4 GB costs more CPU "
+                          "than converting it)."),
     ]):
         command = option(command)
     return command
@@ -101,7 +104,8 @@ def _options(kwargs: dict[str, Any], **extra: Any):
     return ConvertOptions(config=kwargs.get("config"), dtype=kwargs.get("dtype", "float32"),
                           mlm_head=not kwargs.get("no_mlm_head", False), activation=kwargs.get("activation"),
                           output_embedding_name=kwargs.get("output_embedding_name"),
-                          force=kwargs.get("force", False), quiet=kwargs.get("quiet", False), **extra)
+                          force=kwargs.get("force", False), quiet=kwargs.get("quiet", False),
+                          checksums=not kwargs.get("no_checksums", False), **extra)
 
 
 def _run_conversion(ckpt: str, formats: list[str], kwargs: dict[str, Any], **extra: Any) -> None:
