@@ -22,12 +22,13 @@ Every call works eagerly and under `tf.function` (`tf.function(model)(input_ids=
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -553,8 +554,9 @@ class TFRemBertPreTrainedModel(tf.Module):
         """Assign arrays in TF layout by Keras name below the root, after checking every shape; returns the
         names this model has no place for. Variables not in `values` keep their values."""
         ours = self.weights_by_name()
-        wrong = [f"{n}: file {list(np.shape(values[n]))}, model {ours[n].shape.as_list()}" for n in sorted(ours)
-                 if n in values and tuple(np.shape(values[n])) != tuple(ours[n].shape.as_list())]
+        # .shape: numpy arrays and h5py datasets alike, without reading a dataset
+        wrong = [f"{n}: file {list(values[n].shape)}, model {ours[n].shape.as_list()}" for n in sorted(ours)
+                 if n in values and tuple(values[n].shape) != tuple(ours[n].shape.as_list())]
         if wrong:
             raise UserError(f"weights in {source} do not fit the config: {'; '.join(wrong)}; "
                             "use the config.json the weights were written with")
@@ -580,18 +582,21 @@ class TFRemBertPreTrainedModel(tf.Module):
                 raise UserError(f"{directory / CONFIG_NAME} does not exist; pass config= or convert the "
                                 f"checkpoint into {directory}")
             config = RemBertConfig.from_json_file(directory / CONFIG_NAME)
-        if (directory / TF_WEIGHTS_NAME).is_file():
-            values, weights_file = read_h5_weights(directory / TF_WEIGHTS_NAME), TF_WEIGHTS_NAME
-        else:  # raises a UserError naming the files it looked for
-            values, weights_file = read_torch_weights(directory, config)
-        model = cls(config, seed=seed, dtype=dtype)
-        absent = sorted(set(model.weights_by_name()) - set(values))
-        missing = [n for n in absent if _is_pretrained(n)]
-        if missing and strict_backbone:
-            raise UserError(f"{weights_file} in {directory} lacks {len(missing)} weight(s) {cls.__name__} needs: "
-                            f"{', '.join(missing)}; convert the full checkpoint, or pass strict_backbone=False "
-                            "to initialise them")
-        unexpected = model.assign_weights(values, f"{directory / weights_file}")
+        with contextlib.ExitStack() as stack:
+            if (directory / TF_WEIGHTS_NAME).is_file():
+                # h5py datasets, read one at a time while assigning: one copy of the weights in memory
+                values = stack.enter_context(open_h5_weights(directory / TF_WEIGHTS_NAME))
+                weights_file = TF_WEIGHTS_NAME
+            else:  # raises a UserError naming the files it looked for
+                values, weights_file = read_torch_weights(directory, config)
+            model = cls(config, seed=seed, dtype=dtype)
+            absent = sorted(set(model.weights_by_name()) - set(values))
+            missing = [n for n in absent if _is_pretrained(n)]
+            if missing and strict_backbone:
+                raise UserError(f"{weights_file} in {directory} lacks {len(missing)} weight(s) {cls.__name__} "
+                                f"needs: {', '.join(missing)}; convert the full checkpoint, or pass "
+                                "strict_backbone=False to initialise them")
+            unexpected = model.assign_weights(values, f"{directory / weights_file}")
         model.loading_info = {"missing": missing, "unexpected": unexpected,
                               "newly_initialized": sorted(set(absent) - set(missing)),
                               "weights_file": [weights_file]}
@@ -821,20 +826,22 @@ def _h5_attribute(group, name: str) -> list[str]:
     return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for chunk in chunks for n in chunk]
 
 
-def read_h5_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """A Hugging Face `tf_model.h5` -> {Keras name below the root: array}. The root (the first part of each
-    stored name, e.g. tf_rem_bert_for_masked_lm) is dropped, as Hugging Face's loader does."""
+@contextlib.contextmanager
+def open_h5_weights(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """A Hugging Face `tf_model.h5` -> {Keras name below the root: h5py dataset}, open while in the block.
+    The root (the first part of each stored name, e.g. tf_rem_bert_for_masked_lm) is dropped, as Hugging
+    Face's loader does, so the file of any head loads into any other."""
     import h5py
 
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:
         raise UserError(f"{path} is not a readable HDF5 file ({exc}); convert the checkpoint again") from exc
-    values: dict[str, np.ndarray] = {}
     with handle:
         layer_names = _h5_attribute(handle, "layer_names")
         if not layer_names:
             raise UserError(f"{path} has no layer_names attribute: not a Keras weights file")
+        values = {}
         for layer in layer_names:
             if layer not in handle:
                 raise UserError(f"{path} lists layer {layer!r} but has no such group; convert the checkpoint again")
@@ -842,8 +849,14 @@ def read_h5_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 if stored not in handle[layer]:
                     raise UserError(f"{path} lists weight {stored!r} but does not hold it; "
                                     "convert the checkpoint again")
-                values[stored.split("/", 1)[1]] = handle[layer][stored][()]
-    return values
+                values[stored.split("/", 1)[1]] = handle[layer][stored]
+        yield values
+
+
+def read_h5_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every weight of a `tf_model.h5` as an array, by Keras name below the root."""
+    with open_h5_weights(path) as datasets:
+        return {name: dataset[()] for name, dataset in datasets.items()}
 
 
 def read_torch_weights(directory: Path, config: RemBertConfig) -> tuple[dict[str, np.ndarray], str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import h5py
@@ -14,6 +15,7 @@ from converters.cli import main
 from converters.convert import ConvertOptions, convert_checkpoint
 from converters.errors import UserError
 from converters.h5_writer import save_attribute
+from converters.tf1_checkpoint import CheckpointReader
 from converters.mapping import MLM, OUTPUT_EMBEDDING, RULES, expand
 from rembert_ref.config import RemBertConfig
 from rembert_ref.tf_model import _h5_attribute, read_h5_weights
@@ -162,3 +164,19 @@ def test_unreadable_h5_is_a_user_error(tmp_path):
         f["x"] = np.zeros(3)
     with pytest.raises(UserError, match="no layer_names"):
         read_h5_weights(tmp_path / "plain.h5")
+
+
+def test_failure_midway_leaves_nothing(tiny_ckpt, tmp_path):
+    # A corrupted pooler kernel, the last tensor in write order (sorted PyTorch names): the writer has already
+    # streamed the rest of tf_model.h5 when its checksum fails.
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_ckpt.directory, broken)
+    with CheckpointReader(broken / "model.ckpt-3") as reader:
+        entry = reader.entries["bert/pooler/dense/kernel"]
+        data = reader.data_path(entry.shard)
+    raw = bytearray(data.read_bytes())
+    raw[entry.offset + 5] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="checksum"):
+        convert_checkpoint(broken / "model.ckpt-3", tmp_path / "out", ["tf2"], ConvertOptions(quiet=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]  # no output, no staging directory
