@@ -31,12 +31,21 @@ TASK_HEAD_WEIGHTS = {
 }
 
 
-@pytest.fixture(scope="module", params=["tanh", "exact"])
-def converted(request, tiny_ckpt, tmp_path_factory) -> tuple[str, Path]:
+def _convert(tiny_ckpt, tmp_path_factory, activation: str) -> Path:
     """pytorch_model.bin and tf_model.h5 written in one pass from the synthetic TF1 checkpoint."""
-    out = tmp_path_factory.mktemp(f"tf-{request.param}") / "model"
-    convert_checkpoint(tiny_ckpt.prefix, out, ["pytorch", "tf2"], ConvertOptions(quiet=True, activation=request.param))
-    return request.param, out
+    out = tmp_path_factory.mktemp(f"tf-{activation}") / "model"
+    convert_checkpoint(tiny_ckpt.prefix, out, ["pytorch", "tf2"], ConvertOptions(quiet=True, activation=activation))
+    return out
+
+
+@pytest.fixture(scope="module")
+def converted(tiny_ckpt, tmp_path_factory) -> Path:
+    return _convert(tiny_ckpt, tmp_path_factory, "tanh")  # TF1 BERT's gelu, the default
+
+
+@pytest.fixture(scope="module")
+def converted_exact(tiny_ckpt, tmp_path_factory) -> Path:
+    return _convert(tiny_ckpt, tmp_path_factory, "exact")
 
 
 def _inputs(config: dict, seed: int = 3, batch: int = 3, seq: int = 7) -> dict[str, np.ndarray]:
@@ -123,9 +132,15 @@ def _load_pair(name: str, directory: Path, tmp_path: Path):
 
 @pytest.mark.parametrize("name", HEADS)
 def test_every_output_matches_pytorch(name, tiny_ckpt, converted, tmp_path):
-    activation, directory = converted
-    if activation == "exact" and name not in ("TFRemBertModel", "TFRemBertForMaskedLM"):
-        pytest.skip("task heads are compared once (tanh); the exact erf form is covered by base and MLM")
+    _check_every_output(name, tiny_ckpt, converted, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["TFRemBertModel", "TFRemBertForMaskedLM"])
+def test_exact_gelu_outputs_match_pytorch(name, tiny_ckpt, converted_exact, tmp_path):
+    _check_every_output(name, tiny_ckpt, converted_exact, tmp_path)
+
+
+def _check_every_output(name: str, tiny_ckpt, directory: Path, tmp_path: Path) -> None:
     torch_model, tf_model = _load_pair(name, directory, tmp_path)
     inputs = _head_inputs(name, tf_model.config, _inputs(tiny_ckpt.config))
     flags = {"output_hidden_states": True, "output_attentions": True}
@@ -144,8 +159,9 @@ def test_every_output_matches_pytorch(name, tiny_ckpt, converted, tmp_path):
             assert result.loss is not None and np.isfinite(result.loss.numpy())
 
 
-def test_base_and_mlm_match_the_original_graph(tiny_ckpt, converted):
-    activation, directory = converted
+@pytest.mark.parametrize("activation", ["tanh", "exact"])
+def test_base_and_mlm_match_the_original_graph(activation, tiny_ckpt, request):
+    directory = request.getfixturevalue("converted" if activation == "tanh" else "converted_exact")
     inputs = _inputs(tiny_ckpt.config, seed=5, batch=4)
     reference = original_forward(tiny_ckpt.variables, tiny_ckpt.config, **inputs, activation=activation)
     base = T.TFRemBertModel.from_pretrained(directory)
@@ -177,9 +193,7 @@ def test_weight_names_are_the_mapping_tables(tiny_ckpt):
 
 
 def test_loads_our_pytorch_and_safetensors_files(tiny_ckpt, converted, tmp_path):
-    activation, directory = converted
-    if activation == "exact":
-        pytest.skip("file reading does not depend on the activation")
+    directory = converted
     from_h5 = T.TFRemBertForMaskedLM.from_pretrained(directory)
     torch_only = tmp_path / "torch-only"
     torch_only.mkdir()
@@ -197,9 +211,7 @@ def test_loads_our_pytorch_and_safetensors_files(tiny_ckpt, converted, tmp_path)
 
 
 def test_causal_lm_cache_matches_full_forward_and_pytorch(tiny_ckpt, converted, tmp_path):
-    activation, directory = converted
-    if activation == "exact":
-        pytest.skip("the cache does not depend on the activation")
+    directory = converted
     torch_model, tf_model = _load_pair("TFRemBertForCausalLM", directory, tmp_path)
     ids = _inputs(tiny_ckpt.config)["input_ids"]
     full = tf_model(input_ids=ids).logits
@@ -249,9 +261,7 @@ def test_cross_attention_decoder_matches_pytorch(tiny_ckpt):
 
 
 def test_inputs_embeds_head_mask_and_3d_mask(tiny_ckpt, converted):
-    activation, directory = converted
-    if activation == "exact":
-        pytest.skip("independent of the activation")
+    directory = converted
     inputs = _inputs(tiny_ckpt.config)
     tf_model = T.TFRemBertModel.from_pretrained(directory)
     torch_model = P.RemBertModel.from_pretrained(directory)
@@ -292,9 +302,7 @@ def test_outputs_index_like_pytorch(tiny_ckpt):
 
 
 def test_loading_rules_and_errors(tiny_ckpt, converted, tmp_path):
-    activation, directory = converted
-    if activation == "exact":
-        pytest.skip("independent of the activation")
+    directory = converted
     mlm = T.TFRemBertForMaskedLM.from_pretrained(directory)
     assert mlm.loading_info["unexpected"] == ["rembert/pooler/dense/bias:0", "rembert/pooler/dense/kernel:0"]
     assert mlm.loading_info["missing"] == mlm.loading_info["newly_initialized"] == []
