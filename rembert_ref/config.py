@@ -77,7 +77,8 @@ class RemBertConfig:
     def to_dict(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         values = {**self.extra, **values, "model_type": "rembert"}
-        if "id2label" not in values:
+        # num_labels is stored as id2label (as transformers does); a label map of another size is stale.
+        if len(values.get("id2label") or {}) != self.num_labels:
             values["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
             values["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
         values.pop("num_labels")
