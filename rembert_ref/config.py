@@ -160,9 +160,9 @@ def _read_json(path: str | os.PathLike) -> dict[str, Any]:
         with open(path, encoding="utf-8") as handle:
             values = json.load(handle)
     except FileNotFoundError:
-        raise UserError(f"config file {path} does not exist; pass the checkpoint's bert_config.json with --config")
+        raise UserError(f"config file {path} does not exist; pass the checkpoint's bert_config.json with --config") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"config file {path} is not valid JSON ({exc}); fix or replace it")
+        raise UserError(f"config file {path} is not valid JSON ({exc}); fix or replace it") from None
     if not isinstance(values, dict):
         raise UserError(f"config file {path} must hold a JSON object")
     return values
