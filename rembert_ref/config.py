@@ -160,7 +160,8 @@ def _read_json(path: str | os.PathLike) -> dict[str, Any]:
         with open(path, encoding="utf-8") as handle:
             values = json.load(handle)
     except FileNotFoundError:
-        raise UserError(f"config file {path} does not exist; pass the checkpoint's bert_config.json with --config") from None
+        raise UserError(f"config file {path} does not exist; pass the checkpoint's bert_config.json "
+                        "with --config") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"config file {path} is not valid JSON ({exc}); fix or replace it") from None
     if not isinstance(values, dict):
