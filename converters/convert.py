@@ -31,6 +31,7 @@ from converters.writers import (
     Writer,
     cast,
     parse_size,
+    torch_layout,
 )
 from rembert_ref.config import ACTIVATION_TO_HF, RemBertConfig, _read_json, is_original_config
 
@@ -112,7 +113,7 @@ def _writer_factories(formats: Sequence[str], options: ConvertOptions) -> list[C
             factories.append(TorchBinWriter)
         elif name == "safetensors":
             max_shard = parse_size(str(options.max_shard_size))
-            factories.append(lambda d, m, t, size=max_shard: SafetensorsWriter(d, m, t, size))
+            factories.append(lambda d, m, t, size=max_shard: SafetensorsWriter(d, m, t, size, options.checksums))
         elif name == "tf2":
             from converters.h5_writer import H5Writer  # h5py only when asked for
 
@@ -167,7 +168,8 @@ def convert_checkpoint(
                 raise
             if options.tokenizer is not None:
                 files += _write_tokenizer(Path(options.tokenizer), config, staging)
-            digests = hasher.finish(files) if hasher is not None else None
+            own = {path: digest for writer in writers for path, digest in writer.digests().items()}
+            digests = {**hasher.finish([f for f in files if f not in own]), **own} if hasher is not None else None
             config.save(staging / "config.json")
             report = conversion_report(reader.prefix, plan, options, formats, staging, files, digests)
             (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -202,25 +204,31 @@ def _stream(reader: CheckpointReader, mappings: Sequence[TensorMapping], writers
     total = sum(reader.entries[m.source].nbytes for m in mappings)
     progress = _progress(total, options.quiet)
     try:
-        # The reader runs a few slices ahead in a thread of its own (see converters/pipeline.py).
-        for mapping, chunk in read_ahead(_slices(reader, mappings, options.chunk_bytes)):
-            converted = cast(chunk, mapping.source_dtype, options.dtype)
+        # Reading, casting and transposing run a few slices ahead in a thread of their own, while this one
+        # writes (see converters/pipeline.py).
+        layouts = {writer.layout for writer in writers}
+        for mapping, source_bytes, arrays in read_ahead(_slices(reader, mappings, options, layouts)):
             for writer in writers:
-                writer.add(mapping, converted)
+                writer.add(mapping, arrays[writer.layout])
             if hasher is not None:
                 hasher.advance({path: n for writer in writers for path, n in writer.finished_bytes().items()})
-            progress.update(chunk.nbytes)
+            progress.update(source_bytes)
     finally:
         progress.close()
 
 
-def _slices(reader: CheckpointReader, mappings: Sequence[TensorMapping], chunk_bytes: int
-            ) -> Iterator[tuple[TensorMapping, np.ndarray]]:
+def _slices(reader: CheckpointReader, mappings: Sequence[TensorMapping], options: ConvertOptions,
+            layouts: set[str]) -> Iterator[tuple[TensorMapping, int, dict[str, np.ndarray]]]:
+    """(mapping, source bytes, {layout: slice}) for every slice of every mapped tensor, cast to the dtype."""
     for mapping in mappings:
         # Transposed kernels are read whole (the largest real one is 21 MB); the rest streams in slices.
-        limit = reader.entries[mapping.source].nbytes if mapping.transpose else chunk_bytes
+        limit = reader.entries[mapping.source].nbytes if mapping.transpose else options.chunk_bytes
         for chunk in reader.iter_rows(mapping.source, max_bytes=max(limit, 1)):
-            yield mapping, chunk
+            converted = cast(chunk, mapping.source_dtype, options.dtype)
+            arrays = {"tf": converted}
+            if "torch" in layouts:
+                arrays["torch"] = torch_layout(mapping, converted)
+            yield mapping, chunk.nbytes, arrays
 
 
 def _progress(total: int, quiet: bool):

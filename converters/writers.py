@@ -1,8 +1,9 @@
 """Streaming writers: each receives one tensor at a time, in slices, and never holds the model.
 
 The conversion driver (`converters/convert.py`) reads every tensor once and hands each slice to every
-writer, so one pass can write several formats. A writer gets slices in the TF1 source layout, already cast
-to the target dtype; writers for PyTorch layouts transpose the (small, whole) kernels the table marks.
+writer, so one pass can write several formats. A writer gets slices already cast to the target dtype, in its
+`layout`: the TF1 source layout, or for PyTorch layouts with the (small, whole) kernels the table marks
+transposed once by the driver.
 Files are written into a directory the driver later renames into place, and contain nothing that varies
 between runs: the same input gives the same bytes.
 """
@@ -61,11 +62,26 @@ def target_nbytes(mapping: TensorMapping, dtype: str) -> int:
 
 def torch_layout(mapping: TensorMapping, chunk: np.ndarray) -> np.ndarray:
     """PyTorch Linear weights are [out, in]: transpose the whole kernel (the driver never slices these)."""
-    return np.ascontiguousarray(chunk.T) if mapping.transpose else np.ascontiguousarray(chunk)
+    return transpose(chunk) if mapping.transpose else np.ascontiguousarray(chunk)
+
+
+def transpose(matrix: np.ndarray, rows_per_block: int = 256) -> np.ndarray:
+    """A contiguous transpose, a band of rows at a time: numpy's one-pass strided copy of a [1152, 4608]
+    kernel runs at a third of this speed (cache-set conflicts of the power-of-two strides)."""
+    out = np.empty(matrix.shape[::-1], dtype=matrix.dtype)
+    for start in range(0, matrix.shape[0], rows_per_block):
+        np.copyto(out[:, start:start + rows_per_block], matrix[start:start + rows_per_block].T)
+    return out
 
 
 class Writer:
-    """Interface: `add(mapping, chunk)` for consecutive slices of `mappings` in order, then `close()`."""
+    """Interface: `add(mapping, chunk)` for consecutive slices of `mappings` in order, then `close()`.
+
+    Chunks come in the writer's `layout`: "tf" is the TF1 source layout; "torch" has the kernels the table
+    marks already transposed (`torch_layout`), by the driver, once for all writers and off the writing thread.
+    """
+
+    layout = "tf"
 
     def __init__(self, directory: Path, mappings: Sequence[TensorMapping], dtype: str):
         self.directory = directory
@@ -86,6 +102,111 @@ class Writer:
         """How many leading bytes of each file are final and in the OS (not in a Python buffer), so that
         hashing can start before `close()`. By default none: files are hashed once closed."""
         return {}
+
+    def digests(self) -> dict[Path, str]:
+        """sha256 of the files the writer hashed itself while writing them (known after `close()`)."""
+        return {}
+
+
+# -- sequential output that bypasses the page cache -------------------------------------------------------
+
+
+class DirectFile:
+    """A write-only, strictly sequential file written with O_DIRECT from page-aligned buffers by a thread of
+    its own, optionally computing its sha256 on the way.
+
+    Why: on small VMs, putting 4 GB of new data into the page cache costs far more CPU than the disk write
+    (measured here: 183 MB/s buffered, 666 MB/s direct, with 1/15 of the system time), and a converted model
+    is rarely read back at once. Where O_DIRECT is not supported (tmpfs, some network file systems) this is an
+    ordinary buffered file. The final partial block is written padded, then the file is truncated to size.
+    """
+
+    ALIGN = 4096  # covers 512- and 4096-byte logical blocks
+    BUFFER_BYTES = 16 << 20
+    BUFFERS = 3  # one filling, one being written, one spare
+
+    def __init__(self, path: Path, digest: bool = False):
+        import mmap
+        import queue
+        import threading
+
+        self.path = Path(path)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        try:
+            self.fd = os.open(self.path, flags | getattr(os, "O_DIRECT", 0), 0o644)
+        except OSError:  # the file system refuses O_DIRECT
+            self.fd = os.open(self.path, flags, 0o644)
+        self.sha = hashlib.sha256() if digest else None
+        self.size = 0
+        self.free: queue.Queue = queue.Queue()
+        for _ in range(self.BUFFERS):
+            self.free.put(mmap.mmap(-1, self.BUFFER_BYTES))  # anonymous maps are page-aligned
+        self.full: queue.Queue = queue.Queue()
+        self.buffer, self.filled = self.free.get(), 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._write_buffers, name="direct-write", daemon=True)
+        self.thread.start()
+
+    def write(self, data: memoryview | bytes) -> None:
+        data = memoryview(data).cast("B")
+        if self.sha is not None:
+            self.sha.update(data)  # releases the GIL: the reader thread goes on meanwhile
+        self.size += len(data)
+        while len(data):
+            if self.error is not None:
+                raise self.error
+            n = min(len(data), self.BUFFER_BYTES - self.filled)
+            self.buffer[self.filled:self.filled + n] = data[:n]
+            self.filled += n
+            data = data[n:]
+            if self.filled == self.BUFFER_BYTES:
+                self.full.put((self.buffer, self.filled))
+                self.buffer, self.filled = self.free.get(), 0
+
+    def tell(self) -> int:
+        return self.size
+
+    def _write_buffers(self) -> None:
+        while (item := self.full.get()) is not None:
+            buffer, filled = item
+            try:
+                if self.error is None:
+                    view = memoryview(buffer)[:-(-filled // self.ALIGN) * self.ALIGN]  # whole blocks
+                    try:
+                        written = os.write(self.fd, view)
+                    except OSError:  # O_DIRECT refused after all (alignment): go on buffered
+                        import fcntl
+
+                        fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+                        written = os.write(self.fd, view)
+                    while written < len(view):
+                        written += os.write(self.fd, view[written:])
+            except BaseException as exc:  # raised in the writing thread at its next write or close
+                self.error = exc
+            finally:
+                view = None
+                self.free.put(buffer)
+
+    def close(self) -> str | None:
+        """Finish the file; return its sha256 (hex) if asked for one."""
+        if self.filled:
+            self.buffer[self.filled:-(-self.filled // self.ALIGN) * self.ALIGN] = bytes(-self.filled % self.ALIGN)
+            self.full.put((self.buffer, self.filled))
+        self.full.put(None)
+        self.thread.join()
+        try:
+            if self.error is not None:
+                raise self.error
+            os.ftruncate(self.fd, self.size)  # drop the padding of the last block
+        finally:
+            os.close(self.fd)
+        return self.sha.hexdigest() if self.sha is not None else None
+
+    def abort(self) -> None:
+        self.error = self.error or RuntimeError("aborted")
+        self.full.put(None)
+        self.thread.join()
+        os.close(self.fd)
 
 
 # -- safetensors ----------------------------------------------------------------------------------------------
@@ -109,10 +230,15 @@ def parse_size(text: str) -> int:
 
 class SafetensorsWriter(Writer):
     """`model.safetensors`, or `model-0000K-of-0000N.safetensors` + `model.safetensors.index.json` when the
-    tensors exceed `max_shard_size` (a tensor larger than a shard gets a shard of its own)."""
+    tensors exceed `max_shard_size` (a tensor larger than a shard gets a shard of its own). Shards are written
+    in order, past the page cache (`DirectFile`), and hashed on the way when `checksums` is set."""
 
-    def __init__(self, directory: Path, mappings: Sequence[TensorMapping], dtype: str, max_shard_size: int):
+    layout = "torch"
+
+    def __init__(self, directory: Path, mappings: Sequence[TensorMapping], dtype: str, max_shard_size: int,
+                 checksums: bool = False):
         super().__init__(directory, mappings, dtype)
+        self.checksums = checksums
         groups: list[list[TensorMapping]] = [[]]
         size = 0
         for mapping in self.mappings:
@@ -128,9 +254,9 @@ class SafetensorsWriter(Writer):
             names = [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
         self.shards = list(zip(names, groups, strict=True))
         self.shard_of = {m.torch_name: i for i, (_, group) in enumerate(self.shards) for m in group}
-        self.handle = None
+        self.handle: DirectFile | None = None
         self.current = -1
-        self.closed: dict[Path, int] = {}
+        self.hashed: dict[Path, str] = {}
 
     def _open(self, index: int) -> None:
         self._close_shard()
@@ -145,7 +271,7 @@ class SafetensorsWriter(Writer):
             offset += nbytes
         encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
         encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
-        self.handle = open(self.directory / name, "wb")
+        self.handle = DirectFile(self.directory / name, digest=self.checksums)
         self.handle.write(struct.pack("<Q", len(encoded)) + encoded)
         self.current = index
 
@@ -153,18 +279,17 @@ class SafetensorsWriter(Writer):
         shard = self.shard_of[mapping.torch_name]
         if shard != self.current:
             self._open(shard)
-        self.handle.write(memoryview(torch_layout(mapping, chunk)).cast("B"))
+        self.handle.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
 
     def _close_shard(self) -> None:
         if self.handle is not None:
-            self.handle.close()
-            self.closed[Path(self.handle.name)] = os.path.getsize(self.handle.name)
+            digest = self.handle.close()
+            if digest is not None:
+                self.hashed[self.handle.path] = digest
             self.handle = None
 
-    def finished_bytes(self) -> dict[Path, int]:
-        # Written strictly in order: whatever reached the OS is final (large writes bypass the buffer).
-        current = {Path(self.handle.name): self.handle.raw.tell()} if self.handle is not None else {}
-        return {**self.closed, **current}
+    def digests(self) -> dict[Path, str]:
+        return dict(self.hashed)
 
     def close(self) -> list[Path]:
         self._close_shard()
@@ -182,7 +307,7 @@ class SafetensorsWriter(Writer):
 
     def abort(self) -> None:
         if self.handle is not None:
-            self.handle.close()
+            self.handle.abort()
             self.handle = None
 
 
@@ -255,6 +380,7 @@ class TorchBinWriter(Writer):
     """`pytorch_model.bin` in torch.save's zip format, written record by record as tensors stream in."""
 
     ARCHIVE = "pytorch_model"
+    layout = "torch"
 
     def __init__(self, directory: Path, mappings: Sequence[TensorMapping], dtype: str, name: str = "pytorch_model.bin"):
         super().__init__(directory, mappings, dtype)
@@ -291,7 +417,7 @@ class TorchBinWriter(Writer):
             self.record = self._info(f"data/{key}", target_nbytes(mapping, self.dtype))
             self.stream = self.zip.open(self.record, "w")
             self.current = mapping.torch_name
-        self.stream.write(memoryview(torch_layout(mapping, chunk)).cast("B"))
+        self.stream.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
 
     def finished_bytes(self) -> dict[Path, int]:
         # zipfile rewrites a record's local header (with its CRC) when the record closes: everything
