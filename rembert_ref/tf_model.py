@@ -23,13 +23,11 @@ Every call works eagerly and under `tf.function` (`tf.function(model)(input_ids=
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import math
 import os
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,14 @@ import tensorflow as tf
 
 from converters.errors import UserError
 from rembert_ref.config import RemBertConfig
+from rembert_ref.outputs import (
+    BaseModelOutput,
+    CausalLMOutput,
+    ClassifierOutput,
+    MaskedLMOutput,
+    ModelOutput,
+    QuestionAnsweringOutput,
+)
 
 TF_WEIGHTS_NAME = "tf_model.h5"
 CONFIG_NAME = "config.json"
@@ -45,79 +51,7 @@ CONFIG_NAME = "config.json"
 PastKeyValues = tuple[tuple[tf.Tensor, tf.Tensor], ...]  # per layer: (key, value), each (B, nh, S, hs)
 
 
-# -- outputs: PyTorch's dataclasses, field for field; registered with tf.nest so they pass through tf.function
-
-
-@dataclass
-class ModelOutput:
-    """`out.logits`, `out["logits"]`, and `out[0]` / `to_tuple()` skipping None fields, as in PyTorch."""
-
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(v for v in (getattr(self, f.name) for f in dataclasses.fields(self)) if v is not None)
-
-    def __getitem__(self, key: int | slice | str) -> Any:
-        return getattr(self, key) if isinstance(key, str) else self.to_tuple()[key]
-
-    def __iter__(self):
-        return iter(self.to_tuple())
-
-    def __len__(self) -> int:
-        return len(self.to_tuple())
-
-    # TensorFlow's nest protocol: all fields (None included) are the components, the class is the metadata.
-    def __tf_flatten__(self):
-        return type(self), tuple(getattr(self, f.name) for f in dataclasses.fields(self))
-
-    @classmethod
-    def __tf_unflatten__(cls, metadata, components):
-        return metadata(*components)
-
-
-@dataclass
-class BaseModelOutput(ModelOutput):
-    last_hidden_state: tf.Tensor | None = None  # (B, T, H)
-    pooler_output: tf.Tensor | None = None  # (B, H)
-    hidden_states: tuple[tf.Tensor, ...] | None = None  # num_layers + 1 of (B, T, H)
-    past_key_values: PastKeyValues | None = None
-    attentions: tuple[tf.Tensor, ...] | None = None  # num_layers of (B, nh, T, S)
-    cross_attentions: tuple[tf.Tensor, ...] | None = None
-
-
-@dataclass
-class MaskedLMOutput(ModelOutput):
-    loss: tf.Tensor | None = None  # scalar
-    logits: tf.Tensor | None = None  # (B, T, V)
-    hidden_states: tuple[tf.Tensor, ...] | None = None
-    attentions: tuple[tf.Tensor, ...] | None = None
-
-
-@dataclass
-class CausalLMOutput(ModelOutput):
-    loss: tf.Tensor | None = None
-    logits: tf.Tensor | None = None  # (B, T, V)
-    past_key_values: PastKeyValues | None = None
-    hidden_states: tuple[tf.Tensor, ...] | None = None
-    attentions: tuple[tf.Tensor, ...] | None = None
-    cross_attentions: tuple[tf.Tensor, ...] | None = None
-
-
-@dataclass
-class ClassifierOutput(ModelOutput):
-    """Sequence (B, num_labels), multiple choice (B, C) and token (B, T, num_labels) logits."""
-
-    loss: tf.Tensor | None = None
-    logits: tf.Tensor | None = None
-    hidden_states: tuple[tf.Tensor, ...] | None = None
-    attentions: tuple[tf.Tensor, ...] | None = None
-
-
-@dataclass
-class QuestionAnsweringOutput(ModelOutput):
-    loss: tf.Tensor | None = None
-    start_logits: tf.Tensor | None = None  # (B, T)
-    end_logits: tf.Tensor | None = None  # (B, T)
-    hidden_states: tuple[tf.Tensor, ...] | None = None
-    attentions: tuple[tf.Tensor, ...] | None = None
+# -- outputs: rembert_ref/outputs.py, shared with the other framework's models
 
 
 def _finish(out: ModelOutput, return_dict: bool | None) -> ModelOutput | tuple:

@@ -25,9 +25,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import dataclass
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +33,14 @@ from torch import nn
 
 from converters.errors import UserError
 from rembert_ref.config import RemBertConfig
+from rembert_ref.outputs import (
+    BaseModelOutput,
+    CausalLMOutput,
+    ClassifierOutput,
+    MaskedLMOutput,
+    ModelOutput,
+    QuestionAnsweringOutput,
+)
 
 # One (k, v) pair per layer, each (B, nh, T_past, hs); decoders with cross-attention append the encoder's
 # (k, v), which are computed once and reused on every later step.
@@ -264,73 +270,7 @@ class RemBertOnlyMLMHead(nn.Module):
         return self.predictions(x)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Outputs: dataclasses with transformers' field names. `out[0]`, `out["logits"]` and `to_tuple()` skip the
-# fields that are None, as transformers' ModelOutput does; `return_dict=False` returns that tuple.
-
-
-@dataclass
-class ModelOutput:
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(v for v in (getattr(self, f.name) for f in dataclasses.fields(self)) if v is not None)
-
-    def __getitem__(self, key: int | slice | str) -> Any:
-        if isinstance(key, str):
-            return getattr(self, key)
-        return self.to_tuple()[key]
-
-    def __iter__(self):
-        return iter(self.to_tuple())
-
-    def __len__(self) -> int:
-        return len(self.to_tuple())
-
-
-@dataclass
-class BaseModelOutput(ModelOutput):
-    last_hidden_state: torch.Tensor | None = None  # (B, T, C)
-    pooler_output: torch.Tensor | None = None  # (B, C)
-    hidden_states: tuple[torch.Tensor, ...] | None = None  # num_layers + 1 of (B, T, C)
-    past_key_values: PastKeyValues | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None  # num_layers of (B, nh, T, S)
-    cross_attentions: tuple[torch.Tensor, ...] | None = None
-
-
-@dataclass
-class MaskedLMOutput(ModelOutput):
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None  # (B, T, V)
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-
-
-@dataclass
-class CausalLMOutput(ModelOutput):
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None  # (B, T, V)
-    past_key_values: PastKeyValues | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-    cross_attentions: tuple[torch.Tensor, ...] | None = None
-
-
-@dataclass
-class ClassifierOutput(ModelOutput):
-    """Sequence (B, num_labels), multiple choice (B, num_choices) and token (B, T, num_labels) logits."""
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-
-
-@dataclass
-class QuestionAnsweringOutput(ModelOutput):
-    loss: torch.Tensor | None = None
-    start_logits: torch.Tensor | None = None  # (B, T)
-    end_logits: torch.Tensor | None = None  # (B, T)
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
+# -- outputs: rembert_ref/outputs.py, shared with the other framework's models
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,0 +1,85 @@
+"""Model outputs shared by the PyTorch and TF2 reference models: dataclasses with transformers' field names.
+
+`out.logits`, `out["logits"]`, and `out[0]` / `to_tuple()` skip the fields that are None, as transformers'
+ModelOutput does; `return_dict=False` returns that tuple. The classes also follow TensorFlow's nest protocol
+(all fields are the components, the class is the metadata), so TF outputs pass through `tf.function`.
+Field values are framework tensors: (B, T, H) hidden states, (B, nh, T, S) attentions, (B, T, V) logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+Tensor = Any  # torch.Tensor or tf.Tensor
+Tensors = tuple[Any, ...]
+
+
+@dataclass
+class ModelOutput:
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(v for v in (getattr(self, f.name) for f in dataclasses.fields(self)) if v is not None)
+
+    def __getitem__(self, key: int | slice | str) -> Any:
+        return getattr(self, key) if isinstance(key, str) else self.to_tuple()[key]
+
+    def __iter__(self):
+        return iter(self.to_tuple())
+
+    def __len__(self) -> int:
+        return len(self.to_tuple())
+
+    def __tf_flatten__(self):
+        return type(self), tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+    @classmethod
+    def __tf_unflatten__(cls, metadata, components):
+        return metadata(*components)
+
+
+@dataclass
+class BaseModelOutput(ModelOutput):
+    last_hidden_state: Tensor | None = None  # (B, T, H)
+    pooler_output: Tensor | None = None  # (B, H)
+    hidden_states: Tensors | None = None  # num_layers + 1 of (B, T, H)
+    past_key_values: Tensors | None = None  # per layer (key, value[, cross key, cross value]), (B, nh, S, hs)
+    attentions: Tensors | None = None  # num_layers of (B, nh, T, S)
+    cross_attentions: Tensors | None = None
+
+
+@dataclass
+class MaskedLMOutput(ModelOutput):
+    loss: Tensor | None = None  # scalar
+    logits: Tensor | None = None  # (B, T, V)
+    hidden_states: Tensors | None = None
+    attentions: Tensors | None = None
+
+
+@dataclass
+class CausalLMOutput(ModelOutput):
+    loss: Tensor | None = None
+    logits: Tensor | None = None  # (B, T, V)
+    past_key_values: Tensors | None = None
+    hidden_states: Tensors | None = None
+    attentions: Tensors | None = None
+    cross_attentions: Tensors | None = None
+
+
+@dataclass
+class ClassifierOutput(ModelOutput):
+    """Sequence (B, num_labels), multiple choice (B, num_choices) and token (B, T, num_labels) logits."""
+
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    hidden_states: Tensors | None = None
+    attentions: Tensors | None = None
+
+
+@dataclass
+class QuestionAnsweringOutput(ModelOutput):
+    loss: Tensor | None = None
+    start_logits: Tensor | None = None  # (B, T)
+    end_logits: Tensor | None = None  # (B, T)
+    hidden_states: Tensors | None = None
+    attentions: Tensors | None = None
