@@ -120,7 +120,8 @@ class FileHasher:
                     self._sha[path] = hashlib.sha256()
                 block = os.pread(descriptors[path], size, offset)
                 if len(block) != size:
-                    raise RuntimeError(f"{path} is shorter than its writer said ({offset + len(block)} bytes)")
+                    raise RuntimeError(f"{path} is shorter than its writer said "
+                                       f"({offset + len(block)} bytes)")
                 self._sha[path].update(block)
                 with self._lock:
                     self._done[path] = offset + size

@@ -177,7 +177,8 @@ class DirectFile:
                     except OSError:  # O_DIRECT refused after all (alignment): go on buffered
                         import fcntl
 
-                        fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+                        flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+                        fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
                         written = os.write(self.fd, view)
                     while written < len(view):
                         written += os.write(self.fd, view[written:])
@@ -190,7 +191,8 @@ class DirectFile:
     def close(self) -> str | None:
         """Finish the file; return its sha256 (hex) if asked for one."""
         if self.filled:
-            self.buffer[self.filled:-(-self.filled // self.ALIGN) * self.ALIGN] = bytes(-self.filled % self.ALIGN)
+            padding = -self.filled % self.ALIGN  # zeros, cut off again by ftruncate
+            self.buffer[self.filled:self.filled + padding] = bytes(padding)
             self.full.put((self.buffer, self.filled))
         self.full.put(None)
         self.thread.join()

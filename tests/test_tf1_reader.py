@@ -201,7 +201,7 @@ def _partitioned_values() -> dict[str, np.ndarray]:
 
 
 def _stored(value: np.ndarray, dtype: str) -> np.ndarray:
-    """What the checkpoint holds, in our reader's representation (bfloat16 as bits), via TensorFlow's casts."""
+    """What the checkpoint holds, as our reader returns it (bfloat16 as bits), via TensorFlow's casts."""
     import tensorflow as tf
 
     stored = tf.cast(value, getattr(tf, dtype))
@@ -230,7 +230,7 @@ def test_partitioned_rows_stream_in_order(partitioned_ckpt, rows_per_chunk):
     prefix, values = partitioned_ckpt
     with CheckpointReader(prefix) as reader:
         for name, (shape, dtype, _) in PARTITIONED.items():
-            row_bytes = int(np.prod(shape[1:])) * np.dtype("float16" if dtype != "float32" else dtype).itemsize
+            row_bytes = int(np.prod(shape[1:])) * (4 if dtype == "float32" else 2)
             chunks = list(reader.iter_rows(name, max_bytes=rows_per_chunk * row_bytes))
             assert all(len(c) <= rows_per_chunk for c in chunks)
             np.testing.assert_array_equal(np.concatenate(chunks), _stored(values[name], dtype))
@@ -248,7 +248,8 @@ def test_partitions_across_shards(tmp_path):
     tf.raw_ops.SaveV2(prefix=str(parts[1]), tensor_names=["p/rows"] * 2,
                       shape_and_slices=[f"150 6 {s}" for s in slices[1:]],
                       tensors=[tf.constant(_slice_of(values["p/rows"], s), tf.float32) for s in slices[1:]])
-    tf.raw_ops.SaveV2(prefix=str(parts[0]) + "b", tensor_names=["p/rows"], shape_and_slices=[f"150 6 {slices[0]}"],
+    tf.raw_ops.SaveV2(prefix=str(parts[0]) + "b", tensor_names=["p/rows"],
+                      shape_and_slices=[f"150 6 {slices[0]}"],
                       tensors=[tf.constant(_slice_of(values["p/rows"], slices[0]), tf.float32)])
     prefix = tmp_path / "model.ckpt-2"
     tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=[str(parts[0]), str(parts[1]), str(parts[0]) + "b"],
