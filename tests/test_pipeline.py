@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from converters.convert import ConvertOptions, convert_checkpoint
 from converters.pipeline import FileHasher, read_ahead
+from converters.writers import DirectFile
 
 
 def test_read_ahead_keeps_order_and_runs_in_another_thread():
@@ -83,3 +86,35 @@ def test_report_digests_match_the_files(tiny_ckpt, tmp_path, checksums):
             assert info["sha256"] == hashlib.sha256(data).hexdigest(), name
         else:
             assert "sha256" not in info
+
+
+class _SmallBuffers(DirectFile):
+    BUFFER_BYTES = 2 * DirectFile.ALIGN  # many buffer hand-overs and an unaligned tail
+
+
+@pytest.mark.parametrize("where", ["tmp", "tmpfs"])
+@pytest.mark.parametrize("digest", [True, False])
+def test_direct_file_writes_exact_bytes(tmp_path, where, digest):
+    directory = tmp_path if where == "tmp" else Path("/dev/shm")  # tmpfs refuses O_DIRECT: the fallback
+    if not directory.is_dir():
+        pytest.skip("no /dev/shm")
+    path = directory / f"direct-{os.getpid()}-{digest}.bin"
+    rng = np.random.default_rng(1)
+    pieces = [rng.integers(0, 256, size, dtype=np.uint8).tobytes() for size in (5, 8192, 1, 12289, 0, 4095, 333)]
+    try:
+        handle = _SmallBuffers(path, digest=digest)
+        for piece in pieces:
+            handle.write(piece)
+        assert handle.tell() == sum(map(len, pieces))
+        result = handle.close()
+        expected = b"".join(pieces)
+        assert path.read_bytes() == expected
+        assert result == (hashlib.sha256(expected).hexdigest() if digest else None)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_direct_file_empty(tmp_path):
+    path = tmp_path / "empty.bin"
+    assert DirectFile(path, digest=True).close() == hashlib.sha256(b"").hexdigest()
+    assert path.read_bytes() == b""
