@@ -90,9 +90,9 @@ def writer_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True, help="Weight dtype of the written files."),
         force_option,
         quiet_option,
-        click.option("--no-checksums", "no_checksums", is_flag=True,
-                     help="Leave the files' sha256 out of conversion_report.json (hashing 4 GB costs more CPU "
-                          "than converting it)."),
+        click.option("--checksums", "checksums", is_flag=True,
+                     help="Add each file's sha256 to conversion_report.json (off by default: hashing 4 GB costs "
+                          "more CPU than converting it; bundle always writes SHA256SUMS)."),
     ]):
         command = option(command)
     return command
@@ -105,7 +105,7 @@ def _options(kwargs: dict[str, Any], **extra: Any):
                           mlm_head=not kwargs.get("no_mlm_head", False), activation=kwargs.get("activation"),
                           output_embedding_name=kwargs.get("output_embedding_name"),
                           force=kwargs.get("force", False), quiet=kwargs.get("quiet", False),
-                          checksums=not kwargs.get("no_checksums", False), **extra)
+                          checksums=kwargs.get("checksums", False), **extra)
 
 
 def _run_conversion(ckpt: str, formats: list[str], kwargs: dict[str, Any], **extra: Any) -> None:

@@ -52,7 +52,7 @@ class ConvertOptions:
     force: bool = False
     quiet: bool = False
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    checksums: bool = True  # sha256 of every file in the report: on 2 cores it costs more than the I/O
+    checksums: bool = False  # sha256 of every file in the report: on 2 cores it costs more than the I/O
     tokenizer: str | os.PathLike | None = None  # a SentencePiece .model to convert into the same folder
 
 
