@@ -33,20 +33,11 @@ from typing import Any
 import numpy as np
 
 from converters.errors import UserError
+from rembert_ref.config import ORIGINAL_REQUIRED_KEYS
 
 DEFAULT_OUTPUT_EMBEDDING_NAME = "cls/predictions/output_embedding"
 DTYPES = ("float32", "float16", "bfloat16")
 SLOTS = ("adam_m", "adam_v")
-REQUIRED_KEYS = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "max_position_embeddings",
-    "type_vocab_size",
-    "output_embedding_size",
-)
 
 
 @dataclass(frozen=True)
@@ -62,10 +53,10 @@ def _sizes(original_config: Mapping[str, Any]) -> dict[str, int]:
     values = dict(original_config)
     if "input_embedding_size" not in values and "embedding_size" in values:
         values["input_embedding_size"] = values["embedding_size"]
-    missing = [k for k in (*REQUIRED_KEYS, "input_embedding_size") if k not in values]
+    missing = [k for k in (*ORIGINAL_REQUIRED_KEYS, "input_embedding_size") if k not in values]
     if missing:
         raise UserError(f"original config lacks {', '.join(missing)}; add them to the config")
-    sizes = {k: int(values[k]) for k in (*REQUIRED_KEYS, "input_embedding_size")}
+    sizes = {k: int(values[k]) for k in (*ORIGINAL_REQUIRED_KEYS, "input_embedding_size")}
     if sizes["hidden_size"] % sizes["num_attention_heads"]:
         raise UserError(
             f"hidden_size {sizes['hidden_size']} is not a multiple of num_attention_heads "
