@@ -116,7 +116,7 @@ def test_same_bytes_every_run_and_any_slice_size(tiny_ckpt, h5_dir, tmp_path):
 
 def test_one_pass_writes_h5_next_to_torch_files(tiny_ckpt, tmp_path):
     out = tmp_path / "all"
-    result = convert_checkpoint(tiny_ckpt.prefix, out, ["pytorch", "tf2"], ConvertOptions(quiet=True))
+    result = convert_checkpoint(tiny_ckpt.prefix, out, ["pytorch", "tf2"], ConvertOptions(quiet=True, checksums=True))
     assert {p.name for p in result.files} >= {"pytorch_model.bin", "tf_model.h5", "config.json"}
     report = result.report
     assert "tf_model.h5" in report["files"]
