@@ -204,31 +204,31 @@ def _stream(reader: CheckpointReader, mappings: Sequence[TensorMapping], writers
     total = sum(reader.entries[m.source].nbytes for m in mappings)
     progress = _progress(total, options.quiet)
     try:
-        # Reading, casting and transposing run a few slices ahead in a thread of their own, while this one
-        # writes (see converters/pipeline.py).
+        # Reading and CRC checks run a few slices ahead in a thread of their own (see converters/pipeline.py);
+        # this thread casts, transposes and writes. On two cores that split balances the work best.
         layouts = {writer.layout for writer in writers}
-        for mapping, source_bytes, arrays in read_ahead(_slices(reader, mappings, options, layouts)):
-            for writer in writers:
-                writer.add(mapping, arrays[writer.layout])
-            if hasher is not None:
-                hasher.advance({path: n for writer in writers for path, n in writer.finished_bytes().items()})
-            progress.update(source_bytes)
-    finally:
-        progress.close()
-
-
-def _slices(reader: CheckpointReader, mappings: Sequence[TensorMapping], options: ConvertOptions,
-            layouts: set[str]) -> Iterator[tuple[TensorMapping, int, dict[str, np.ndarray]]]:
-    """(mapping, source bytes, {layout: slice}) for every slice of every mapped tensor, cast to the dtype."""
-    for mapping in mappings:
-        # Transposed kernels are read whole (the largest real one is 21 MB); the rest streams in slices.
-        limit = reader.entries[mapping.source].nbytes if mapping.transpose else options.chunk_bytes
-        for chunk in reader.iter_rows(mapping.source, max_bytes=max(limit, 1)):
+        for mapping, chunk in read_ahead(_slices(reader, mappings, options)):
             converted = cast(chunk, mapping.source_dtype, options.dtype)
             arrays = {"tf": converted}
             if "torch" in layouts:
                 arrays["torch"] = torch_layout(mapping, converted)
-            yield mapping, chunk.nbytes, arrays
+            for writer in writers:
+                writer.add(mapping, arrays[writer.layout])
+            if hasher is not None:
+                hasher.advance({path: n for writer in writers for path, n in writer.finished_bytes().items()})
+            progress.update(chunk.nbytes)
+    finally:
+        progress.close()
+
+
+def _slices(reader: CheckpointReader, mappings: Sequence[TensorMapping],
+            options: ConvertOptions) -> Iterator[tuple[TensorMapping, np.ndarray]]:
+    """(mapping, slice in the source dtype and layout) for every slice of every mapped tensor."""
+    for mapping in mappings:
+        # Transposed kernels are read whole (the largest real one is 21 MB); the rest streams in slices.
+        limit = reader.entries[mapping.source].nbytes if mapping.transpose else options.chunk_bytes
+        for chunk in reader.iter_rows(mapping.source, max_bytes=max(limit, 1)):
+            yield mapping, chunk
 
 
 def _progress(total: int, quiet: bool):
