@@ -38,6 +38,7 @@ from rembert_ref.config import ACTIVATION_TO_HF, RemBertConfig, _read_json, is_o
 FORMATS = ("pytorch", "safetensors", "tf2")
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 REPORT_NAME = "conversion_report.json"
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 ORIGINAL_CONFIG_NAMES = ("bert_config.json", "config.json")
 
 
@@ -145,6 +146,8 @@ def convert_checkpoint(
     output_dir = Path(output_dir)
     check_output_dir(output_dir, options.force)
     factories = _writer_factories(formats, options)
+    if "tf2" in formats:  # only the h5py path fragments; elsewhere the page faults would cost 3-5 s
+        _return_big_buffers_to_the_os()
     with CheckpointReader(resolve_checkpoint(ckpt)) as reader:
         config = load_config(reader.prefix, options)
         plan = plan_conversion(config, reader.variables(), mlm_head=options.mlm_head,
@@ -178,6 +181,24 @@ def convert_checkpoint(
                                                plan, report))
     final_files = [output_dir / p.name for p in files] + [output_dir / "config.json", output_dir / REPORT_NAME]
     return ConversionResult(output_dir, final_files, plan, report)
+
+
+def _return_big_buffers_to_the_os() -> None:
+    """glibc raises its mmap threshold after the first big free, so later 16 MiB slice buffers come from
+    the heap of whichever thread made them; next to h5py's allocations that heap fragments: tf2 float16 of
+    the full model peaked at 1.14 GB RSS instead of 0.34 GB. A fixed 1 MiB threshold keeps every slice
+    buffer mmapped and returned when freed, at the price of page faults (3-5 s on safetensors fp32, where
+    RSS stays under 200 MB without it)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
 
 
 def _write_tokenizer(spm_path: Path, config: RemBertConfig, staging: Path) -> list[Path]:
