@@ -12,9 +12,9 @@ One run measures, side by side, each repeated `--repeats` times (medians reporte
 
 Make the checkpoints first (outside the repo; ~16 GB of disk):
 
-    .venv/bin/python benchmarks/make_full_checkpoint.py /work/bench-data/full
-    .venv/bin/python benchmarks/make_full_checkpoint.py /work/bench-data/full-slots --slots
-    .venv/bin/python benchmarks/bench_convert.py --data /work/bench-data --repeats 3
+    .venv/bin/python benchmarks/make_full_checkpoint.py ../bench-data/full
+    .venv/bin/python benchmarks/make_full_checkpoint.py ../bench-data/full-slots --slots
+    .venv/bin/python benchmarks/bench_convert.py --data ../bench-data --repeats 3
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def hf_available() -> str | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("/work/bench-data"),
+    parser.add_argument("--data", type=Path, default=Path("../bench-data"),
                         help="holds full/ and full-slots/ from make_full_checkpoint.py; outputs go here too")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face path")

@@ -11,8 +11,8 @@ generator, and drawing it in row slices gives the same stream), and the layout i
 data in sorted-name order, so the model tensors are interleaved with their `adam_m` / `adam_v` slots. The
 tests (`tests/test_tf1_reader.py`) read a tiny checkpoint from `write_bundle_checkpoint` with TensorFlow.
 
-    .venv/bin/python benchmarks/make_full_checkpoint.py /work/bench-data/full          # 3.98 GB
-    .venv/bin/python benchmarks/make_full_checkpoint.py /work/bench-data/full-slots --slots  # ~12 GB
+    .venv/bin/python benchmarks/make_full_checkpoint.py ../bench-data/full          # 3.98 GB
+    .venv/bin/python benchmarks/make_full_checkpoint.py ../bench-data/full-slots --slots  # ~12 GB
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def write_bundle_checkpoint(directory: str | os.PathLike, original_config: dict,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", help="directory to write (e.g. /work/bench-data/full), outside the repo")
+    parser.add_argument("out_dir", help="directory to write (e.g. ../bench-data/full), outside the repo")
     parser.add_argument("--slots", action="store_true", help="add the Adam slots adam_m / adam_v (~12 GB)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
