@@ -48,3 +48,23 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoint:
     config = dict(TINY_ORIGINAL_CONFIG)
     prefix = write_synthetic_checkpoint(directory, config, seed=0, optimizer_slots=True)
     return TinyCheckpoint(prefix, directory, config, synthetic_variables(config, seed=0))
+
+
+@pytest.fixture(scope="session")
+def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """Tokenizer files converted from a 512-piece unigram model trained on the probe corpus (read-only)."""
+    from converters.spm_fixtures import train_sentencepiece
+    from converters.tokenizer import convert_tokenizer
+
+    root = tmp_path_factory.mktemp("tok")
+    model = train_sentencepiece(root / "m.model", model_type="unigram", vocab_size=512)
+    convert_tokenizer(model, root / "out", probe_lines=10)
+    return root / "out"
+
+
+@pytest.fixture(scope="session")
+def pair(tok_dir: pathlib.Path):
+    """(slow, fast) reference tokenizers loaded from `tok_dir`."""
+    from rembert_ref.tokenization import RemBertTokenizer, RemBertTokenizerFast
+
+    return RemBertTokenizer.from_pretrained(tok_dir), RemBertTokenizerFast.from_pretrained(tok_dir)

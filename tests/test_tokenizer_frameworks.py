@@ -9,24 +9,9 @@ import numpy as np
 import pytest
 
 from converters.errors import UserError
-from converters.spm_fixtures import probe_corpus, train_sentencepiece
-from converters.tokenizer import convert_tokenizer
-from rembert_ref.tokenization import RemBertTokenizer, RemBertTokenizerFast
+from converters.spm_fixtures import probe_corpus
 
 LINES = probe_corpus(150, seed=7)
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tok")
-    model = train_sentencepiece(root / "m.model", model_type="unigram", vocab_size=512)
-    convert_tokenizer(model, root / "out", probe_lines=10)
-    return root / "out"
-
-
-@pytest.fixture(scope="module")
-def pair(tok_dir: Path) -> tuple[RemBertTokenizer, RemBertTokenizerFast]:
-    return RemBertTokenizer.from_pretrained(tok_dir), RemBertTokenizerFast.from_pretrained(tok_dir)
 
 
 @pytest.mark.parametrize("kind", ["pt", "tf"])
