@@ -195,9 +195,13 @@ def read_sentencepiece(path: str | Path) -> SpmInfo:
 
 def build_normalizer(info: SpmInfo) -> normalizers.Normalizer:
     spec = info.proto.normalizer_spec
+    charsmap = [normalizers.Precompiled(spec.precompiled_charsmap)] if spec.precompiled_charsmap else []
+    return normalizers.Sequence(charsmap + whitespace_steps(spec))
+
+
+def whitespace_steps(spec: Any) -> list[normalizers.Normalizer]:
+    """What SentencePiece does after the charsmap: remove_extra_whitespaces, add_dummy_prefix, escaping."""
     steps: list[normalizers.Normalizer] = []
-    if spec.precompiled_charsmap:
-        steps.append(normalizers.Precompiled(spec.precompiled_charsmap))
     if spec.remove_extra_whitespaces:
         # SentencePiece treats only U+0020 (after the charsmap) as whitespace here.
         steps.append(normalizers.Replace(Regex(r"\A +| +\z"), ""))
@@ -209,7 +213,7 @@ def build_normalizer(info: SpmInfo) -> normalizers.Normalizer:
         if spec.remove_extra_whitespaces:
             # SentencePiece drops trailing "▁" after escaping, so a literal "▁" at the end goes too.
             steps.append(normalizers.Replace(Regex(SPACE_SYMBOL + r"+\z"), ""))
-    return normalizers.Sequence(steps)
+    return steps
 
 
 def unigram_scores(info: SpmInfo) -> list[float]:

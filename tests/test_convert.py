@@ -124,6 +124,65 @@ def test_cast_dtypes_equal_torch_casts(tiny_ckpt, converted, tmp_path, dtype):
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == dtype
 
 
+def _float16_edge_cases() -> np.ndarray:
+    """float32 bit patterns where a float16 cast can go wrong, plus random ones."""
+    rng = np.random.default_rng(7)
+    exponents = np.arange(256, dtype=np.uint32) << 23  # every exponent, incl. subnormal/overflow/inf/NaN
+    mantissas = np.array([0, 1, 0xFFF, 0x1000, 0x1001, 0x1FFF, 0x2000, 0x3000, 0x7FE000, 0x7FEFFF, 0x7FF000,
+                          0x7FFFFF, 0x400000], dtype=np.uint32)  # float16 rounding ties and their neighbours
+    bits = (exponents[:, None] | mantissas[None, :]).ravel()
+    bits = np.concatenate([bits, bits | 0x80000000, rng.integers(0, 1 << 32, 200_000, dtype=np.uint32)])
+    return bits.view(np.float32)
+
+
+def test_float16_cast_numpy_and_torch_agree_bit_for_bit():
+    """Slices cast before torch is imported go through numpy: both paths must give the same bytes."""
+    from converters.writers import float16_numpy, float16_torch
+
+    values = _float16_edge_cases()
+    ours, reference = float16_numpy(values).view(np.uint16), float16_torch(torch, values).view(np.uint16)
+    nan = np.isnan(values)
+    np.testing.assert_array_equal(ours[~nan], reference[~nan])
+    assert np.isnan(float16_numpy(values)[nan]).all() and np.isnan(float16_torch(torch, values)[nan]).all()
+    assert (ours != 0).sum() > 100_000  # the cases are not all zeros
+
+
+def test_float16_hardware_cast_equals_numpy_bit_for_bit():
+    from converters.f16c import float16_cast
+    from converters.writers import float16_numpy
+
+    hardware = float16_cast()
+    if hardware is None:
+        pytest.skip("no F16C on this machine (or REMBERT_CONVERT_NO_F16C is set)")
+    values = _float16_edge_cases()
+    for size in (values.size, 1, 7, 8, 9, 1001):  # whole vectors of 8 and the numpy tail
+        got, reference = hardware(values[:size]).view(np.uint16), float16_numpy(values[:size]).view(np.uint16)
+        nan = np.isnan(values[:size])
+        np.testing.assert_array_equal(got[~nan], reference[~nan])
+        assert np.isnan(hardware(values[:size])[nan]).all()
+    matrix = values[:4096 * 3].reshape(64, 192)[:, ::3]  # not contiguous: copied first
+    np.testing.assert_array_equal(hardware(matrix), float16_numpy(matrix))
+
+
+@pytest.mark.parametrize("no_f16c", ["", "1"])
+def test_float16_conversion_in_a_fresh_process_gives_the_same_bytes(tiny_ckpt, tmp_path, no_f16c):
+    """A fresh process casts with F16C, or (without it) with numpy while torch imports in the background."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys; from converters.convert import ConvertOptions, convert_checkpoint; "
+              "assert 'torch' not in sys.modules; "
+              "convert_checkpoint(sys.argv[1], sys.argv[2], ['safetensors'], "
+              "ConvertOptions(quiet=True, dtype='float16'))")
+    fresh = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-c", script, str(tiny_ckpt.prefix), str(fresh)], check=True,
+                   cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "REMBERT_CONVERT_NO_F16C": no_f16c})
+    in_process = tmp_path / "in-process"
+    convert_checkpoint(tiny_ckpt.prefix, in_process, ["safetensors"], ConvertOptions(quiet=True, dtype="float16"))
+    assert (fresh / "model.safetensors").read_bytes() == (in_process / "model.safetensors").read_bytes()
+
+
 def test_no_mlm_head_writes_the_bare_model_layout(tiny_ckpt, tmp_path):
     out = tmp_path / "bare"
     result = convert_checkpoint(tiny_ckpt.prefix, out, ["safetensors"], ConvertOptions(quiet=True, mlm_head=False))
