@@ -7,8 +7,9 @@ The CPU converts 8 values per instruction (`vcvtps2ph`, round to nearest even): 
 The loop below is 28 bytes of machine code (assembled from the listing next to it) placed in a page mapped
 read+write, then made read+execute, and called through ctypes, which releases the GIL for the call. It is
 only used where it can work (Linux on x86-64 with AVX and F16C) and where the page can be made executable;
-`float16_cast()` returns None everywhere else (or with REMBERT_CONVERT_NO_F16C set) and callers fall back. The result is bit-identical to numpy's
-and torch's casts (IEEE round to nearest even; checked over all 2^32 float32 inputs, NaNs stay NaN).
+`float16_cast()` returns None everywhere else, or when REMBERT_CONVERT_NO_F16C is set, and callers fall
+back. The result is bit-identical to numpy's and torch's casts (IEEE round to nearest even; checked over
+all 2^32 float32 inputs, NaNs stay NaN).
 """
 
 from __future__ import annotations
