@@ -141,6 +141,8 @@ def main() -> None:
 
     conversions = {  # row -> (command, output); rows ending in fp16/bf16 write half the bytes
         "safetensors fp32": convert("safetensors"),
+        # Right after the 4 GB run, so that both meet the same state of this noisy VM.
+        "safetensors fp32, 12 GB with slots": convert("safetensors", checkpoint=slots),
         "safetensors fp32 --checksums": convert("safetensors", "--checksums"),
         "safetensors fp16": convert("safetensors", "--dtype", "float16"),
         "safetensors bf16": convert("safetensors", "--dtype", "bfloat16"),
@@ -148,7 +150,6 @@ def main() -> None:
         "pytorch bf16": convert("pytorch", "--dtype", "bfloat16"),
         "tf2 (tf_model.h5) fp32": convert("tf2"),
         "tf2 (tf_model.h5) fp16": convert("tf2", "--dtype", "float16"),
-        "safetensors fp32, 12 GB with slots": convert("safetensors", checkpoint=slots),
     }
     if hf_version:
         script = args.data / "hf_convert.py"
@@ -239,9 +240,15 @@ def report(runs: list[Run], args: argparse.Namespace, hf_version: str | None, in
          f"with --checksums (sha256 in the report) {st_hashed / floor['fp32 bytes']:.2f}x)",
          st <= FLOOR_RATIO_TARGET * floor["fp32 bytes"]),
     ]
+    for half in ("safetensors fp16", "safetensors bf16"):  # the same bounds, against the half-size floor
+        wall = median(runs, half, "wall")
+        checks.append((f"{half} <= {FLOOR_RATIO_TARGET}x floor ({wall / floor['half bytes']:.2f}x)",
+                       wall <= FLOOR_RATIO_TARGET * floor["half bytes"]))
     if hf_wall:
-        checks.append((f"safetensors fp32 >= {HF_SPEEDUP_TARGET}x faster than Hugging Face "
-                       f"({hf_wall / st:.1f}x)", hf_wall >= HF_SPEEDUP_TARGET * st))
+        for name in ("safetensors fp32", "safetensors fp16", "safetensors bf16"):
+            wall = median(runs, name, "wall")
+            checks.append((f"{name} >= {HF_SPEEDUP_TARGET}x faster than Hugging Face ({hf_wall / wall:.1f}x)",
+                           hf_wall >= HF_SPEEDUP_TARGET * wall))
     ours = [n for n in names if not n.startswith(("cat", "dd", "Hugging"))]
     worst = max(ours, key=lambda n: median(runs, n, "rss"))
     checks.append((f"peak RSS <= 1 GiB for every format and dtype (largest: {worst}, "

@@ -175,6 +175,11 @@ def test_grapheme_class_reproducer(models: dict[str, Path]) -> None:
     assert sp.normalize(text) == "▁\u01d8"
     assert tokenizer.normalizer.normalize_str(text) == "▁\u00fc"
     assert measure_agreement(info, tokenizer, [text]).classes == {"precompiled-grapheme": 1}
+    # 'drop': the shortest rule ("o\u0302" -> "ô") covers only the start of the cluster; the rest is lost.
+    dropped = "o\u0302\u0323"
+    assert sp.normalize(dropped) == "▁\u00f4\u0323"
+    assert tokenizer.normalizer.normalize_str(dropped) == "▁\u00f4"
+    assert measure_agreement(info, tokenizer, [dropped]).classes == {"precompiled-grapheme": 1}
     # Precomposed input (NFC, as most real text is) is not affected.
     composed = unicodedata.normalize("NFC", text)
     assert tokenizer.encode(composed, add_special_tokens=False).ids == sp.encode(composed)
