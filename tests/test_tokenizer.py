@@ -5,7 +5,6 @@ special pieces); every difference must fall in a documented class, which the tes
 from __future__ import annotations
 
 import json
-import unicodedata
 from pathlib import Path
 
 import pytest
@@ -20,9 +19,11 @@ from converters.errors import UserError
 from converters.spm_fixtures import handmade_unigram_model, probe_corpus, train_sentencepiece
 from converters.tokenizer import (
     DIFFERENCE_CLASSES,
+    build_normalizer,
     build_tokenizer,
     convert_tokenizer,
     measure_agreement,
+    nfc_helps,
     read_sentencepiece,
     reference_ids,
 )
@@ -113,7 +114,7 @@ def test_property_random_unicode(models: dict[str, Path], text: str) -> None:
         assert agreement.unexplained == [], (name, text)
         if agreement.classes:
             # The only class random text may hit is the charsmap's, and only where normalization differs.
-            assert set(agreement.classes) <= {"precompiled-grapheme", "unigram-float32-tie"}
+            assert set(agreement.classes) <= {"precompiled-grapheme", "nfc-composition", "unigram-float32-tie"}
         if not info.proto.normalizer_spec.precompiled_charsmap and "unigram" not in name:
             assert agreement.equal == 1, (name, text)
         # Decoding SentencePiece's own ids gives SentencePiece's text.
@@ -168,21 +169,38 @@ def test_tie_class_reproducer(tmp_path: Path) -> None:
 
 
 def test_grapheme_class_reproducer(models: dict[str, Path]) -> None:
-    # u + diaeresis + acute is one grapheme cluster of 5 bytes: tokenizers' Precompiled takes the shortest
-    # rule ("u\u0308" -> "ü") and drops the acute; SentencePiece takes the longest ("u\u0308\u0301" -> "ǘ").
     info, tokenizer, sp = _load(models["unigram-nfkc"])
-    text = "u\u0308\u0301"
-    assert sp.normalize(text) == "▁\u01d8"
-    assert tokenizer.normalizer.normalize_str(text) == "▁\u00fc"
+    plain = build_normalizer(info, compose_first=False)
+    # u + diaeresis + acute is one grapheme cluster of 5 bytes: tokenizers' Precompiled alone takes the
+    # shortest rule ("u\u0308" -> "ü") and drops the acute; SentencePiece takes the longest (-> "ǘ").
+    # 'drop': the shortest rule ("o\u0323" -> "ọ") covers only the start of the cluster; the rest is lost.
+    for text, expected, alone in (("u\u0308\u0301", "▁\u01d8", "▁\u00fc"), ("o\u0323\u0302", "▁\u1ed9", "▁\u1ecd")):
+        assert sp.normalize(text) == expected
+        assert plain.normalize_str(text) == alone
+        # Composing first (NFC, chosen by nfc_helps for nmt_nfkc) hands Precompiled one precomposed letter.
+        assert tokenizer.normalizer.normalize_str(text) == expected
+        assert tokenizer.encode(text, add_special_tokens=False).ids == sp.encode(text)
+    # What NFC cannot compose still loses the rest of its cluster: full-width A + acute.
+    text = "\uff21\u0301"
+    assert sp.normalize(text) == "▁\u00c1"
+    assert tokenizer.normalizer.normalize_str(text) == plain.normalize_str(text) == "▁A"
     assert measure_agreement(info, tokenizer, [text]).classes == {"precompiled-grapheme": 1}
-    # 'drop': the shortest rule ("o\u0302" -> "ô") covers only the start of the cluster; the rest is lost.
-    dropped = "o\u0302\u0323"
-    assert sp.normalize(dropped) == "▁\u00f4\u0323"
-    assert tokenizer.normalizer.normalize_str(dropped) == "▁\u00f4"
-    assert measure_agreement(info, tokenizer, [dropped]).classes == {"precompiled-grapheme": 1}
     # Precomposed input (NFC, as most real text is) is not affected.
-    composed = unicodedata.normalize("NFC", text)
-    assert tokenizer.encode(composed, add_special_tokens=False).ids == sp.encode(composed)
+    for text in ("\u01d8", "\u1ed9 Tiếng Việt"):
+        assert tokenizer.encode(text, add_special_tokens=False).ids == sp.encode(text)
+
+
+def test_nfc_helps_is_measured(models: dict[str, Path]) -> None:
+    info, tokenizer, sp = _load(models["unigram-nfkc"])
+    assert nfc_helps(info)  # nmt_nfkc: NFD text goes from 373 to 440 of 441 probe lines
+    assert json.loads(tokenizer.to_str())["normalizer"]["normalizers"][0]["type"] == "NFC"
+    identity, _, _ = _load(models["bpe-identity"])  # no charsmap: nothing to compose for
+    steps = json.loads(build_tokenizer(identity).to_str())["normalizer"]["normalizers"]
+    assert not any(step["type"] == "NFC" for step in steps)
+    # The price, documented as nfc-composition: NFC reorders and composes text SentencePiece keeps as written.
+    text = "\u00f4\u0323"
+    assert sp.normalize(text) == "▁\u00f4\u0323" != tokenizer.normalizer.normalize_str(text)
+    assert measure_agreement(info, tokenizer, [text]).classes == {"nfc-composition": 1}
 
 
 def test_bpe_user_defined_class_reproducer(models: dict[str, Path]) -> None:
