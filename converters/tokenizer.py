@@ -551,10 +551,16 @@ def convert_tokenizer(spm_path: str | Path, output_dir: str | Path, *, force: bo
         vocab_size=len(info.pieces),
         special_ids={**info.special_ids, info.pieces[info.unk_id][0]: info.unk_id},
         byte_fallback=bool(info.proto.trainer_spec.byte_fallback),
-        normalization=spec.name if spec.precompiled_charsmap else "",
+        normalization=(spec.name + (" (NFC first: measured to agree more often)" if _composes_first(files) else "")
+                       if spec.precompiled_charsmap else ""),
         agreement=agreement,
         files={name: hashlib.sha256(files[name]).hexdigest() for name in FILES},
     )
+
+
+def _composes_first(files: dict[str, bytes]) -> bool:
+    steps = json.loads(files["tokenizer.json"])["normalizer"]["normalizers"]
+    return bool(steps) and steps[0]["type"] == "NFC"
 
 
 def decode_charsmap(blob: bytes) -> dict[bytes, bytes]:
