@@ -67,10 +67,11 @@ DIFFERENCE_CLASSES = {
         "rule for every cluster under 6 bytes that starts with a rule (millions: each letter with a rule "
         "times the combining marks after it); Replace normalizers have no backreferences (one per distinct "
         "output, 12k for nmt_nfkc); and breaking clusters apart also stops the sequence rules, which only "
-        "apply inside one cluster. Nmt+NFKC or NFC+Precompiled instead are worse on random text. "
-        "Reproducers (nmt_nfkc): 'u\u0308\u0301' -> SentencePiece '▁ǘ', tokenizers '▁ü'; "
-        "'o\u0302\u0323' -> SentencePiece '▁ộ' (ô + U+0323), tokenizers '▁ô'. NFC text with no combining "
-        "marks after a character the charsmap rewrites is not affected.",
+        "apply inside one cluster. NFC first (nfc_helps) composes what it can, which removes these cases for "
+        "letters with precomposed forms; what remains are clusters NFC cannot compose and marks out of "
+        "canonical order. Reproducers (nmt_nfkc): Precompiled alone: 'u\\u0308\\u0301' -> SentencePiece "
+        "'▁ǘ', tokenizers '▁ü'; with NFC first: '\\uff21\\u0301' (full-width A, acute) -> SentencePiece "
+        "'▁Á', tokenizers '▁A'.",
     "nfc-composition":
         "where NFC runs before the charsmap (see nfc_helps: chosen when it agrees more often on the probe "
         "corpus and its NFD form, as for nmt_nfkc), it reorders combining marks into canonical order and "
