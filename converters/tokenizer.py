@@ -464,14 +464,14 @@ def reference_ids(sp: spm.SentencePieceProcessor, text: str, specials: Sequence[
 
 
 def _classify(info: SpmInfo, tokenizer: Tokenizer, sp: spm.SentencePieceProcessor, text: str,
-              got: list[int], want: list[int], specials: Sequence[str]) -> str | None:
+              got: list[int], want: list[int], specials: Sequence[str],
+              charsmap_alone: normalizers.Normalizer) -> str | None:
     """Name the documented class that explains a difference, or None if none does."""
     segments = [p for i, p in enumerate(split_on_specials(text, specials)) if i % 2 == 0]
     differing = [s for s in segments if tokenizer.normalizer.normalize_str(s) != sp.normalize(s)]
     if differing:
         # Without the NFC step (if there is one), would the charsmap alone have matched? Then NFC caused it.
-        plain = build_normalizer(info, compose_first=False)
-        if all(plain.normalize_str(s) == sp.normalize(s) for s in differing):
+        if all(charsmap_alone.normalize_str(s) == sp.normalize(s) for s in differing):
             return "nfc-composition"
         return "precompiled-grapheme"
     if info.model_type == "bpe" and info.user_defined_ids:
@@ -494,6 +494,7 @@ def measure_agreement(info: SpmInfo, tokenizer: Tokenizer, lines: Iterable[str])
     """Fast ids vs SentencePiece's (special-token strings as specials) for each line, explained."""
     sp = spm.SentencePieceProcessor(model_proto=info.serialized)
     specials = _special_strings(info)
+    charsmap_alone = build_normalizer(info, compose_first=False)
     agreement = Agreement()
     for text in lines:
         agreement.total += 1
@@ -502,7 +503,7 @@ def measure_agreement(info: SpmInfo, tokenizer: Tokenizer, lines: Iterable[str])
         if got == want:
             agreement.equal += 1
             continue
-        name = _classify(info, tokenizer, sp, text, got, want, specials)
+        name = _classify(info, tokenizer, sp, text, got, want, specials, charsmap_alone)
         if name is None:
             agreement.unexplained.append(text)
         else:
@@ -531,8 +532,8 @@ def convert_tokenizer(spm_path: str | Path, output_dir: str | Path, *, force: bo
                         "another -o")
     info = read_sentencepiece(spm_path)
     files = tokenizer_files(info)
-    agreement = measure_agreement(info, Tokenizer.from_str(files["tokenizer.json"].decode("utf-8")),
-                                  probe_corpus(probe_lines))
+    tokenizer = Tokenizer.from_str(files["tokenizer.json"].decode("utf-8"))
+    agreement = measure_agreement(info, tokenizer, probe_corpus(probe_lines))
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
@@ -552,16 +553,16 @@ def convert_tokenizer(spm_path: str | Path, output_dir: str | Path, *, force: bo
         vocab_size=len(info.pieces),
         special_ids={**info.special_ids, info.pieces[info.unk_id][0]: info.unk_id},
         byte_fallback=bool(info.proto.trainer_spec.byte_fallback),
-        normalization=(spec.name + (" (NFC first: measured to agree more often)" if _composes_first(files) else "")
+        normalization=(spec.name + (" (NFC first: measured to agree more often)" if _composes_first(tokenizer) else "")
                        if spec.precompiled_charsmap else ""),
         agreement=agreement,
         files={name: hashlib.sha256(files[name]).hexdigest() for name in FILES},
     )
 
 
-def _composes_first(files: dict[str, bytes]) -> bool:
-    steps = json.loads(files["tokenizer.json"])["normalizer"]["normalizers"]
-    return bool(steps) and steps[0]["type"] == "NFC"
+def _composes_first(tokenizer: Tokenizer) -> bool:
+    steps = tokenizer.normalizer  # build_normalizer always makes a Sequence
+    return len(steps) > 0 and isinstance(steps[0], normalizers.NFC)
 
 
 def decode_charsmap(blob: bytes) -> dict[bytes, bytes]:
