@@ -17,7 +17,7 @@ from pathlib import Path
 import sentencepiece as spm
 from tokenizers import Tokenizer
 
-from converters.spm_fixtures import probe_corpus
+from testkit.spm_models import probe_corpus
 from converters.tokenizer import convert_tokenizer, measure_agreement, read_sentencepiece
 
 ROOT = Path(__file__).resolve().parents[1]

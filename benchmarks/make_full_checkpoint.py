@@ -6,7 +6,7 @@ TensorFlow's SaveV2 would need every tensor of a shard in memory at once, so thi
 bundle itself (`.index` table + one `.data-00000-of-00001` file), generating each tensor in row slices of at
 most `--chunk-mb` and checksumming it as it goes; peak memory is a few slices, whatever the model size.
 
-The values are those of `converters.synthetic` for the same seed (each variable draws from its own seeded
+The values are those of `testkit.synthetic_checkpoint` for the same seed (each variable draws from its own seeded
 generator, and drawing it in row slices gives the same stream), and the layout is what TF1's Saver writes:
 data in sorted-name order, so the model tensors are interleaved with their `adam_m` / `adam_v` slots. The
 tests (`tests/test_tf1_reader.py`) read a tiny checkpoint from `write_bundle_checkpoint` with TensorFlow.
@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from converters.synthetic import SLOTS, VariableSpec, _generator, variable_groups  # noqa: E402
+from testkit.synthetic_checkpoint import SLOTS, VariableSpec, _generator, variable_groups  # noqa: E402
 from converters.tf1_checkpoint import TABLE_MAGIC, mask_crc  # noqa: E402
 from converters.writers import cast  # noqa: E402
 
@@ -146,7 +146,7 @@ def _tensors(specs: list[VariableSpec], slots: bool, seed: int, dtype: str, chun
     """(name, dtype, shape, slices) for every variable, in the sorted-name order of TF1's Saver."""
     def model(spec: VariableSpec, rows: int) -> Iterator[np.ndarray]:
         for value in _slices(spec, spec.role, seed, rows):
-            value *= np.float32(spec.std)  # in place, like converters.synthetic._value
+            value *= np.float32(spec.std)  # in place, like testkit.synthetic_checkpoint._value
             value += np.float32(spec.mean)
             yield cast(value, "float32", dtype)
 

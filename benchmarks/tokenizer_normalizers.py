@@ -34,7 +34,7 @@ import regex
 import sentencepiece as spm
 from tokenizers import normalizers
 
-from converters.spm_fixtures import probe_corpus, train_sentencepiece
+from testkit.spm_models import probe_corpus, train_sentencepiece
 from converters.tokenizer import (
     build_normalizer,
     decode_charsmap,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.errors import UserError
+from rembert_ref.errors import UserError
 from converters.mapping import ConversionPlan, TensorMapping, classify, plan_conversion
 from converters.pipeline import FileHasher, read_ahead
 from converters.tf1_checkpoint import DEFAULT_CHUNK_BYTES, CheckpointReader, resolve_checkpoint

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.errors import UserError
+from rembert_ref.errors import UserError
 from converters.mapping import ENCODER, MLM, POOLER, RULES, TensorMapping
 from converters.writers import Writer
 

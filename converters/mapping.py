@@ -16,9 +16,13 @@ import functools
 import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 from dataclasses import dataclass, field
 
-from converters.errors import UserError
+from rembert_ref.errors import UserError
 from rembert_ref.config import RemBertConfig
 
 Shape = tuple[int, ...]
@@ -336,3 +340,26 @@ def _torch_to_tf_table(num_layers: int) -> dict[str, tuple[str, bool]]:
     # Names depend on the config only through the layer count; a stand-in config keeps the cache key small.
     config = RemBertConfig(num_hidden_layers=num_layers)
     return {torch: (tf, rule.transpose) for rule in RULES for _, torch, tf in expand(rule, config)}
+
+
+def read_torch_weights_as_tf(directory: Path, config: RemBertConfig) -> tuple[dict[str, np.ndarray], str]:
+    """Our PyTorch files (`model.safetensors`, sharded or not, or `pytorch_model.bin`), read by the PyTorch
+    reference's reader, as TF-layout arrays by Keras name (Linear weights transposed)."""
+    from rembert_ref.torch_model import read_state_dict
+
+    state_dict, weights_file = read_state_dict(directory)
+    return torch_to_tf_weights(state_dict, config), weights_file
+
+
+def torch_to_tf_weights(state_dict: Mapping[str, Any], config: RemBertConfig) -> dict[str, np.ndarray]:
+    """A PyTorch state dict of any RemBERT head's layout -> TF-layout arrays by Keras name below the root."""
+    values = {}
+    for torch_name, tensor in state_dict.items():
+        if torch_name.endswith("embeddings.position_ids"):
+            continue  # a buffer older transformers versions saved: arange(max_positions), no weights
+        target = torch_to_tf_name(torch_name, config)
+        # A name outside the table stays under its PyTorch name, so the loader lists it as unexpected.
+        tf_name, transpose = target if target is not None else (torch_name, False)
+        array = tensor.detach().float().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)
+        values[tf_name] = array.T if transpose else array
+    return values

@@ -22,7 +22,7 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 
-from converters.errors import UserError
+from rembert_ref.errors import UserError
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48  # two block handles padded to 40 bytes + 8-byte magic

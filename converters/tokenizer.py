@@ -26,6 +26,7 @@ are documented with their cause and a reproducer in `DIFFERENCE_CLASSES` below.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -41,17 +42,23 @@ import numpy as np
 import sentencepiece as spm
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
 
-from converters.errors import UserError
+from rembert_ref.errors import UserError
+from rembert_ref.tokenization import (
+    CLS,
+    MASK,
+    NORMAL,
+    PAD,
+    SEP,
+    USER_DEFINED,
+    SpmInfo,
+    added_piece_ids,
+    read_sentencepiece,
+    split_on_specials,
+)
 
-# SentencePiece's ModelProto.SentencePiece.Type and TrainerSpec.ModelType values.
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, BYTE, UNUSED = 1, 2, 3, 4, 6, 5
-MODEL_TYPES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
 SPACE_SYMBOL = "▁"
 FLT_MIN = np.float32(1.17549435e-38)
 
-CLS, SEP, PAD, MASK = "[CLS]", "[SEP]", "[PAD]", "[MASK]"
-REQUIRED_SPECIALS = (CLS, SEP)
-OPTIONAL_SPECIALS = (PAD, MASK)
 
 # Where the fast tokenizer and SentencePiece may differ, why no tokenizer.json can remove it, and a
 # reproducer (each is asserted in tests/test_tokenizer.py). Anything else is a bug: the tests fail on it.
@@ -104,20 +111,6 @@ DIFFERENCE_CLASSES = {
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "sentencepiece.model")
 
 
-@dataclasses.dataclass(frozen=True)
-class SpmInfo:
-    """What the converter reads from a `.model` file."""
-
-    proto: Any  # sentencepiece_model_pb2.ModelProto
-    serialized: bytes
-    model_type: str
-    pieces: list[tuple[str, float, int]]  # (piece, score, type) in id order
-    unk_id: int
-    special_ids: dict[str, int]  # "[CLS]" -> id, for the RemBERT specials present
-    control_ids: list[int]  # every control piece, specials included
-    user_defined_ids: list[int]
-
-
 @dataclasses.dataclass
 class Agreement:
     """Ids compared line by line with a reference; `classes` counts the explained differences."""
@@ -161,54 +154,16 @@ class TokenizerReport:
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def read_sentencepiece(path: str | Path) -> SpmInfo:
-    """Parse and check a SentencePiece model; any problem is a one-line UserError."""
-    from sentencepiece import sentencepiece_model_pb2
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"SentencePiece model {path} does not exist; pass the path of a .model file")
-    data = path.read_bytes()
-    proto = sentencepiece_model_pb2.ModelProto()
-    try:
-        proto.ParseFromString(data)
-        # The C++ loader checks what protobuf parsing alone accepts (a text file can parse as a proto).
-        spm.SentencePieceProcessor(model_proto=data)
-    except Exception as exc:  # protobuf DecodeError or sentencepiece RuntimeError
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise UserError(f"{path} is not a valid SentencePiece model ({reason}); pass the .model file "
-                        "that was trained with the checkpoint") from None
-    if not proto.pieces:
-        raise UserError(f"{path} is not a valid SentencePiece model (no pieces); pass the .model file "
-                        "that was trained with the checkpoint")
-    model_type = MODEL_TYPES.get(proto.trainer_spec.model_type, "unknown")
-    if model_type not in ("unigram", "bpe"):
-        raise UserError(f"{path} is a SentencePiece '{model_type}' model; only unigram and BPE models "
-                        "can be converted")
-    if proto.trainer_spec.treat_whitespace_as_suffix:
-        raise UserError(f"{path} uses treat_whitespace_as_suffix, which tokenizers cannot express; "
-                        "retrain without it")
-    pieces = [(p.piece, float(p.score), int(p.type)) for p in proto.pieces]
-    ids = {piece: i for i, (piece, _, _) in enumerate(pieces)}
-    unk_ids = [i for i, (_, _, t) in enumerate(pieces) if t == UNKNOWN]
-    missing = [s for s in REQUIRED_SPECIALS if s not in ids]
-    if missing:
-        raise UserError(f"{path} has no {' or '.join(missing)} piece, which RemBERT needs; pass the model "
-                        "trained with the RemBERT checkpoint")
-    specials = {s: ids[s] for s in (CLS, SEP, PAD, MASK) if s in ids}
-    return SpmInfo(
-        proto=proto,
-        serialized=data,
-        model_type=model_type,
-        pieces=pieces,
-        unk_id=unk_ids[0],
-        special_ids=specials,
-        control_ids=[i for i, (_, _, t) in enumerate(pieces) if t == CONTROL],
-        user_defined_ids=[i for i, (_, _, t) in enumerate(pieces) if t == USER_DEFINED],
-    )
+@functools.cache
+def _probe_corpus_lines() -> tuple[str, ...]:
+    document = json.loads((Path(__file__).with_name("probe_corpus.json")).read_text(encoding="utf-8"))
+    return tuple(document["lines"])
 
 
-# ---------------------------------------------------------------------------------------------- building
+def probe_corpus() -> list[str]:
+    """The multilingual probe corpus (shipped as data, generated by `python -m testkit.spm_models corpus`):
+    edge lines first, then seeded random lines of many scripts and separators."""
+    return list(_probe_corpus_lines())
 
 
 def build_normalizer(info: SpmInfo, compose_first: bool | None = None) -> normalizers.Normalizer:
@@ -231,11 +186,9 @@ def nfc_helps(info: SpmInfo) -> bool:
     Composing first hands it precomposed letters, which an NFKC-style charsmap maps one by one exactly like
     SentencePiece: for nmt_nfkc this takes NFD text from 373 to 440 of 441 probe lines. Whether it helps is
     measured here, on the probe corpus and its NFD form, not assumed: a custom charsmap may not be NFKC."""
-    from converters.spm_fixtures import probe_corpus
-
     sp = spm.SentencePieceProcessor(model_proto=info.serialized)
     plain, composed = (build_normalizer(info, compose_first=flag) for flag in (False, True))
-    lines = probe_corpus(400)
+    lines = probe_corpus()
     lines += [unicodedata.normalize("NFD", line) for line in lines]
     score = {True: 0, False: 0}
     for line in lines:
@@ -327,18 +280,10 @@ def build_decoder(info: SpmInfo) -> decoders.Decoder:
 
 
 def special_tokens(info: SpmInfo) -> list[AddedToken]:
-    """Added tokens, in id order: every control piece, <unk>, and the RemBERT specials present."""
-    ids = sorted(set(info.control_ids) | {info.unk_id} | set(info.special_ids.values()))
-    # In a BPE model a user-defined piece can only stay whole as an added token.
-    if info.model_type == "bpe":
-        ids = sorted(set(ids) | set(info.user_defined_ids))
-    tokens = []
-    for i in ids:
-        piece, _, kind = info.pieces[i]
-        special = kind != USER_DEFINED or piece in info.special_ids
-        tokens.append(AddedToken(piece, lstrip=piece == MASK, rstrip=False, single_word=False,
-                                 normalized=False, special=special))
-    return tokens
+    """Added tokens, in id order: every control piece, <unk>, the RemBERT specials present, and (BPE only)
+    the user-defined pieces."""
+    return [AddedToken(info.pieces[i][0], lstrip=info.pieces[i][0] == MASK, rstrip=False, single_word=False,
+                       normalized=False, special=special) for i, special in added_piece_ids(info)]
 
 
 def build_tokenizer(info: SpmInfo) -> Tokenizer:
@@ -425,36 +370,6 @@ def _special_strings(info: SpmInfo) -> list[str]:
     return [t.content for t in special_tokens(info) if t.special]
 
 
-def split_on_specials(text: str, specials: Sequence[str], lstrip: Iterable[str] = (MASK,)) -> list[str]:
-    """Split text on special-token strings (leftmost, longest first), as the added-token matcher does.
-
-    Returns alternating [text, special, text, ...]; a special that takes the space before it (lstrip)
-    removes the whitespace from the text on its left.
-    """
-    lstrip = set(lstrip)
-    ordered = sorted(specials, key=len, reverse=True)
-    parts: list[str] = []
-    start = pos = 0
-    while pos < len(text):
-        match = next((s for s in ordered if text.startswith(s, pos)), None)
-        if match is None:
-            pos += 1
-            continue
-        left = text[start:pos]
-        if match in lstrip:
-            left = left.rstrip(_WHITESPACE)
-        parts += [left, match]
-        pos = start = pos + len(match)
-    parts.append(text[start:])
-    return parts
-
-
-# Rust's char::is_whitespace (Unicode White_Space), which tokenizers' lstrip uses; Python's str.isspace
-# differs (it includes U+001C..U+001F and excludes nothing else we meet).
-_WHITESPACE = "".join(chr(c) for c in (*range(0x09, 0x0E), 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B),
-                                       0x2028, 0x2029, 0x202F, 0x205F, 0x3000))
-
-
 def reference_ids(sp: spm.SentencePieceProcessor, text: str, specials: Sequence[str]) -> list[int]:
     """SentencePiece's ids with special-token strings taken as special tokens (Hugging Face semantics)."""
     ids: list[int] = []
@@ -515,15 +430,13 @@ def measure_agreement(info: SpmInfo, tokenizer: Tokenizer, lines: Iterable[str])
 
 
 def convert_tokenizer(spm_path: str | Path, output_dir: str | Path, *, force: bool = False,
-                      quiet: bool = False, probe_lines: int = 400) -> TokenizerReport:
+                      quiet: bool = False, probe_lines: int | None = None) -> TokenizerReport:
     """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and sentencepiece.model.
 
     The files are written to a temporary directory beside `output_dir` and renamed into place only when
     complete. An existing non-empty `output_dir` is refused unless `force`. The report carries the
     measured agreement with SentencePiece on the project's probe corpus.
     """
-    from converters.spm_fixtures import probe_corpus
-
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"output {output_dir} is a file; pass a directory path")
@@ -533,7 +446,7 @@ def convert_tokenizer(spm_path: str | Path, output_dir: str | Path, *, force: bo
     info = read_sentencepiece(spm_path)
     files = tokenizer_files(info)
     tokenizer = Tokenizer.from_str(files["tokenizer.json"].decode("utf-8"))
-    agreement = measure_agreement(info, tokenizer, probe_corpus(probe_lines))
+    agreement = measure_agreement(info, tokenizer, probe_corpus()[:probe_lines])
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))

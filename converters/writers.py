@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.errors import UserError
+from rembert_ref.errors import UserError
 from converters.f16c import float16_cast
 from converters.mapping import TensorMapping
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from converters.spm_fixtures import train_example_model
-from converters.synthetic import write_synthetic_checkpoint
+from testkit.spm_models import train_example_model
+from testkit.synthetic_checkpoint import write_synthetic_checkpoint
 
 EXAMPLE_DIR = Path(__file__).resolve().parent / "tiny-rembert"
 

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from converters.errors import UserError
+from rembert_ref.errors import UserError
 
 # BERT's TF1 code defines `gelu` as the tanh approximation; Hugging Face's "gelu" is the exact erf form.
 ACTIVATION_TO_HF = {"tanh": "gelu_new", "exact": "gelu"}

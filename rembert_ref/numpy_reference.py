@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.errors import UserError
+from rembert_ref.errors import UserError
 
 LAYER_NORM_EPS = 1e-12  # tf.contrib.layers.layer_norm
 MASK_ADDER = -10000.0  # modeling.py: adder = (1.0 - attention_mask) * -10000.0

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from converters.errors import UserError
+from rembert_ref.errors import UserError
 from rembert_ref.config import RemBertConfig
 from rembert_ref.outputs import (
     BaseModelOutput,
@@ -501,9 +501,11 @@ class TFRemBertPreTrainedModel(tf.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, config: RemBertConfig | None = None,
-                        strict_backbone: bool = True, seed: int = 0, dtype: tf.DType = tf.float32):
-        """Load `config.json` and the weights from `directory`: `tf_model.h5` (Hugging Face's Keras layout),
-        else our `model.safetensors` or `pytorch_model.bin` (Linear weights transposed).
+                        strict_backbone: bool = True, seed: int = 0, dtype: tf.DType = tf.float32,
+                        weights: Mapping[str, Any] | None = None, weights_file: str = "given weights"):
+        """Load `config.json` and the weights from `directory`'s `tf_model.h5` (Hugging Face's Keras layout),
+        or from `weights` (arrays by Keras name below the root, e.g. PyTorch files read by
+        `converters.mapping.read_torch_weights_as_tf`), which `weights_file` names in messages.
 
         As in the PyTorch models: a missing backbone (pooler included) or MLM-head weight is a UserError
         (with `strict_backbone=False` it keeps its seeded initialization and is listed under "missing");
@@ -517,12 +519,15 @@ class TFRemBertPreTrainedModel(tf.Module):
                                 f"checkpoint into {directory}")
             config = RemBertConfig.from_json_file(directory / CONFIG_NAME)
         with contextlib.ExitStack() as stack:
-            if (directory / TF_WEIGHTS_NAME).is_file():
+            if weights is not None:
+                values = weights
+            elif (directory / TF_WEIGHTS_NAME).is_file():
                 # h5py datasets, read one at a time while assigning: one copy of the weights in memory
                 values = stack.enter_context(open_h5_weights(directory / TF_WEIGHTS_NAME))
                 weights_file = TF_WEIGHTS_NAME
-            else:  # raises a UserError naming the files it looked for
-                values, weights_file = read_torch_weights(directory, config)
+            else:
+                raise UserError(f"{directory} has no {TF_WEIGHTS_NAME}; write it with `convert-rembert tf2`, or "
+                                "pass weights= (PyTorch files: converters.mapping.read_torch_weights_as_tf)")
             model = cls(config, seed=seed, dtype=dtype)
             absent = sorted(set(model.weights_by_name()) - set(values))
             missing = [n for n in absent if _is_pretrained(n)]
@@ -791,28 +796,3 @@ def read_h5_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Every weight of a `tf_model.h5` as an array, by Keras name below the root."""
     with open_h5_weights(path) as datasets:
         return {name: dataset[()] for name, dataset in datasets.items()}
-
-
-def read_torch_weights(directory: Path, config: RemBertConfig) -> tuple[dict[str, np.ndarray], str]:
-    """Our PyTorch files (`model.safetensors`, sharded or not, or `pytorch_model.bin`), read by the PyTorch
-    reference's reader, as TF-layout arrays by Keras name (Linear weights transposed)."""
-    from rembert_ref.torch_model import read_state_dict
-
-    state_dict, weights_file = read_state_dict(directory)
-    return torch_to_tf_weights(state_dict, config), weights_file
-
-
-def torch_to_tf_weights(state_dict: Mapping[str, Any], config: RemBertConfig) -> dict[str, np.ndarray]:
-    """A PyTorch state dict of any RemBERT head's layout -> TF-layout arrays by Keras name below the root."""
-    from converters.mapping import torch_to_tf_name
-
-    values = {}
-    for torch_name, tensor in state_dict.items():
-        if torch_name.endswith("embeddings.position_ids"):
-            continue  # a buffer older transformers versions saved: arange(max_positions), no weights
-        target = torch_to_tf_name(torch_name, config)
-        # A name outside the table stays under its PyTorch name, so the loader lists it as unexpected.
-        tf_name, transpose = target if target is not None else (torch_name, False)
-        array = tensor.detach().float().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)
-        values[tf_name] = array.T if transpose else array
-    return values

@@ -13,17 +13,23 @@ construction wherever their ids agree (measured in the tests).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 from typing import Any
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+import sentencepiece as spm
 
-from converters.errors import UserError
+from rembert_ref.errors import UserError
 
+# SentencePiece's ModelProto.SentencePiece.Type and TrainerSpec.ModelType values.
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, BYTE, UNUSED = 1, 2, 3, 4, 6, 5
+MODEL_TYPES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
 CLS, SEP, PAD, MASK = "[CLS]", "[SEP]", "[PAD]", "[MASK]"
+REQUIRED_SPECIALS = (CLS, SEP)
 SPACE_SYMBOL = "▁"
 SPM_FILE = "sentencepiece.model"
 TOKENIZER_FILE = "tokenizer.json"
@@ -32,6 +38,110 @@ SPECIAL_MAP_FILE = "special_tokens_map.json"
 
 TextInput = str
 PairInput = tuple[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class SpmInfo:
+    """What the converter reads from a `.model` file."""
+
+    proto: Any  # sentencepiece_model_pb2.ModelProto
+    serialized: bytes
+    model_type: str
+    pieces: list[tuple[str, float, int]]  # (piece, score, type) in id order
+    unk_id: int
+    special_ids: dict[str, int]  # "[CLS]" -> id, for the RemBERT specials present
+    control_ids: list[int]  # every control piece, specials included
+    user_defined_ids: list[int]
+
+
+def read_sentencepiece(path: str | Path) -> SpmInfo:
+    """Parse and check a SentencePiece model; any problem is a one-line UserError."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"SentencePiece model {path} does not exist; pass the path of a .model file")
+    data = path.read_bytes()
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(data)
+        # The C++ loader checks what protobuf parsing alone accepts (a text file can parse as a proto).
+        spm.SentencePieceProcessor(model_proto=data)
+    except Exception as exc:  # protobuf DecodeError or sentencepiece RuntimeError
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise UserError(f"{path} is not a valid SentencePiece model ({reason}); pass the .model file "
+                        "that was trained with the checkpoint") from None
+    if not proto.pieces:
+        raise UserError(f"{path} is not a valid SentencePiece model (no pieces); pass the .model file "
+                        "that was trained with the checkpoint")
+    model_type = MODEL_TYPES.get(proto.trainer_spec.model_type, "unknown")
+    if model_type not in ("unigram", "bpe"):
+        raise UserError(f"{path} is a SentencePiece '{model_type}' model; only unigram and BPE models "
+                        "can be converted")
+    if proto.trainer_spec.treat_whitespace_as_suffix:
+        raise UserError(f"{path} uses treat_whitespace_as_suffix, which tokenizers cannot express; "
+                        "retrain without it")
+    pieces = [(p.piece, float(p.score), int(p.type)) for p in proto.pieces]
+    ids = {piece: i for i, (piece, _, _) in enumerate(pieces)}
+    unk_ids = [i for i, (_, _, t) in enumerate(pieces) if t == UNKNOWN]
+    missing = [s for s in REQUIRED_SPECIALS if s not in ids]
+    if missing:
+        raise UserError(f"{path} has no {' or '.join(missing)} piece, which RemBERT needs; pass the model "
+                        "trained with the RemBERT checkpoint")
+    specials = {s: ids[s] for s in (CLS, SEP, PAD, MASK) if s in ids}
+    return SpmInfo(
+        proto=proto,
+        serialized=data,
+        model_type=model_type,
+        pieces=pieces,
+        unk_id=unk_ids[0],
+        special_ids=specials,
+        control_ids=[i for i, (_, _, t) in enumerate(pieces) if t == CONTROL],
+        user_defined_ids=[i for i, (_, _, t) in enumerate(pieces) if t == USER_DEFINED],
+    )
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+
+def added_piece_ids(info: SpmInfo) -> list[tuple[int, bool]]:
+    """(id, is_special) of the pieces matched before SentencePiece runs, in id order: every control piece,
+    <unk>, the RemBERT specials present, and in a BPE model the user-defined pieces (BPE can keep a
+    user-defined piece whole only this way). User-defined pieces are not special (they stay in decode)."""
+    ids = sorted(set(info.control_ids) | {info.unk_id} | set(info.special_ids.values()))
+    if info.model_type == "bpe":
+        ids = sorted(set(ids) | set(info.user_defined_ids))
+    return [(i, info.pieces[i][2] != USER_DEFINED or info.pieces[i][0] in info.special_ids) for i in ids]
+
+
+def split_on_specials(text: str, specials: Sequence[str], lstrip: Iterable[str] = (MASK,)) -> list[str]:
+    """Split text on special-token strings (leftmost, longest first), as the added-token matcher does.
+
+    Returns alternating [text, special, text, ...]; a special that takes the space before it (lstrip)
+    removes the whitespace from the text on its left.
+    """
+    lstrip = set(lstrip)
+    ordered = sorted(specials, key=len, reverse=True)
+    parts: list[str] = []
+    start = pos = 0
+    while pos < len(text):
+        match = next((s for s in ordered if text.startswith(s, pos)), None)
+        if match is None:
+            pos += 1
+            continue
+        left = text[start:pos]
+        if match in lstrip:
+            left = left.rstrip(_WHITESPACE)
+        parts += [left, match]
+        pos = start = pos + len(match)
+    parts.append(text[start:])
+    return parts
+
+
+# Rust's char::is_whitespace (Unicode White_Space), which tokenizers' lstrip uses; Python's str.isspace
+# differs (it includes U+001C..U+001F and excludes nothing else we meet).
+_WHITESPACE = "".join(chr(c) for c in (*range(0x09, 0x0E), 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B),
+                                       0x2028, 0x2029, 0x202F, 0x205F, 0x3000))
 
 
 class BatchEncoding(dict):
@@ -287,12 +397,10 @@ class RemBertTokenizer(_RemBertTokenizerBase):
     def __init__(self, vocab_file: str | Path, model_max_length: int = 512) -> None:
         import sentencepiece as spm
 
-        from converters.tokenizer import read_sentencepiece, special_tokens
-
         self.vocab_file = Path(vocab_file)
         self._info = read_sentencepiece(self.vocab_file)
         self.sp_model = spm.SentencePieceProcessor(model_proto=self._info.serialized)
-        specials = [t.content for t in special_tokens(self._info) if t.special]
+        specials = [self._info.pieces[i][0] for i, special in added_piece_ids(self._info) if special]
         spec = self._info.proto.normalizer_spec
         self._strip_first_space = spec.add_dummy_prefix
         self._unk_surface = self._info.proto.trainer_spec.unk_surface or " \u2047 "
@@ -312,14 +420,6 @@ class RemBertTokenizer(_RemBertTokenizerBase):
         return tok
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        if self._source_dir is None:  # built from a bare .model: write the converter's files
-            from converters.tokenizer import tokenizer_files
-
-            directory = Path(directory)
-            directory.mkdir(parents=True, exist_ok=True)
-            for name, data in tokenizer_files(self._info).items():
-                (directory / name).write_bytes(data)
-            return directory
         return _save_common(self, directory, self._source_dir)
 
     def _spm_bytes(self) -> bytes:
@@ -333,8 +433,6 @@ class RemBertTokenizer(_RemBertTokenizerBase):
         return {self.sp_model.id_to_piece(i): i for i in range(self.vocab_size)}
 
     def _encode_one(self, text: str) -> tuple[list[int], list[str]]:
-        from converters.tokenizer import split_on_specials
-
         ids: list[int] = []
         pieces: list[str] = []
         for i, part in enumerate(split_on_specials(text, self.all_special_tokens)):

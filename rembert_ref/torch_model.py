@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from converters.errors import UserError
+from rembert_ref.errors import UserError
 from rembert_ref.config import RemBertConfig
 from rembert_ref.outputs import (
     BaseModelOutput,

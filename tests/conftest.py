@@ -42,7 +42,7 @@ class TinyCheckpoint(NamedTuple):
 def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoint:
     """A synthetic original-format checkpoint of TINY_ORIGINAL_CONFIG with Adam slots (seed 0), written once
     per session. Treat it as read-only: other tests share it."""
-    from converters.synthetic import synthetic_variables, write_synthetic_checkpoint  # imports TensorFlow
+    from testkit.synthetic_checkpoint import synthetic_variables, write_synthetic_checkpoint  # imports TensorFlow
 
     directory = tmp_path_factory.mktemp("tiny_ckpt")
     config = dict(TINY_ORIGINAL_CONFIG)
@@ -53,7 +53,7 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoint:
 @pytest.fixture(scope="session")
 def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """Tokenizer files converted from a 512-piece unigram model trained on the probe corpus (read-only)."""
-    from converters.spm_fixtures import train_sentencepiece
+    from testkit.spm_models import train_sentencepiece
     from converters.tokenizer import convert_tokenizer
 
     root = tmp_path_factory.mktemp("tok")

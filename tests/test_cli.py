@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from converters.cli import main
+from rembert_convert.cli import main
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "tiny-rembert"
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from converters.errors import UserError
+from rembert_ref.errors import UserError
 from rembert_ref.config import RemBertConfig
 from tests.conftest import TINY_ORIGINAL_CONFIG
 

@@ -13,8 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from converters.convert import ConvertOptions, convert_checkpoint
-from converters.errors import UserError
-from converters.synthetic import write_synthetic_checkpoint
+from rembert_ref.errors import UserError
+from testkit.synthetic_checkpoint import write_synthetic_checkpoint
 from tests.conftest import TINY_ORIGINAL_CONFIG
 
 

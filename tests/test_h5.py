@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from converters.cli import main
+from rembert_convert.cli import main
 from converters.convert import ConvertOptions, convert_checkpoint
-from converters.errors import UserError
+from rembert_ref.errors import UserError
 from converters.h5_writer import save_attribute
 from converters.tf1_checkpoint import CheckpointReader
 from converters.mapping import MLM, OUTPUT_EMBEDDING, RULES, expand

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from converters.errors import UserError
-from converters.synthetic import synthetic_variables
+from rembert_ref.errors import UserError
+from testkit.synthetic_checkpoint import synthetic_variables
 from rembert_ref.numpy_reference import original_forward
 from tests.conftest import TINY_ORIGINAL_CONFIG
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from converters.errors import UserError
-from converters.synthetic import main, synthetic_variables, write_synthetic_checkpoint
+from rembert_ref.errors import UserError
+from testkit.synthetic_checkpoint import main, synthetic_variables, write_synthetic_checkpoint
 from tests.conftest import TINY_ORIGINAL_CONFIG
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters.errors import UserError
+from rembert_ref.errors import UserError
 from converters.tf1_checkpoint import CheckpointReader, resolve_checkpoint
 from converters.writers import cast, to_float32
 
@@ -77,7 +77,7 @@ def test_bfloat16_cast_matches_torch_rounding():
 
 
 def test_multi_shard_checkpoint(tmp_path):
-    from converters.synthetic import synthetic_variables, write_synthetic_checkpoint
+    from testkit.synthetic_checkpoint import synthetic_variables, write_synthetic_checkpoint
     from tests.conftest import TINY_ORIGINAL_CONFIG
 
     prefix = write_synthetic_checkpoint(tmp_path, TINY_ORIGINAL_CONFIG, seed=4, num_shards=3, optimizer_slots=False)
@@ -307,7 +307,7 @@ def test_converting_a_partitioned_checkpoint_gives_the_same_bytes(tmp_path, tiny
     import tensorflow as tf
 
     from converters.convert import ConvertOptions, convert_checkpoint
-    from converters.synthetic import synthetic_variables
+    from testkit.synthetic_checkpoint import synthetic_variables
 
     values = synthetic_variables(tiny_original_config, seed=8)
     partitions = {"bert/embeddings/word_embeddings": ["0,40:-", "40,40:-", "80,19:-"],
@@ -334,11 +334,11 @@ def test_converting_a_partitioned_checkpoint_gives_the_same_bytes(tmp_path, tiny
 
 def test_full_size_generator_writes_what_tensorflow_reads(tmp_path, tiny_original_config):
     """benchmarks/make_full_checkpoint.py writes the bundle itself: TensorFlow and our reader must read back
-    converters.synthetic's values (drawn there in row slices, here in one piece)."""
+    testkit.synthetic_checkpoint's values (drawn there in row slices, here in one piece)."""
     import tensorflow as tf
 
     from benchmarks.make_full_checkpoint import write_bundle_checkpoint
-    from converters.synthetic import synthetic_variables
+    from testkit.synthetic_checkpoint import synthetic_variables
 
     prefix = write_bundle_checkpoint(tmp_path, tiny_original_config, seed=6, slots=True, chunk_bytes=200)
     expected = synthetic_variables(tiny_original_config, seed=6)

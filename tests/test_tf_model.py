@@ -14,8 +14,8 @@ import tensorflow as tf
 import torch
 
 from converters.convert import ConvertOptions, convert_checkpoint
-from converters.errors import UserError
-from converters.mapping import ENCODER, MLM, POOLER, RULES, expand
+from rembert_ref.errors import UserError
+from converters.mapping import ENCODER, MLM, POOLER, RULES, expand, read_torch_weights_as_tf, torch_to_tf_weights
 from rembert_ref import tf_model as T
 from rembert_ref import torch_model as P
 from rembert_ref.config import RemBertConfig
@@ -125,7 +125,7 @@ def _load_pair(name: str, directory: Path, tmp_path: Path):
     assert tf_model.loading_info["newly_initialized"] == TASK_HEAD_WEIGHTS.get(name, [])
     if name in TASK_HEAD_WEIGHTS:
         torch_model.save_pretrained(tmp_path / "task-head")
-        values, _ = T.read_torch_weights(tmp_path / "task-head", config)
+        values, _ = read_torch_weights_as_tf(tmp_path / "task-head", config)
         tf_model.assign_weights({k: values[k] for k in TASK_HEAD_WEIGHTS[name]})
     return torch_model, tf_model
 
@@ -202,7 +202,9 @@ def test_loads_our_pytorch_and_safetensors_files(tiny_ckpt, converted, tmp_path)
     safetensors_dir = tmp_path / "safetensors"
     convert_checkpoint(tiny_ckpt.prefix, safetensors_dir, ["safetensors"], ConvertOptions(quiet=True))
     for path, weights_file in ((torch_only, "pytorch_model.bin"), (safetensors_dir, "model.safetensors")):
-        model = T.TFRemBertForMaskedLM.from_pretrained(path)
+        values, read_from = read_torch_weights_as_tf(path, from_h5.config)
+        assert read_from == weights_file
+        model = T.TFRemBertForMaskedLM.from_pretrained(path, weights=values, weights_file=read_from)
         assert model.loading_info["weights_file"] == [weights_file]
         reference = from_h5.weights_by_name()
         for tf_name, variable in model.weights_by_name().items():
@@ -235,7 +237,7 @@ def test_cross_attention_decoder_matches_pytorch(tiny_ckpt):
     torch.manual_seed(1)
     torch_model = P.RemBertForCausalLM(config).eval()
     tf_model = T.TFRemBertForCausalLM(config)
-    values = T.torch_to_tf_weights(torch_model.state_dict(), config)
+    values = torch_to_tf_weights(torch_model.state_dict(), config)
     assert tf_model.assign_weights(values) == []  # every PyTorch weight, cross-attention included, has a place
     assert set(values) == set(tf_model.weights_by_name())
     rng = np.random.default_rng(2)

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from converters.cli import main
-from converters.errors import UserError
-from converters.spm_fixtures import handmade_unigram_model, probe_corpus, train_sentencepiece
+from rembert_convert.cli import main
+from rembert_ref.errors import UserError
+from testkit.spm_models import handmade_unigram_model, probe_corpus, train_sentencepiece
 from converters.tokenizer import (
     DIFFERENCE_CLASSES,
     build_normalizer,

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters.errors import UserError
-from converters.spm_fixtures import probe_corpus
+from rembert_ref.errors import UserError
+from testkit.spm_models import probe_corpus
 from rembert_ref.tokenization import RemBertTokenizer, RemBertTokenizerFast
 
 LINES = probe_corpus(150, seed=7)

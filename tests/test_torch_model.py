@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from converters.errors import UserError
+from rembert_ref.errors import UserError
 from rembert_ref.config import RemBertConfig
 from rembert_ref.torch_model import (
     MODEL_CLASSES,

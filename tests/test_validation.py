@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from safetensors.numpy import load_file, save_file
 
-from converters.cli import main
+from rembert_convert.cli import main
 from converters.convert import ConvertOptions, convert_checkpoint
 from validation.bundle import ParityFailure, bundle_checkpoint
 from validation.parity import HEADS, verify_conversion

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from converters.convert import ConversionResult, ConvertOptions, convert_checkpoint, sha256_file
-from converters.errors import UserError
+from rembert_ref.errors import UserError
 from validation.parity import HEADS, ParityReport, verify_conversion
 
 CHECKSUMS_NAME = "SHA256SUMS"

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.errors import UserError
+from rembert_ref.errors import UserError
 
 # (atol, rtol) per weight dtype. fp32 against float64: rounding of ~1e-7 per op, grown through the layers;
 # fp16 / bf16 weights carry 2^-11 / 2^-8 relative rounding into every product.
@@ -332,7 +332,9 @@ class _Checker:
 
             model = tf_model.MODEL_CLASSES[f"TF{head}"].from_pretrained(view, config=config)
             if shared_head is not None and model.loading_info["newly_initialized"]:
-                values, _ = tf_model.read_torch_weights(shared_head, model.config)
+                from converters.mapping import read_torch_weights_as_tf
+
+                values, _ = read_torch_weights_as_tf(shared_head, model.config)
                 model.assign_weights({k: values[k] for k in model.loading_info["newly_initialized"]})
             return model
         import torch

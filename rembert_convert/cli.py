@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from converters.errors import UserError
+from rembert_ref.errors import UserError
 
 EXIT_USER_ERROR = 2
 

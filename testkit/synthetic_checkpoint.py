@@ -15,7 +15,7 @@ and beta ~ N(0, 0.1^2).
 Peak memory is about one shard's tensors (model values plus their two Adam slots): pass more shards
 (`num_shards`, `--shards`) to write a full-size synthetic checkpoint on a small machine.
 
-    python -m converters.synthetic out/tiny --config bert_config.json --seed 0 --shards 2
+    python -m testkit.synthetic_checkpoint out/tiny --config bert_config.json --seed 0 --shards 2
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.errors import UserError
+from rembert_ref.errors import UserError
 from rembert_ref.config import ORIGINAL_REQUIRED_KEYS
 
 DEFAULT_OUTPUT_EMBEDDING_NAME = "cls/predictions/output_embedding"
@@ -318,10 +318,10 @@ def write_synthetic_checkpoint(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m converters.synthetic OUT_DIR --config cfg.json [--seed 0] [--no-slots] [--shards N] ...`"""
+    """`python -m testkit.synthetic_checkpoint OUT_DIR --config cfg.json [--seed 0] [--no-slots] [--shards N] ...`"""
     import click
 
-    from converters.cli import debug_option, handle_user_errors, quiet_option
+    from rembert_convert.cli import debug_option, handle_user_errors, quiet_option
 
     @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
     @click.argument("out_dir", type=click.Path(file_okay=False))
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
 
         \b
         Example:
-          python -m converters.synthetic out/tiny --config bert_config.json --seed 0 --shards 2
+          python -m testkit.synthetic_checkpoint out/tiny --config bert_config.json --seed 0 --shards 2
         """
         prefix = write_synthetic_checkpoint(
             out_dir, _read_config(config_path), seed=seed, step=step, optimizer_slots=not no_slots,
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
         if not quiet:
             click.echo(str(prefix))
 
-    command.main(args=argv, prog_name="python -m converters.synthetic")
+    command.main(args=argv, prog_name="python -m testkit.synthetic_checkpoint")
 
 
 if __name__ == "__main__":

@@ -10,13 +10,14 @@ forms, the literal special-token strings and empty lines.
 
 Remake the example model with:
 
-    python -m converters.spm_fixtures example examples/tiny-rembert/sentencepiece.model
+    python -m testkit.spm_models example examples/tiny-rembert/sentencepiece.model
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -103,6 +104,8 @@ EDGE_LINES: tuple[str, ...] = (
     "▁literal meta symbol▁",
     "a ▁ ",
 )
+
+PROBE_CORPUS_FILE = Path(__file__).resolve().parent.parent / "converters" / "probe_corpus.json"
 
 
 def _line(rng: random.Random) -> str:
@@ -217,20 +220,29 @@ def train_example_model(output_path: str | Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m converters.spm_fixtures", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m testkit.spm_models", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     example = sub.add_parser("example", help="train the shipped example's 512-piece unigram model")
     example.add_argument("output", type=Path)
-    corpus = sub.add_parser("corpus", help="print the probe corpus, one line per record (newlines escaped)")
-    corpus.add_argument("--lines", type=int, default=400)
+    corpus = sub.add_parser("corpus", help="write the probe corpus the converter ships as data")
+    corpus.add_argument("output", type=Path, nargs="?", default=PROBE_CORPUS_FILE)
     args = parser.parse_args(argv)
-    if args.command == "example":
-        path = train_example_model(args.output)
-        print(f"wrote {path} ({path.stat().st_size} bytes)")
-    else:
-        for line in probe_corpus(args.lines):
-            print(line.encode("unicode_escape").decode("ascii"))
+    path = train_example_model(args.output) if args.command == "example" else write_probe_corpus(args.output)
+    print(f"wrote {path} ({path.stat().st_size} bytes)")
+
+
+def probe_corpus_document(n_random: int = 400) -> dict[str, object]:
+    """The JSON document of `converters/probe_corpus.json`."""
+    return {"about": "The lines on which the tokenizer converter measures agreement with SentencePiece. "
+                     "Regenerate with: python -m testkit.spm_models corpus",
+            "lines": probe_corpus(n_random)}
+
+
+def write_probe_corpus(output_path: Path) -> Path:
+    output_path.write_text(json.dumps(probe_corpus_document(), ensure_ascii=False, indent=0) + "\n",
+                           encoding="utf-8")
+    return output_path
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""The `convert-rembert` command line: thin Click commands over `converters` and `validation`."""
