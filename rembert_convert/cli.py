@@ -163,56 +163,55 @@ def inspect(ckpt: str, show_all: bool, **kwargs: Any) -> None:
         raise UserError("this checkpoint would not convert: see the 'error'/'missing' rows above")
 
 
-@main.command()
-@click.argument("ckpt", type=click.Path())
-@writer_options
-@checkpoint_options
-@handle_user_errors
-def pytorch(ckpt: str, **kwargs: Any) -> None:
-    """Convert CKPT to pytorch_model.bin + config.json (+ conversion_report.json).
+max_shard_size_option = click.option("--max-shard-size", default="5GB", show_default=True,
+                                     help="Split into model-0000K-of-0000N.safetensors + index above this size.")
+
+
+# The single-format commands differ only in their format, help text and extra options: one table, one factory.
+SINGLE_FORMAT_COMMANDS: dict[str, tuple[str, list[Callable[..., Any]]]] = {
+    "pytorch": ("""Convert CKPT to pytorch_model.bin + config.json (+ conversion_report.json).
 
     \b
     Example:
       convert-rembert pytorch examples/tiny-rembert -o out/tiny-rembert-pt
       convert-rembert pytorch ckpt/model.ckpt-1000 --config bert_config.json -o out/pt --dtype bfloat16
-    """
-    _run_conversion(ckpt, ["pytorch"], kwargs)
-
-
-@main.command()
-@click.argument("ckpt", type=click.Path())
-@writer_options
-@click.option("--max-shard-size", default="5GB", show_default=True,
-              help="Split into model-0000K-of-0000N.safetensors + index above this size.")
-@checkpoint_options
-@handle_user_errors
-def safetensors(ckpt: str, max_shard_size: str, **kwargs: Any) -> None:
-    """Convert CKPT to model.safetensors (metadata {"format": "pt"}; sharded with
+    """, []),
+    "safetensors": ("""Convert CKPT to model.safetensors (metadata {"format": "pt"}; sharded with
     model.safetensors.index.json above --max-shard-size) + config.json.
 
     \b
     Example:
       convert-rembert safetensors examples/tiny-rembert -o out/tiny-rembert-st
       convert-rembert safetensors ckpt/ -o out/st --max-shard-size 2GB --dtype float16
-    """
-    _run_conversion(ckpt, ["safetensors"], kwargs, max_shard_size=max_shard_size)
-
-
-@main.command()
-@click.argument("ckpt", type=click.Path())
-@writer_options
-@checkpoint_options
-@handle_user_errors
-def tf2(ckpt: str, **kwargs: Any) -> None:
-    """Convert CKPT to tf_model.h5 (Hugging Face's Keras layout: loads with transformers' TFRemBert* classes
+    """, [max_shard_size_option]),
+    "tf2": ("""Convert CKPT to tf_model.h5 (Hugging Face's Keras layout: loads with transformers' TFRemBert* classes
     and rembert_ref.tf_model) + config.json. HDF5 has no bfloat16: use float32 or float16.
 
     \b
     Example:
       convert-rembert tf2 examples/tiny-rembert -o out/tiny-rembert-tf
       convert-rembert tf2 ckpt/model.ckpt-1000 --config bert_config.json -o out/tf --dtype float16
-    """
-    _run_conversion(ckpt, ["tf2"], kwargs)
+    """, []),
+}
+
+
+def _add_single_format_command(fmt: str, doc: str, extra_options: list[Callable[..., Any]]) -> None:
+    def command(ckpt: str, **kwargs: Any) -> None:
+        extra = {"max_shard_size": kwargs.pop("max_shard_size")} if "max_shard_size" in kwargs else {}
+        _run_conversion(ckpt, [fmt], kwargs, **extra)
+
+    command.__name__ = command.__qualname__ = fmt
+    command.__doc__ = doc
+    # Applied bottom-up, so the help lists: CKPT, writer options, the extras, checkpoint options.
+    decorated = checkpoint_options(handle_user_errors(command))
+    for option in reversed(extra_options):
+        decorated = option(decorated)
+    decorated = click.argument("ckpt", type=click.Path())(writer_options(decorated))
+    main.command(name=fmt)(decorated)
+
+
+for _fmt, (_doc, _extra_options) in SINGLE_FORMAT_COMMANDS.items():
+    _add_single_format_command(_fmt, _doc, _extra_options)
 
 
 @main.command()
