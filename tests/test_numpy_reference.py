@@ -243,3 +243,31 @@ def test_user_errors(tiny_ckpt):
         original_forward(variables, config, ids, attention_mask=np.ones((2, 4)))
     with pytest.raises(UserError, match="bert/encoder/layer_3/attention/self/query/kernel is missing"):
         original_forward(variables, dict(config, num_hidden_layers=4), ids)
+
+
+def test_streamed_slices_give_the_same_outputs_as_whole_tables(tiny_ckpt, monkeypatch):
+    """Weights are read in row slices (embedding gathers, vocabulary logits): slices of a few rows must give
+    what one slice of the whole table gives (BLAS may round a smaller product differently, ~1e-16)."""
+    import rembert_ref.numpy_reference as reference
+
+    input_ids, token_type_ids, mask = make_inputs()
+    whole = original_forward(tiny_ckpt.variables, TINY_ORIGINAL_CONFIG, input_ids, token_type_ids, mask)
+    monkeypatch.setattr(reference, "SLICE_BYTES", 8 * 43 * 7)  # 7 rows of the output embedding per slice
+    sliced = original_forward(tiny_ckpt.variables, TINY_ORIGINAL_CONFIG, input_ids, token_type_ids, mask)
+    for key in ("embedding_output", "last_hidden_state", "mlm_logits"):
+        np.testing.assert_allclose(sliced[key], whole[key], rtol=0, atol=FLOAT64_TOLERANCE)
+
+
+def test_causal_mask_makes_each_position_see_only_its_prefix(tiny_ckpt):
+    from rembert_ref.numpy_reference import causal_mask
+
+    input_ids, token_type_ids, _ = make_inputs()
+    mask = causal_mask(np.ones_like(input_ids))
+    causal = original_forward(tiny_ckpt.variables, TINY_ORIGINAL_CONFIG, input_ids, token_type_ids, mask)
+    later = input_ids.copy()
+    later[:, 6:] = (later[:, 6:] + 1) % TINY_ORIGINAL_CONFIG["vocab_size"]  # change every token after 5
+    changed = original_forward(tiny_ckpt.variables, TINY_ORIGINAL_CONFIG, later, token_type_ids, mask)
+    np.testing.assert_allclose(changed["mlm_logits"][:, :6], causal["mlm_logits"][:, :6], atol=1e-12)
+    assert np.abs(changed["mlm_logits"][:, 6:] - causal["mlm_logits"][:, 6:]).max() > 1e-3
+    full = original_forward(tiny_ckpt.variables, TINY_ORIGINAL_CONFIG, input_ids, token_type_ids)
+    assert np.abs(full["mlm_logits"][:, 1] - causal["mlm_logits"][:, 1]).max() > 1e-3
