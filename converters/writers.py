@@ -16,17 +16,13 @@ import json
 import os
 import pickle
 import struct
-import sys
-import threading
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from rembert_ref.errors import UserError
-from converters.f16c import float16_cast
 from converters.mapping import TensorMapping
 
 TARGET_DTYPES = ("float32", "float16", "bfloat16")
@@ -67,54 +63,10 @@ def cast(chunk: np.ndarray, source_dtype: str, target_dtype: str) -> np.ndarray:
 
 
 def _float16(values: np.ndarray) -> np.ndarray:
-    """float32 -> float16, bit-identical on every path (IEEE round to nearest even; each checked against
-    numpy over all 2^32 inputs). The cast decides the float16 conversion time: the CPU's F16C instruction
-    (converters/f16c.py) does 9.4 GB/s on the 2-core machine, torch 3.2 GB/s after a 2.4 s import, numpy's
-    scalar loop 0.36 GB/s. Without F16C, the first cast starts importing torch in a thread of its own and
-    numpy casts the slices that come before it is done, so the import overlaps with reading."""
-    hardware = float16_cast()
-    if hardware is not None:
-        return hardware(values)
-    torch = _torch_when_ready()
-    return float16_numpy(values) if torch is None else float16_torch(torch, values)
-
-
-def float16_numpy(values: np.ndarray) -> np.ndarray:
+    """float32 -> float16, IEEE round to nearest even (the same bits as torch's cast, NaN payloads aside).
+    numpy 2 casts with the CPU's vector instructions where it has them; no torch import, no thread pool."""
     with np.errstate(over="ignore"):  # overflow to +-inf is the IEEE result, as in torch
         return values.astype(np.float16)
-
-
-def float16_torch(torch: Any, values: np.ndarray) -> np.ndarray:
-    if not values.flags.writeable:  # torch refuses to view read-only memory without a warning
-        values = values.copy()
-    return torch.from_numpy(values).to(torch.float16).numpy()
-
-
-_torch_import: threading.Thread | None = None
-
-
-def _torch_when_ready() -> Any:
-    """torch once it is imported (and limited to one intra-op thread), else None after starting the import."""
-    global _torch_import
-    torch = sys.modules.get("torch")
-    if torch is None or (_torch_import is not None and _torch_import.is_alive()):
-        if _torch_import is None:
-            # Not a daemon: interpreter shutdown in the middle of torch's native initialisation can crash.
-            _torch_import = threading.Thread(target=_import_torch, name="import-torch")
-            _torch_import.start()
-        return None
-    # One intra-op thread (for the rest of the process: a conversion's own): a 16 MiB cast takes milliseconds,
-    # and torch's OpenMP workers would spin on the core the writer needs (full model: 14.4 s -> 9-10 s).
-    if torch.get_num_threads() != 1:
-        torch.set_num_threads(1)
-    return torch
-
-
-def _import_torch() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:  # numpy keeps casting, only slower
-        pass
 
 
 def target_nbytes(mapping: TensorMapping, dtype: str) -> int:
