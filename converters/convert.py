@@ -20,9 +20,21 @@ from pathlib import Path
 import numpy as np
 
 from rembert_ref.errors import UserError
-from converters.mapping import ConversionPlan, TensorMapping, classify, plan_conversion
+from converters.mapping import (
+    BLEURT_CONFIG,
+    HEAD_KINDS,
+    SEQUENCE_CLASSIFICATION,
+    ConversionPlan,
+    TaskHead,
+    TensorMapping,
+    apply_task_head,
+    classify,
+    find_task_head,
+    plan_conversion,
+    refuse_object_graph_checkpoint,
+)
 from converters.pipeline import FileHasher, read_ahead
-from converters.tf1_checkpoint import DEFAULT_CHUNK_BYTES, CheckpointReader, resolve_checkpoint
+from converters.tf1_checkpoint import DEFAULT_CHUNK_BYTES, CheckpointReader, checkpoint_home, resolve_checkpoint
 from converters.writers import (
     FLOAT_SOURCE_DTYPES,
     TARGET_DTYPES,
@@ -32,6 +44,7 @@ from converters.writers import (
     cast,
     parse_size,
     torch_layout,
+    transpose,
 )
 from rembert_ref.config import ACTIVATION_TO_HF, RemBertConfig, _read_json, is_original_config
 
@@ -40,6 +53,7 @@ DEFAULT_MAX_SHARD_SIZE = "5GB"
 REPORT_NAME = "conversion_report.json"
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 ORIGINAL_CONFIG_NAMES = ("bert_config.json", "config.json")
+SENTENCEPIECE_NAMES = ("sentencepiece.model", "sent_piece.model")  # the second is BLEURT's
 
 
 @dataclass
@@ -55,6 +69,8 @@ class ConvertOptions:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     checksums: bool = False  # sha256 of every file in the report: on 2 cores it costs more than the I/O
     tokenizer: str | os.PathLike | None = None  # a SentencePiece .model to convert into the same folder
+    head: str | None = None  # --head: what an ambiguous task head reads (a HEAD_KINDS key)
+    labels: str | os.PathLike | None = None  # --labels: a text file with one label name per line
 
 
 @dataclass
@@ -71,10 +87,48 @@ def find_config(prefix: Path, explicit: str | os.PathLike | None) -> Path:
         if not path.is_file():
             raise UserError(f"config file {path} does not exist; pass the checkpoint's bert_config.json")
         return path
+    home = checkpoint_home(prefix)
     for name in ORIGINAL_CONFIG_NAMES:
-        if (prefix.parent / name).is_file():
-            return prefix.parent / name
-    raise UserError(f"no bert_config.json next to {prefix.name}; pass the original config with --config")
+        if (home / name).is_file():
+            return home / name
+    raise UserError(f"no bert_config.json next to {prefix.name} (looked in {home}); pass the original config "
+                    "with --config")
+
+
+def find_sentencepiece(prefix: Path) -> Path | None:
+    """The SentencePiece model beside a checkpoint or SavedModel, if any."""
+    home = checkpoint_home(prefix)
+    return next((home / name for name in SENTENCEPIECE_NAMES if (home / name).is_file()), None)
+
+
+def head_hint(prefix: Path) -> tuple[str, str] | None:
+    """Evidence beside the checkpoint of what an ambiguous head reads: BLEURT's bleurt_config.json (BLEURT
+    regresses on the pooled output)."""
+    if (checkpoint_home(prefix) / BLEURT_CONFIG).is_file():
+        return SEQUENCE_CLASSIFICATION, f"{BLEURT_CONFIG} beside the checkpoint (BLEURT scores the pooled output)"
+    return None
+
+
+def read_labels(path: str | os.PathLike) -> list[str]:
+    """--labels FILE: one label per line, in output order (blank lines at the end are ignored)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"labels file {path} does not exist; write one label per line") from None
+    except UnicodeDecodeError:
+        raise UserError(f"labels file {path} is not UTF-8 text; write one label per line") from None
+    labels = [line.strip() for line in text.rstrip("\n").split("\n")]
+    if not text.strip() or any(not label for label in labels):
+        raise UserError(f"labels file {path} has an empty label; write one non-empty label per line")
+    return labels
+
+
+def detect_task_head(reader: CheckpointReader, options: ConvertOptions) -> TaskHead | None:
+    if options.head is not None and options.head not in HEAD_KINDS:
+        raise UserError(f"unknown --head {options.head!r}; use one of: {', '.join(HEAD_KINDS)}")
+    variables = reader.variables()
+    refuse_object_graph_checkpoint(variables, str(checkpoint_home(reader.prefix)))
+    return find_task_head(variables, options.head, hint=head_hint(reader.prefix))
 
 
 def load_config(prefix: Path, options: ConvertOptions) -> RemBertConfig:
@@ -100,25 +154,37 @@ def inspect_checkpoint(ckpt: str | os.PathLike, options: ConvertOptions | None =
         config, note = None, str(exc)
     else:
         note = None
+    try:
+        task_head, head_problem = detect_task_head(reader, options), None
+    except UserError as exc:
+        if options.head is not None:
+            raise
+        task_head, head_problem = None, str(exc)
+    if config is not None and task_head is not None:
+        config.num_labels = task_head.num_labels  # the head's shapes are checked against the checkpoint's
     rows, output_embedding = classify(config, reader.variables(), mlm_head=options.mlm_head,
-                                      output_embedding_name=options.output_embedding_name)
+                                      output_embedding_name=options.output_embedding_name, task_head=task_head,
+                                      head_problem=head_problem)
     return {"checkpoint": str(reader.prefix), "num_shards": reader.num_shards, "config_note": note,
-            "output_embedding": output_embedding, "rows": rows,
-            "ok": config is not None and not any(r.status in ("missing", "error") for r in rows)}
+            "output_embedding": output_embedding, "rows": rows, "task_head": task_head,
+            "head_problem": head_problem,
+            "ok": config is not None and head_problem is None
+            and not any(r.status in ("missing", "error") for r in rows)}
 
 
 def _writer_factories(formats: Sequence[str], options: ConvertOptions) -> list[Callable[..., Writer]]:
     factories: list[Callable[..., Writer]] = []
     for name in formats:
         if name == "pytorch":
-            factories.append(TorchBinWriter)
+            factories.append(lambda d, m, t, plan: TorchBinWriter(d, m, t))
         elif name == "safetensors":
             max_shard = parse_size(str(options.max_shard_size))
-            factories.append(lambda d, m, t, size=max_shard: SafetensorsWriter(d, m, t, size, options.checksums))
+            factories.append(lambda d, m, t, plan, size=max_shard: SafetensorsWriter(d, m, t, size,
+                                                                                     options.checksums))
         elif name == "tf2":
             from converters.h5_writer import H5Writer  # h5py only when asked for
 
-            factories.append(lambda d, m, t: H5Writer(d, m, t, mlm_head=options.mlm_head))
+            factories.append(lambda d, m, t, plan: H5Writer(d, m, t, architecture=plan.architecture))
     return factories
 
 
@@ -148,17 +214,20 @@ def convert_checkpoint(
     factories = _writer_factories(formats, options)
     if "tf2" in formats:  # only the h5py path fragments; elsewhere the page faults would cost 3-5 s
         _return_big_buffers_to_the_os()
+    labels = read_labels(options.labels) if options.labels is not None else None
     with CheckpointReader(resolve_checkpoint(ckpt)) as reader:
         config = load_config(reader.prefix, options)
+        task_head = detect_task_head(reader, options)
+        apply_task_head(config, task_head, labels)
         plan = plan_conversion(config, reader.variables(), mlm_head=options.mlm_head,
-                               output_embedding_name=options.output_embedding_name)
+                               output_embedding_name=options.output_embedding_name, task_head=task_head)
         for mapping in plan.mappings:
             if mapping.source_dtype not in FLOAT_SOURCE_DTYPES:
                 raise UserError(f"{mapping.source} has dtype {mapping.source_dtype}; only float tensors map to weights")
         config.torch_dtype = options.dtype
-        config.architectures = ["RemBertForMaskedLM" if options.mlm_head else "RemBertModel"]
+        config.architectures = [plan.architecture]
         with atomic_output_dir(output_dir, options.force) as staging:
-            writers = [factory(staging, plan.mappings, options.dtype) for factory in factories]
+            writers = [factory(staging, plan.mappings, options.dtype, plan) for factory in factories]
             hasher = FileHasher() if options.checksums else None
             try:
                 _stream(reader, plan.mappings, writers, options, hasher)
@@ -230,7 +299,7 @@ def _stream(reader: CheckpointReader, mappings: Sequence[TensorMapping], writers
         layouts = {writer.layout for writer in writers}
         for mapping, chunk in read_ahead(_slices(reader, mappings, options)):
             converted = cast(chunk, mapping.source_dtype, options.dtype)
-            arrays = {"tf": converted}
+            arrays = {"tf": tf_layout(mapping, converted)}
             if "torch" in layouts:
                 arrays["torch"] = torch_layout(mapping, converted)
             for writer in writers:
@@ -242,12 +311,18 @@ def _stream(reader: CheckpointReader, mappings: Sequence[TensorMapping], writers
         progress.close()
 
 
+def tf_layout(mapping: TensorMapping, chunk: np.ndarray) -> np.ndarray:
+    """Keras kernels are [in, out] like TF1's: only BERT's [out, in] output_weights (read whole) turn."""
+    return transpose(chunk) if mapping.tf_transpose else chunk
+
+
 def _slices(reader: CheckpointReader, mappings: Sequence[TensorMapping],
             options: ConvertOptions) -> Iterator[tuple[TensorMapping, np.ndarray]]:
     """(mapping, slice in the source dtype and layout) for every slice of every mapped tensor."""
     for mapping in mappings:
         # Transposed kernels are read whole (the largest real one is 21 MB); the rest streams in slices.
-        limit = reader.entries[mapping.source].nbytes if mapping.transpose else options.chunk_bytes
+        whole = mapping.transpose or mapping.tf_transpose
+        limit = reader.entries[mapping.source].nbytes if whole else options.chunk_bytes
         for chunk in reader.iter_rows(mapping.source, max_bytes=max(limit, 1)):
             yield mapping, chunk
 
@@ -270,10 +345,17 @@ def conversion_report(prefix: Path, plan: ConversionPlan, options: ConvertOption
                        "meaning": "tanh approximation (TF1 BERT gelu)" if plan.config.hidden_act == "gelu_new"
                        else "exact erf gelu" if plan.config.hidden_act == "gelu" else plan.config.hidden_act},
         "dtype": options.dtype,
-        "mlm_head": options.mlm_head,
+        "mlm_head": plan.mlm_head,
+        "task_head": None if plan.task_head is None else {
+            "architecture": plan.task_head.architecture, "kind": plan.task_head.kind,
+            "rule": plan.task_head.rule.name, "origin": plan.task_head.rule.origin,
+            "variables": [plan.task_head.rule.kernel, plan.task_head.rule.bias],
+            "num_labels": plan.task_head.num_labels, "problem_type": plan.task_head.problem_type,
+            "decided_by": plan.task_head.decided_by},
         "formats": list(formats),
         "mapped": [{"source": m.source, "target": m.torch_name, "tf_target": m.tf_name,
-                    "shape": list(m.source_shape), "source_dtype": m.source_dtype, "transposed": m.transpose}
+                    "shape": list(m.source_shape), "source_dtype": m.source_dtype, "transposed": m.transpose,
+                    **({"tf_transposed": True} if m.tf_transpose else {})}
                    for m in plan.mappings],
         "ignored": [{"source": r.variable, "shape": list(r.shape), "reason": r.detail} for r in plan.ignored],
         "absent_by_design": [r.detail for r in plan.absent_by_design],

@@ -24,14 +24,23 @@ from pathlib import Path
 import numpy as np
 
 from rembert_ref.errors import UserError
-from converters.mapping import ENCODER, MLM, POOLER, RULES, TensorMapping
+from converters.mapping import ENCODER, HEAD, MLM, POOLER, RULES, TensorMapping
 from converters.writers import Writer
 
 TF_WEIGHTS_NAME = "tf_model.h5"
 H5_DTYPES = {"float32": np.float32, "float16": np.float16}  # HDF5 has no bfloat16 type
 HDF5_OBJECT_HEADER_LIMIT = 64512  # Keras splits larger attributes into name0, name1, ...
 ROOT_WITH_MLM_HEAD, ROOT_BARE = "tf_rem_bert_for_masked_lm", "tf_rem_bert_model"
-PARTS = (ENCODER, POOLER, MLM)
+# Keras' automatic root scope of each transformers TF class (the loader drops it; kept for faithful names).
+# A task head's layer is the class's own: `classifier` or `qa_outputs` at the top level, like `rembert`.
+KERAS_ROOTS = {
+    "RemBertModel": ROOT_BARE,
+    "RemBertForMaskedLM": ROOT_WITH_MLM_HEAD,
+    "RemBertForSequenceClassification": "tf_rem_bert_for_sequence_classification",
+    "RemBertForTokenClassification": "tf_rem_bert_for_token_classification",
+    "RemBertForQuestionAnswering": "tf_rem_bert_for_question_answering",
+}
+PARTS = (ENCODER, POOLER, MLM, HEAD)
 
 
 def keras_order(mapping: TensorMapping) -> tuple:
@@ -60,14 +69,15 @@ def save_attribute(group, name: str, values: list[bytes]) -> None:
 
 
 class H5Writer(Writer):
-    def __init__(self, directory: Path, mappings: Sequence[TensorMapping], dtype: str, mlm_head: bool = True):
+    def __init__(self, directory: Path, mappings: Sequence[TensorMapping], dtype: str,
+                 architecture: str = "RemBertForMaskedLM"):
         super().__init__(directory, mappings, dtype)
         if dtype not in H5_DTYPES:
             raise UserError(f"tf_model.h5 cannot hold {dtype} (HDF5 has no such type); "
                             f"use --dtype {' or '.join(H5_DTYPES)} for the tf2 format")
         import h5py
 
-        self.root = ROOT_WITH_MLM_HEAD if mlm_head else ROOT_BARE
+        self.root = KERAS_ROOTS[architecture]
         self.path = Path(directory) / TF_WEIGHTS_NAME
         ordered = sorted(self.mappings, key=keras_order)
         self.layers = list(dict.fromkeys(top_level_layer(m.tf_name) for m in ordered))
@@ -89,10 +99,10 @@ class H5Writer(Writer):
         if self.current != mapping.tf_name:
             self._finish_current()
             group = self.file[top_level_layer(mapping.tf_name)]
-            # Keras kernels are [in, out] like the TF1 source: the TF2 shape is the source shape.
-            self.dataset = group.create_dataset(self.stored_name(mapping), shape=mapping.source_shape,
+            # Keras kernels are [in, out] like TF1 dense kernels; BERT's output_weights arrive transposed.
+            self.dataset = group.create_dataset(self.stored_name(mapping), shape=mapping.tf_shape,
                                                 dtype=H5_DTYPES[self.dtype], track_times=False)
-            self.current, self.row, self.expected_rows = mapping.tf_name, 0, mapping.source_shape[0]
+            self.current, self.row, self.expected_rows = mapping.tf_name, 0, mapping.tf_shape[0]
         rows = chunk.shape[0] if chunk.ndim else 1
         self.dataset[self.row:self.row + rows] = chunk
         self.row += rows

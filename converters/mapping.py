@@ -27,7 +27,7 @@ from rembert_ref.config import RemBertConfig
 
 Shape = tuple[int, ...]
 
-ENCODER, POOLER, MLM = "encoder", "pooler", "mlm"
+ENCODER, POOLER, MLM, HEAD = "encoder", "pooler", "mlm", "head"
 OUTPUT_EMBEDDING = "<output-embedding>"  # resolved per checkpoint: Google never published the name
 
 
@@ -40,6 +40,9 @@ class Rule:
     part: str  # ENCODER | POOLER | MLM
     shape: Callable[[RemBertConfig], Shape]
     choices: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # Keras kernels are [in, out] like TF1 dense kernels; only run_classifier/run_squad's [out, in]
+    # `output_weights` must be transposed for tf_model.h5.
+    tf_transpose: bool = False
 
 
 def _dense(scope: str, torch: str, tf: str, part: str, fan_in: Callable, fan_out: Callable, **choices) -> list[Rule]:
@@ -122,6 +125,150 @@ IGNORE_RULES: tuple[IgnoreRule, ...] = (
 OUTPUT_EMBEDDING_SUFFIXES = ("output_embedding", "output_embeddings")
 
 
+# -- task heads of fine-tuned checkpoints ----------------------------------------------------------------------
+
+SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, QUESTION_ANSWERING = (
+    "sequence-classification", "token-classification", "question-answering")
+
+
+@dataclass(frozen=True)
+class HeadKind:
+    """What `--head` names: the Hugging Face class, its head layer (same name in PyTorch and Keras), and the
+    encoder output the head reads."""
+
+    architecture: str
+    layer: str
+    reads: str  # "pooled output" | "sequence output"
+    keeps_pooler: bool  # transformers builds these classes with / without the pooler
+
+
+HEAD_KINDS: dict[str, HeadKind] = {
+    SEQUENCE_CLASSIFICATION: HeadKind("RemBertForSequenceClassification", "classifier", "pooled output", True),
+    TOKEN_CLASSIFICATION: HeadKind("RemBertForTokenClassification", "classifier", "sequence output", False),
+    QUESTION_ANSWERING: HeadKind("RemBertForQuestionAnswering", "qa_outputs", "sequence output", False),
+}
+
+
+@dataclass(frozen=True)
+class TaskHeadRule:
+    """A fine-tuning script's head: one kernel + bias at the top level of the graph. Its number of outputs is
+    read from the checkpoint; `kinds` are the heads its names can be; `named_kind` is the one the names alone
+    prove (None where the same names serve a pooled-output and a per-token head)."""
+
+    name: str
+    kernel: str
+    bias: str
+    kernel_in_out: bool  # tf.layers.dense kernels are [hidden, n]; BERT's output_weights are [n, hidden]
+    kinds: tuple[str, ...]
+    named_kind: str | None
+    origin: str
+    outputs: int | None = None  # a fixed number of outputs (SQuAD: start and end)
+
+
+TASK_HEAD_RULES: tuple[TaskHeadRule, ...] = (
+    TaskHeadRule("dense", "dense/kernel", "dense/bias", True,
+                 (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, QUESTION_ANSWERING), None,
+                 "tf.layers.dense at the top level (BLEURT: on the pooled output, 1 output)"),
+    TaskHeadRule("output_weights", "output_weights", "output_bias", False,
+                 (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, QUESTION_ANSWERING), None,
+                 "BERT run_classifier.py (pooled output, matmul with transpose_b)"),
+    TaskHeadRule("cls/squad", "cls/squad/output_weights", "cls/squad/output_bias", False,
+                 (QUESTION_ANSWERING,), QUESTION_ANSWERING, "BERT run_squad.py (span logits per token)", outputs=2),
+)
+BLEURT_CONFIG = "bleurt_config.json"  # ships beside every BLEURT SavedModel; BLEURT scores the pooled output
+
+
+@dataclass(frozen=True)
+class TaskHead:
+    """The task head found in a checkpoint, and how its kind was decided."""
+
+    kind: str  # a HEAD_KINDS key
+    rule: TaskHeadRule
+    num_labels: int  # read from the checkpoint's kernel
+    decided_by: str  # "--head", "the variable names", or "bleurt_config.json beside the checkpoint"
+
+    @property
+    def architecture(self) -> str:
+        return HEAD_KINDS[self.kind].architecture
+
+    @property
+    def problem_type(self) -> str | None:
+        if self.kind != SEQUENCE_CLASSIFICATION:
+            return None  # transformers' token-classification and QA heads have one loss each
+        return "regression" if self.num_labels == 1 else "single_label_classification"
+
+    def describe(self) -> str:
+        kind = HEAD_KINDS[self.kind]
+        what = "regression" if self.problem_type == "regression" else f"{self.num_labels} outputs"
+        return (f"{kind.architecture} ({what}, on the {kind.reads}) from {self.rule.kernel} + {self.rule.bias} "
+                f"by rule '{self.rule.name}' ({self.rule.origin}); kind decided by {self.decided_by}")
+
+    def rules(self) -> tuple[Rule, ...]:
+        """The head as two ordinary table rules, shapes from the config (whose num_labels it sets)."""
+        layer = HEAD_KINDS[self.kind].layer
+        in_out = self.rule.kernel_in_out
+
+        def kernel_shape(c: RemBertConfig) -> Shape:
+            return (c.hidden_size, c.num_labels) if in_out else (c.num_labels, c.hidden_size)
+
+        return (
+            Rule(self.rule.kernel, f"{layer}.weight", f"{layer}/kernel:0", in_out, HEAD, kernel_shape,
+                 tf_transpose=not in_out),
+            Rule(self.rule.bias, f"{layer}.bias", f"{layer}/bias:0", False, HEAD, lambda c: (c.num_labels,)),
+        )
+
+
+def find_task_head(
+    variables: Mapping[str, tuple[Shape, str]],
+    head: str | None = None,
+    *,
+    hint: tuple[str, str] | None = None,
+) -> TaskHead | None:
+    """The checkpoint's task head (None if it has none). `head` is the user's `--head`; `hint` is
+    (kind, evidence) from the files beside the checkpoint (BLEURT's bleurt_config.json). Refuses when the
+    names do not decide and nothing else does, naming the choices."""
+    if head is not None and head not in HEAD_KINDS:
+        raise UserError(f"unknown --head {head!r}; use one of: {', '.join(HEAD_KINDS)}")
+    found = [rule for rule in TASK_HEAD_RULES if rule.kernel in variables or rule.bias in variables]
+    if not found:
+        if head is not None:
+            raise UserError(f"--head {head} given but the checkpoint has no task head (none of "
+                            + ", ".join(f"{r.kernel}/{r.bias.rsplit('/', 1)[-1]}" for r in TASK_HEAD_RULES)
+                            + "); leave --head out")
+        return None
+    if len(found) > 1:
+        raise UserError("the checkpoint has several task heads (" + ", ".join(f"{r.kernel} + {r.bias}" for r in found)
+                        + "); convert a checkpoint with one head")
+    rule = found[0]
+    for name in (rule.kernel, rule.bias):
+        if name not in variables:
+            other = rule.bias if name == rule.kernel else rule.kernel
+            raise UserError(f"task head {other} has no {name} beside it; the checkpoint is incomplete")
+    kernel_shape = tuple(variables[rule.kernel][0])
+    if len(kernel_shape) != 2:
+        raise UserError(f"task head {rule.kernel} has shape {list(kernel_shape)}; a head kernel is 2-D")
+    num_labels = kernel_shape[1] if rule.kernel_in_out else kernel_shape[0]
+    if head is not None:
+        kind, decided_by = head, "--head"
+        if kind not in rule.kinds:
+            raise UserError(f"--head {head} does not fit {rule.kernel} ({rule.origin}); it can only be "
+                            f"--head {' or '.join(rule.kinds)}")
+    elif rule.named_kind is not None:
+        kind, decided_by = rule.named_kind, "the variable names"
+    elif hint is not None and hint[0] in rule.kinds:
+        kind, decided_by = hint
+    else:
+        raise UserError(f"task head {rule.kernel} {list(kernel_shape)} + {rule.bias} can read the pooled output "
+                        "or every token; say which with --head "
+                        + "|".join(rule.kinds))
+    if kind == QUESTION_ANSWERING and num_labels != 2:
+        raise UserError(f"--head question-answering needs 2 outputs (start, end) but {rule.kernel} has "
+                        f"{num_labels}; pass --head sequence-classification or token-classification")
+    if rule.outputs is not None and num_labels != rule.outputs:
+        raise UserError(f"{rule.kernel} has {num_labels} outputs; {rule.origin} writes {rule.outputs}")
+    return TaskHead(kind, rule, num_labels, decided_by)
+
+
 # -- planning ------------------------------------------------------------------------------------------------
 
 
@@ -137,10 +284,15 @@ class TensorMapping:
     transpose: bool
     part: str
     rule: str  # the source template, for reports
+    tf_transpose: bool = False  # tf_model.h5 needs the source transposed (BERT's [out, in] output_weights)
 
     @property
     def target_shape(self) -> Shape:
         return tuple(reversed(self.source_shape)) if self.transpose else self.source_shape
+
+    @property
+    def tf_shape(self) -> Shape:
+        return tuple(reversed(self.source_shape)) if self.tf_transpose else self.source_shape
 
 
 @dataclass(frozen=True)
@@ -165,6 +317,13 @@ class ConversionPlan:
     mappings: list[TensorMapping]  # sorted by torch name: the order of every written file
     rows: list[VariableRow]
     output_embedding: str | None
+    task_head: TaskHead | None = None
+
+    @property
+    def architecture(self) -> str:
+        if self.task_head is not None:
+            return self.task_head.architecture
+        return "RemBertForMaskedLM" if self.mlm_head else "RemBertModel"
 
     @property
     def ignored(self) -> list[VariableRow]:
@@ -175,9 +334,10 @@ class ConversionPlan:
         return [r for r in self.rows if r.status == "absent"]
 
 
-def torch_prefix(part: str, mlm_head: bool) -> str:
-    """With the MLM head the file has the RemBertForMaskedLM layout (`rembert.` + `cls.`), else the bare model."""
-    return "rembert." if mlm_head and part != MLM else ""
+def torch_prefix(part: str, with_head: bool) -> str:
+    """With a head (MLM or task) the file has that class's layout (`rembert.` + `cls.` / `classifier.` /
+    `qa_outputs.`), else the bare model's."""
+    return "rembert." if with_head and part not in (MLM, HEAD) else ""
 
 
 def expand(rule: Rule, config: RemBertConfig) -> Iterable[tuple[str, str, str]]:
@@ -223,16 +383,27 @@ def classify(
     *,
     mlm_head: bool = True,
     output_embedding_name: str | None = None,
+    task_head: TaskHead | None = None,
+    head_problem: str | None = None,
 ) -> tuple[list[VariableRow], str | None]:
     """One row per source variable and per expected-but-absent variable. Never raises on a mismatch: the
-    rows say what is wrong, so `inspect` can show everything at once."""
+    rows say what is wrong, so `inspect` can show everything at once.
+
+    With a `task_head` (whose num_labels the config holds) the head's two rules join the table, the MLM
+    head is not needed (its variables, if any, are ignored), and the pooler is needed only by a head that
+    reads it. `head_problem` (why no task head could be chosen) is the detail of the head's variables."""
     output_embedding = find_output_embedding(variables, output_embedding_name)
+    with_mlm = mlm_head and task_head is None
+    with_head = mlm_head or task_head is not None  # the `rembert.` layout
+    drop_pooler = task_head is not None and not HEAD_KINDS[task_head.kind].keeps_pooler
+    rules = RULES + (task_head.rules() if task_head is not None else ())
     expected: dict[str, tuple[Rule, str, str]] = {}
-    for rule in RULES if config is not None else ():
+    for rule in rules if config is not None else ():
         for source, torch, tf in expand(rule, config):
             if source == OUTPUT_EMBEDDING:
                 source = output_embedding or "<output embedding: a variable named */output_embedding(s)>"
             expected[source] = (rule, torch, tf)
+    head_variables = {n for r in TASK_HEAD_RULES for n in (r.kernel, r.bias)}
 
     rows: list[VariableRow] = []
     for name in sorted(variables):
@@ -240,28 +411,41 @@ def classify(
         if name in expected:
             rule, torch, tf = expected[name]
             want = rule.shape(config)
-            if not mlm_head and rule.part == MLM:
-                rows.append(VariableRow(name, shape, dtype, "ignored", "mlm-head: dropped by --no-mlm-head"))
+            if not with_mlm and rule.part == MLM:
+                why = (f"mlm-head: not part of {task_head.architecture} (the task head is converted)"
+                       if task_head is not None else "mlm-head: dropped by --no-mlm-head")
+                rows.append(VariableRow(name, shape, dtype, "ignored", why))
+            elif drop_pooler and rule.part == POOLER:
+                rows.append(VariableRow(name, shape, dtype, "ignored",
+                                        f"pooler: {task_head.architecture} has none (its head reads every token)"))
             elif shape != want:
                 rows.append(VariableRow(name, shape, dtype, "error",
                                         f"has shape {list(shape)} but the config implies {list(want)}"))
             else:
-                mapping = TensorMapping(name, shape, dtype, torch_prefix(rule.part, mlm_head) + torch, tf,
-                                        rule.transpose, rule.part, rule.source)
+                mapping = TensorMapping(name, shape, dtype, torch_prefix(rule.part, with_head) + torch, tf,
+                                        rule.transpose, rule.part, rule.source, rule.tf_transpose)
                 detail = mapping.torch_name + (" (transposed)" if rule.transpose else "")
+                if rule.part == HEAD:
+                    detail += f" [task head, rule '{task_head.rule.name}': {task_head.rule.origin}]"
                 rows.append(VariableRow(name, shape, dtype, "mapped", detail, mapping))
         elif (reason := ignore_reason(name)) is not None:
             rows.append(VariableRow(name, shape, dtype, "ignored", reason))
         elif config is None:
             rows.append(VariableRow(name, shape, dtype, "unknown", "no config: pass --config to check it"))
+        elif name in head_variables and head_problem is not None:
+            rows.append(VariableRow(name, shape, dtype, "error", head_problem))
         else:
             rows.append(VariableRow(name, shape, dtype, "error", _explain_unknown(name, config)))
 
     for source, (rule, torch, _) in expected.items():
-        if source in variables or (rule.part == MLM and not mlm_head):
+        if source in variables or (rule.part == MLM and not with_mlm) or (rule.part == POOLER and drop_pooler):
             continue
-        target = torch_prefix(rule.part, mlm_head) + torch
-        if rule.part == POOLER:
+        target = torch_prefix(rule.part, with_head) + torch
+        if rule.part == POOLER and task_head is not None:
+            rows.append(VariableRow(source, rule.shape(config), "-", "missing",
+                                    f"is missing from the checkpoint ({task_head.architecture} reads the pooled "
+                                    f"output: needed for {target})"))
+        elif rule.part == POOLER:
             rows.append(VariableRow(source, rule.shape(config), "-", "absent",
                                     f"{target}: the checkpoint has no pooler (absent by design)"))
         else:
@@ -276,16 +460,42 @@ def plan_conversion(
     *,
     mlm_head: bool = True,
     output_embedding_name: str | None = None,
+    task_head: TaskHead | None = None,
 ) -> ConversionPlan:
-    """Match checkpoint variables (name -> (shape, dtype)) against the table, or fail listing every problem."""
+    """Match checkpoint variables (name -> (shape, dtype)) against the table, or fail listing every problem.
+    With a `task_head`, `config.num_labels` must already be the head's (see `apply_task_head`)."""
     rows, output_embedding = classify(config, variables, mlm_head=mlm_head,
-                                      output_embedding_name=output_embedding_name)
+                                      output_embedding_name=output_embedding_name, task_head=task_head)
     problems = [f"{r.variable} {r.detail}" for r in rows if r.status in PROBLEM_STATUSES]
     if problems:
         raise UserError(f"checkpoint and config disagree on {len(problems)} variable(s): " + "; ".join(problems)
                         + ". Check --config, or run `convert-rembert inspect CKPT` for the full table")
     mappings = sorted((r.mapping for r in rows if r.mapping is not None), key=lambda m: m.torch_name)
-    return ConversionPlan(config, mlm_head, mappings, rows, output_embedding)
+    return ConversionPlan(config, mlm_head and task_head is None, mappings, rows, output_embedding, task_head)
+
+
+def refuse_object_graph_checkpoint(variables: Mapping[str, Any], where: str) -> None:
+    """A TF2 SavedModel (or object-based checkpoint) stores variables by object path
+    (`model/layer_with_weights-0/.../.ATTRIBUTES/VARIABLE_VALUE`), not by TF1 graph name: nothing in it says
+    which tensor is which RemBERT weight, so it is refused rather than guessed at."""
+    object_keys = sorted(n for n in variables if n.endswith("/.ATTRIBUTES/VARIABLE_VALUE"))
+    if object_keys and not any(n.startswith("bert/") for n in variables):
+        raise UserError(f"{where} is a TF2 object-graph SavedModel/checkpoint (keys like {object_keys[0]}), not a "
+                        "TF1 one with graph names (bert/...); export the model with TF1 names (an Estimator "
+                        "SavedModel or tf.compat.v1 Saver checkpoint) and convert that")
+
+
+def apply_task_head(config: RemBertConfig, task_head: TaskHead | None, labels: Sequence[str] | None = None) -> None:
+    """Give the config the head's class, size, label names and problem type (generic LABEL_i names unless
+    `labels` are given, one per output)."""
+    if task_head is None:
+        if labels is not None:
+            raise UserError("--labels given but the checkpoint has no task head; leave --labels out")
+        return
+    config.num_labels = task_head.num_labels
+    config.problem_type = task_head.problem_type
+    config.architectures = [task_head.architecture]
+    config.set_labels(labels)
 
 
 def _explain_unknown(name: str, config: RemBertConfig) -> str:

@@ -72,9 +72,34 @@ class TensorEntry:
         return self.num_elements * self.itemsize
 
 
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+SAVED_MODEL_VARIABLES = Path("variables") / "variables"  # the tensor bundle inside every SavedModel
+
+
+def is_saved_model(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in SAVED_MODEL_FILES)
+
+
+def checkpoint_home(prefix: Path) -> Path:
+    """Where a checkpoint's bert_config.json and SentencePiece model lie: beside the prefix, or, for a
+    SavedModel's `variables/variables`, in the SavedModel directory (BLEURT's layout)."""
+    if prefix.name == SAVED_MODEL_VARIABLES.name and prefix.parent.name == SAVED_MODEL_VARIABLES.parent.name \
+            and is_saved_model(prefix.parent.parent):
+        return prefix.parent.parent
+    return prefix.parent
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """Accept a checkpoint prefix, its `.index` file, or a directory (its `checkpoint` file picks the latest)."""
+    """Accept a checkpoint prefix, its `.index` file, a directory (its `checkpoint` file picks the latest), or
+    a SavedModel directory (its `variables/variables` prefix: a TF1 Estimator export stores the graph's
+    variables there under their graph names, like any checkpoint)."""
     path = Path(path)
+    if path.is_dir() and is_saved_model(path):
+        prefix = path / SAVED_MODEL_VARIABLES
+        if not Path(f"{prefix}.index").is_file():
+            raise UserError(f"SavedModel {path} has no {SAVED_MODEL_VARIABLES}.index; it holds no variables to "
+                            "convert (copy its variables/ folder too)")
+        return prefix
     if path.is_dir():
         state = path / "checkpoint"
         if state.is_file():

@@ -76,6 +76,12 @@ def checkpoint_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="Write the bare RemBertModel layout, without the masked-LM head."),
         click.option("--output-embedding-name", default=None,
                      help="Name of the decoupled output embedding variable, if not */output_embedding(s)."),
+        click.option("--head", "head", type=click.Choice(["sequence-classification", "token-classification",
+                                                          "question-answering"]), default=None,
+                     help="What a fine-tuned task head reads where its names do not say (dense/*, "
+                          "output_weights): the pooled output (sequence-classification) or every token."),
+        click.option("--labels", "labels", type=click.Path(dir_okay=False), default=None,
+                     help="Text file with one label name per task-head output (default LABEL_0, LABEL_1, ...)."),
         debug_option,
     ]):
         command = option(command)
@@ -105,7 +111,8 @@ def _options(kwargs: dict[str, Any], **extra: Any):
                           mlm_head=not kwargs.get("no_mlm_head", False), activation=kwargs.get("activation"),
                           output_embedding_name=kwargs.get("output_embedding_name"),
                           force=kwargs.get("force", False), quiet=kwargs.get("quiet", False),
-                          checksums=kwargs.get("checksums", False), **extra)
+                          checksums=kwargs.get("checksums", False), head=kwargs.get("head"),
+                          labels=kwargs.get("labels"), **extra)
 
 
 def _run_conversion(ckpt: str, formats: list[str], kwargs: dict[str, Any], **extra: Any) -> None:
@@ -121,6 +128,8 @@ def _run_conversion(ckpt: str, formats: list[str], kwargs: dict[str, Any], **ext
                f"({'tanh approximation' if act == 'gelu_new' else 'exact erf'}), dtype {result.report['dtype']}")
     for row in plan.absent_by_design:
         click.echo(f"absent by design: {row.detail}")
+    if plan.task_head is not None:
+        click.echo(f"task head: {plan.task_head.describe()}")
     for path in result.files:
         click.echo(f"wrote {path}")
 
@@ -134,11 +143,13 @@ def inspect(ckpt: str, show_all: bool, **kwargs: Any) -> None:
     """Show every variable of CKPT: shape, dtype, the rule that maps it or why it is ignored, and what is
     missing. Writes nothing; exits non-zero if the conversion would fail.
 
-    CKPT is a checkpoint prefix, its .index file, or a directory with a `checkpoint` file.
+    CKPT is a checkpoint prefix, its .index file, a directory with a `checkpoint` file, or a TF1 SavedModel
+    directory (its variables/variables).
 
     \b
     Example:
       convert-rembert inspect examples/tiny-rembert
+      convert-rembert inspect examples/tiny-bleurt
       convert-rembert inspect gs-download/model.ckpt-1000 --config bert_config.json --all
     """
     from converters.convert import inspect_checkpoint
@@ -159,6 +170,10 @@ def inspect(ckpt: str, show_all: bool, **kwargs: Any) -> None:
                + ("" if show_all else " (optimizer slots hidden; --all lists them)"))
     if info["config_note"]:
         click.echo(f"note: {info['config_note']}")
+    if info["task_head"] is not None:
+        click.echo(f"task head: {info['task_head'].describe()}")
+    elif info["head_problem"] is not None:
+        click.echo(f"task head: {info['head_problem']}")
     if not info["ok"]:
         raise UserError("this checkpoint would not convert: see the 'error'/'missing' rows above")
 
@@ -275,13 +290,14 @@ def tokenizer(spm: str, output: str, force: bool, quiet: bool, debug: bool) -> N
 def _tokenizer_beside(ckpt: str, tokenizer: str | None, no_tokenizer: bool) -> str | None:
     from pathlib import Path
 
+    from converters.convert import find_sentencepiece
     from converters.tf1_checkpoint import resolve_checkpoint
 
     if tokenizer and no_tokenizer:
         raise UserError("--tokenizer and --no-tokenizer contradict each other; pass one")
     if tokenizer is None and not no_tokenizer:
-        beside = resolve_checkpoint(ckpt).parent / "sentencepiece.model"
-        return str(beside) if beside.is_file() else None
+        beside = find_sentencepiece(resolve_checkpoint(ckpt))
+        return str(beside) if beside is not None else None
     if tokenizer is not None and not Path(tokenizer).is_file():
         raise UserError(f"tokenizer {tokenizer} does not exist; pass the checkpoint's sentencepiece.model")
     return tokenizer

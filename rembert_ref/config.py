@@ -68,6 +68,19 @@ class RemBertConfig:
                 f"{self.num_attention_heads}; fix the config"
             )
 
+    def set_labels(self, labels: list[str] | None) -> None:
+        """id2label / label2id for the task head: the given names, one per output, or LABEL_i."""
+        if labels is None:
+            labels = [f"LABEL_{i}" for i in range(self.num_labels)]
+        if len(labels) != self.num_labels:
+            raise UserError(f"{len(labels)} label(s) given but the head has {self.num_labels} output(s); "
+                            f"give one label per output")
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise UserError(f"label(s) {', '.join(repeated)} given twice; label names must be distinct")
+        self.extra["id2label"] = {str(i): label for i, label in enumerate(labels)}
+        self.extra["label2id"] = {label: i for i, label in enumerate(labels)}
+
     @property
     def head_size(self) -> int:
         return self.hidden_size // self.num_attention_heads
@@ -116,6 +129,9 @@ class RemBertConfig:
         values = dict(values)
         if "input_embedding_size" not in values and "embedding_size" in values:
             values["input_embedding_size"] = values["embedding_size"]
+        # Only the MLM head uses output_embedding_size; fine-tuned exports such as BLEURT's may leave it out.
+        # Without it the MLM head's variables fail the shape check by name, so nothing is guessed silently.
+        values.setdefault("output_embedding_size", values.get("input_embedding_size", 0))
         missing = [k for k in (*ORIGINAL_REQUIRED_KEYS, "input_embedding_size") if k not in values]
         if missing:
             raise UserError(

@@ -30,7 +30,7 @@ def test_embedding_size_is_an_alias_of_input_embedding_size():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"output_embedding_size": None}, "lacks output_embedding_size"),
+        ({"hidden_size": None}, "lacks hidden_size"),
         ({"hidden_act": "relu"}, "hidden_act 'relu'"),
         ({"num_attention_heads": 5}, "not a multiple of num_attention_heads"),
     ],
