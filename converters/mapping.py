@@ -426,7 +426,7 @@ def classify(
                                         rule.transpose, rule.part, rule.source, rule.tf_transpose)
                 detail = mapping.torch_name + (" (transposed)" if rule.transpose else "")
                 if rule.part == HEAD:
-                    detail += f" [task head, rule '{task_head.rule.name}': {task_head.rule.origin}]"
+                    detail += f" [task head, rule '{task_head.rule.name}']"
                 rows.append(VariableRow(name, shape, dtype, "mapped", detail, mapping))
         elif (reason := ignore_reason(name)) is not None:
             rows.append(VariableRow(name, shape, dtype, "ignored", reason))

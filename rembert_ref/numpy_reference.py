@@ -291,3 +291,56 @@ def head_logits(outputs: Mapping[str, Any], weight: np.ndarray, bias: np.ndarray
     if applies_to == PER_TOKEN:
         return outputs["last_hidden_state"] @ weight.T + bias
     raise UserError(f"unknown head input {applies_to!r}; use {POOLED!r} or {PER_TOKEN!r}")
+
+
+# -- fine-tuned checkpoints: the original fine-tuning code's head, by the names that code gives it ------------
+
+# (kernel, bias, kernel is [hidden, n] as tf.layers.dense makes it; else [n, hidden], which the code uses
+# with matmul(..., transpose_b=True)).
+ORIGINAL_TASK_HEADS = {
+    "bleurt": ("dense/kernel", "dense/bias", True),  # BLEURT: tf.layers.dense(pooled_output, 1)
+    "run_classifier": ("output_weights", "output_bias", False),  # BERT run_classifier.py
+    "run_squad": ("cls/squad/output_weights", "cls/squad/output_bias", False),  # BERT run_squad.py
+}
+TASK_HEAD_INPUTS = {  # what each transformers head class reads, and so which original computation it is
+    "sequence-classification": POOLED,
+    "token-classification": PER_TOKEN,
+    "question-answering": PER_TOKEN,
+}
+
+
+def original_head_weights(variables: Mapping[str, np.ndarray] | WeightSource) -> tuple[str, np.ndarray, np.ndarray]:
+    """(script, weight [n, hidden], bias [n]) of the one original task head among the variables."""
+    weights = as_weight_source(variables)
+    names = set(weights.names())
+    found = [script for script, (kernel, _, _) in ORIGINAL_TASK_HEADS.items() if kernel in names]
+    if len(found) != 1:
+        raise UserError(f"expected one task head ({', '.join(k for k, _, _ in ORIGINAL_TASK_HEADS.values())}), "
+                        f"found {len(found)}; pass the fine-tuned checkpoint")
+    kernel_name, bias_name, in_out = ORIGINAL_TASK_HEADS[found[0]]
+    if bias_name not in names:
+        raise UserError(f"task head {kernel_name} has no {bias_name}; the checkpoint is incomplete")
+    kernel = weights.read(kernel_name)
+    return found[0], (kernel.T if in_out else kernel), weights.read(bias_name)
+
+
+def original_head_logits(
+    variables: Mapping[str, np.ndarray] | WeightSource, kind: str, outputs: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """The fine-tuned head's outputs in float64, from `original_forward`'s outputs.
+
+    - sequence-classification (BLEURT, run_classifier): logits = pooled_output @ W^T + b, (B, n); BLEURT's
+      score is logits[:, 0], run_classifier softmaxes them.
+    - token-classification: the same map on every token of the last hidden state, (B, T, n).
+    - question-answering (run_squad): logits = sequence_output @ W^T + b, (B, T, 2), unstacked into
+      start_logits = logits[..., 0] and end_logits = logits[..., 1], each (B, T).
+    """
+    if kind not in TASK_HEAD_INPUTS:
+        raise UserError(f"unknown head kind {kind!r}; use one of: {', '.join(TASK_HEAD_INPUTS)}")
+    _, weight, bias = original_head_weights(variables)
+    logits = head_logits(outputs, weight, bias, TASK_HEAD_INPUTS[kind])
+    if kind != "question-answering":
+        return {"logits": logits}
+    if logits.shape[-1] != 2:
+        raise UserError(f"a question-answering head has 2 outputs (start, end), this one has {logits.shape[-1]}")
+    return {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}

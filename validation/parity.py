@@ -207,6 +207,13 @@ def verify_conversion(
     from rembert_ref.numpy_reference import original_forward
 
     truth = original_forward(variables, original, **inputs, activation=activation)
+    finetuned = finetuned_head(config)
+    if finetuned is not None:
+        truth["task_head"] = original_task_head_outputs(variables, finetuned, truth)
+        if heads == HEADS:  # a fine-tuned file: its own head against the original, not a seeded one
+            # Token-classification and QA files have no pooler, as transformers builds those classes;
+            # their head model's hidden states are compared instead.
+            heads = ("RemBertModel", finetuned) if finetuned == "RemBertForSequenceClassification" else (finetuned,)
     del variables
     with tempfile.TemporaryDirectory(prefix="rembert-parity-") as scratch:
         views = {fmt: _format_view(converted, fmt, Path(scratch)) for fmt in formats}
@@ -214,6 +221,23 @@ def verify_conversion(
         for head in heads:
             checker.check(head)
     return report
+
+
+def finetuned_head(config) -> str | None:
+    """The task-head class a fine-tuned conversion wrote (config.json's architectures), or None."""
+    from converters.mapping import HEAD_KINDS
+
+    classes = {kind.architecture for kind in HEAD_KINDS.values()}
+    return next((name for name in config.architectures or () if name in classes), None)
+
+
+def original_task_head_outputs(variables, architecture: str, truth: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The fine-tuned head's outputs from the original graph's encoder outputs (numpy, float64)."""
+    from converters.mapping import HEAD_KINDS
+    from rembert_ref.numpy_reference import original_head_logits
+
+    kind = next(k for k, v in HEAD_KINDS.items() if v.architecture == architecture)
+    return original_head_logits(variables, kind, truth)
 
 
 def _original_variables(prefix: Path) -> dict[str, np.ndarray]:
@@ -252,7 +276,10 @@ class _Checker:
         self.report.rows.append(compare(head, fmt, output, reference_name, ours, reference, self.atol, self.rtol))
 
     def check(self, head: str) -> None:
-        if head in ("RemBertModel", "RemBertForMaskedLM"):
+        if head == finetuned_head(self.config):
+            for fmt in self.views:
+                self._against_original_head(head, fmt)
+        elif head in ("RemBertModel", "RemBertForMaskedLM"):
             for fmt in self.views:
                 self._against_original(head, fmt)
         else:
@@ -273,6 +300,18 @@ class _Checker:
                 self.add(head, fmt, "pooler_output", ORIGINAL, outputs["pooler_output"], truth["pooler_output"])
         else:
             self.add(head, fmt, "logits", ORIGINAL, outputs["logits"], truth["mlm_logits"])
+
+    # A fine-tuned task head, loaded from the file (never initialised), against the original head math.
+    def _against_original_head(self, head: str, fmt: str) -> None:
+        model = self._load(head, fmt)
+        if model.loading_info["newly_initialized"]:
+            raise UserError(f"{FORMAT_FILES[fmt][0]} lacks the fine-tuned head's "
+                            f"{', '.join(model.loading_info['newly_initialized'])}; convert the checkpoint again")
+        outputs = self._run(head, fmt, model, self.inputs)
+        for i, state in enumerate(outputs["hidden_states"]):
+            self.add(head, fmt, f"hidden_states.{i}", ORIGINAL, state, self.truth["hidden_states"][i])
+        for name, expected in self.truth["task_head"].items():
+            self.add(head, fmt, name, ORIGINAL, outputs[name], expected)
 
     # Task heads and the causal LM: PyTorch (first PyTorch file) is the reference; head weights are shared.
     def _against_pytorch(self, head: str) -> None:
