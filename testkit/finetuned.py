@@ -118,12 +118,13 @@ def write_tf1_saved_model(directory: str | os.PathLike, original_config: Mapping
                 variable.load(values[name], session)
             # The head as the original code applies it, on an encoder output fed in.
             shape = [None, hidden] if pooled else [None, None, hidden]
-            features = tf.compat.v1.placeholder(tf.float32, shape, name="pooled_output" if pooled else "sequence_output")
+            input_name = "pooled_output" if pooled else "sequence_output"
+            features = tf.compat.v1.placeholder(tf.float32, shape, name=input_name)
             kernel, bias = variables[kernel_name], variables[bias_name]
             logits = tf.tensordot(features, kernel if in_out else tf.transpose(kernel), axes=1) + bias
             outputs = {"predictions": tf.squeeze(logits, -1)} if style == "bleurt" else {"logits": logits}
             signature = tf.compat.v1.saved_model.predict_signature_def(
-                inputs={features.name.split(":")[0]: features}, outputs=outputs)
+                inputs={input_name: features}, outputs=outputs)
             builder = tf.compat.v1.saved_model.Builder(str(staging / "model"))
             builder.add_meta_graph_and_variables(session, [tf.compat.v1.saved_model.tag_constants.SERVING],
                                                  signature_def_map={"serving_default": signature})

@@ -1,0 +1,404 @@
+"""Fine-tuned checkpoints: BLEURT-style TF1 SavedModels, run_classifier and run_squad checkpoints, written by
+TensorFlow itself with distinct tiny sizes; their task heads mapped by the table, checked against the
+original head math in float64, and (interop) loaded by transformers' own classes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from converters.convert import ConvertOptions, convert_checkpoint, find_config, find_sentencepiece
+from converters.tf1_checkpoint import resolve_checkpoint
+from rembert_convert.cli import main
+from rembert_ref.errors import UserError
+from testkit.finetuned import (
+    finetuned_variables,
+    head_variables,
+    write_finetuned_checkpoint,
+    write_tf1_saved_model,
+    write_tf2_saved_model,
+)
+from validation.parity import ORIGINAL, verify_conversion
+
+# Distilled-BLEURT shape: fewer layers, its own embedding size; no output_embedding_size (no MLM head), the
+# alias embedding_size as BERT configs spell it. Sizes differ from each other and from the other fixtures.
+BLEURT_CONFIG = {"vocab_size": 97, "hidden_size": 36, "num_hidden_layers": 2, "num_attention_heads": 3,
+                 "intermediate_size": 44, "hidden_act": "gelu", "max_position_embeddings": 24,
+                 "type_vocab_size": 2, "embedding_size": 20, "hidden_dropout_prob": 0.1,
+                 "attention_probs_dropout_prob": 0.1, "initializer_range": 0.02}
+CLASSIFIER_CONFIG = {"vocab_size": 89, "hidden_size": 30, "num_hidden_layers": 2, "num_attention_heads": 5,
+                     "intermediate_size": 41, "hidden_act": "gelu", "max_position_embeddings": 28,
+                     "type_vocab_size": 2, "input_embedding_size": 14, "output_embedding_size": 26}
+SQUAD_CONFIG = {"vocab_size": 83, "hidden_size": 28, "num_hidden_layers": 3, "num_attention_heads": 4,
+                "intermediate_size": 33, "hidden_act": "gelu", "max_position_embeddings": 36,
+                "type_vocab_size": 2, "input_embedding_size": 16, "output_embedding_size": 23}
+NUM_LABELS = 3
+ALL = ["pytorch", "safetensors", "tf2"]
+
+
+@pytest.fixture(scope="module")
+def bleurt_dir(tmp_path_factory) -> Path:
+    return write_tf1_saved_model(tmp_path_factory.mktemp("bleurt") / "BLEURT-tiny", BLEURT_CONFIG, "bleurt", seed=5)
+
+
+@pytest.fixture(scope="module")
+def classifier_ckpt(tmp_path_factory) -> Path:
+    return write_finetuned_checkpoint(tmp_path_factory.mktemp("run_classifier"), CLASSIFIER_CONFIG,
+                                      "run_classifier", num_labels=NUM_LABELS, seed=6)
+
+
+@pytest.fixture(scope="module")
+def squad_ckpt(tmp_path_factory) -> Path:
+    return write_finetuned_checkpoint(tmp_path_factory.mktemp("squad"), SQUAD_CONFIG, "squad", seed=7)
+
+
+@pytest.fixture(scope="module")
+def bleurt_out(bleurt_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bleurt-out") / "out"
+    convert_checkpoint(bleurt_dir, out, ALL, ConvertOptions(quiet=True))
+    return out
+
+
+def _state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(directory / "model.safetensors")
+
+
+def _h5(directory: Path) -> dict[str, np.ndarray]:
+    from rembert_ref.tf_model import read_h5_weights
+
+    return read_h5_weights(directory / "tf_model.h5")
+
+
+def _head_rows(report, head: str) -> list:
+    return [r for r in report.rows if r.head == head and not r.output.startswith("hidden_states")]
+
+
+# -- the SavedModel itself ---------------------------------------------------------------------------------
+
+
+def test_the_fixture_is_a_tf1_saved_model_that_tensorflow_loads(bleurt_dir):
+    import tensorflow as tf
+
+    values = finetuned_variables(BLEURT_CONFIG, "bleurt", seed=5)
+    pooled = np.random.default_rng(0).standard_normal((2, BLEURT_CONFIG["hidden_size"])).astype(np.float32)
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(bleurt_dir))
+        signature = meta.signature_def["serving_default"]
+        kernel = next(v for v in tf.compat.v1.global_variables() if v.op.name == "dense/kernel")
+        restored = session.run(kernel)
+        predictions = session.run(signature.outputs["predictions"].name,
+                                  {signature.inputs["pooled_output"].name: pooled})
+    np.testing.assert_array_equal(restored, values["dense/kernel"])
+    expected = pooled.astype(np.float64) @ values["dense/kernel"].astype(np.float64) + values["dense/bias"]
+    np.testing.assert_allclose(predictions, expected[:, 0], rtol=0, atol=1e-5)
+
+
+def test_a_saved_model_directory_is_read_through_its_variables_prefix(bleurt_dir, tmp_path):
+    prefix = resolve_checkpoint(bleurt_dir)
+    assert prefix == bleurt_dir / "variables" / "variables"
+    assert find_config(prefix, None) == bleurt_dir / "bert_config.json"
+    assert find_sentencepiece(prefix) is None
+    copy = tmp_path / "copy"
+    shutil.copytree(bleurt_dir, copy)
+    (copy / "sent_piece.model").write_bytes(b"x")
+    assert find_sentencepiece(resolve_checkpoint(copy)) == copy / "sent_piece.model"
+    shutil.rmtree(copy / "variables")
+    with pytest.raises(UserError, match=r"has no variables/variables.index"):
+        resolve_checkpoint(copy)
+
+
+def test_a_tf2_object_graph_saved_model_is_refused(tmp_path):
+    directory = write_tf2_saved_model(tmp_path / "tf2-model")
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=r"TF2 object-graph SavedModel.*\.ATTRIBUTES/VARIABLE_VALUE.*TF1") as info:
+        convert_checkpoint(directory, out, ["safetensors"], ConvertOptions(quiet=True, config=_config(tmp_path)))
+    assert "\n" not in str(info.value)
+    assert not out.exists()
+
+
+def _config(tmp_path: Path) -> Path:
+    path = tmp_path / "bert_config.json"
+    path.write_text(json.dumps(CLASSIFIER_CONFIG))
+    return path
+
+
+# -- BLEURT: regression on the pooled output ---------------------------------------------------------------
+
+
+def test_bleurt_saved_model_converts_to_a_regression_head(bleurt_out):
+    config = json.loads((bleurt_out / "config.json").read_text())
+    assert config["architectures"] == ["RemBertForSequenceClassification"]
+    assert config["problem_type"] == "regression"
+    assert config["id2label"] == {"0": "LABEL_0"} and config["label2id"] == {"LABEL_0": 0}
+    assert config["input_embedding_size"] == 20 and config["num_hidden_layers"] == 2
+
+    head = head_variables("bleurt", BLEURT_CONFIG["hidden_size"], 1, seed=5)
+    state = _state_dict(bleurt_out)
+    assert not [k for k in state if k.startswith("cls.")]  # no MLM head needed
+    np.testing.assert_array_equal(state["classifier.weight"].numpy(), head["dense/kernel"].T)  # [1, hidden]
+    np.testing.assert_array_equal(state["classifier.bias"].numpy(), head["dense/bias"])
+    assert "rembert.pooler.dense.weight" in state
+    tf_weights = _h5(bleurt_out)
+    np.testing.assert_array_equal(tf_weights["classifier/kernel:0"], head["dense/kernel"])  # Keras [hidden, 1]
+    report = json.loads((bleurt_out / "conversion_report.json").read_text())
+    assert report["task_head"]["rule"] == "dense" and report["task_head"]["decided_by"].startswith("bleurt_config")
+
+
+def test_bleurt_verify_compares_every_format_with_the_original_head(bleurt_dir, bleurt_out):
+    report = verify_conversion(bleurt_dir, bleurt_out)
+    assert report.passed
+    rows = _head_rows(report, "RemBertForSequenceClassification")
+    assert sorted((r.format, r.output, r.reference) for r in rows) == \
+        [(fmt, "logits", ORIGINAL) for fmt in ALL]
+    assert all(r.shape == (2, 1) and r.max_abs < 1e-5 for r in rows)
+
+
+def test_verify_catches_a_wrong_head(bleurt_dir, bleurt_out, tmp_path):
+    tampered = tmp_path / "tampered"
+    shutil.copytree(bleurt_out, tampered)
+    state = _state_dict(tampered)
+    state["classifier.bias"] = state["classifier.bias"] + 0.01
+    save_file(state, tampered / "model.safetensors", metadata={"format": "pt"})
+    report = verify_conversion(bleurt_dir, tampered)
+    failed = {(r.head, r.format, r.output) for r in report.failures}
+    assert failed == {("RemBertForSequenceClassification", "safetensors", "logits")}
+
+
+def test_without_bleurt_config_the_dense_head_is_ambiguous(bleurt_dir, tmp_path):
+    copy = tmp_path / "no-bleurt-config"
+    shutil.copytree(bleurt_dir, copy)
+    (copy / "bleurt_config.json").unlink()
+    with pytest.raises(UserError, match=r"dense/kernel \[36, 1\].*--head sequence-classification\|"
+                                        r"token-classification\|question-answering"):
+        convert_checkpoint(copy, tmp_path / "out", ["safetensors"], ConvertOptions(quiet=True))
+    convert_checkpoint(copy, tmp_path / "out", ["safetensors"],
+                       ConvertOptions(quiet=True, head="sequence-classification"))
+    report = json.loads((tmp_path / "out" / "conversion_report.json").read_text())
+    assert report["task_head"]["decided_by"] == "--head"
+
+
+# -- run_classifier: output_weights [num_labels, hidden] ---------------------------------------------------
+
+
+def test_run_classifier_needs_head_and_names_the_choices(classifier_ckpt, tmp_path):
+    result = CliRunner().invoke(main, ["convert", str(classifier_ckpt), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "output_weights [3, 30]" in result.output
+    assert "--head sequence-classification|token-classification|question-answering" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_classifier_as_sequence_classification_with_labels(classifier_ckpt, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("negative\nneutral\npositive\n")
+    out = tmp_path / "out"
+    convert_checkpoint(classifier_ckpt, out, ALL,
+                       ConvertOptions(quiet=True, head="sequence-classification", labels=labels))
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["RemBertForSequenceClassification"]
+    assert config["problem_type"] == "single_label_classification"
+    assert config["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
+    assert config["label2id"] == {"negative": 0, "neutral": 1, "positive": 2}
+
+    head = head_variables("run_classifier", CLASSIFIER_CONFIG["hidden_size"], NUM_LABELS, seed=6)
+    state = _state_dict(out)
+    np.testing.assert_array_equal(state["classifier.weight"].numpy(), head["output_weights"])  # not transposed
+    np.testing.assert_array_equal(_h5(out)["classifier/kernel:0"], head["output_weights"].T)
+    report = verify_conversion(classifier_ckpt, out)
+    assert report.passed
+    rows = _head_rows(report, "RemBertForSequenceClassification")
+    assert {(r.format, r.output, r.shape) for r in rows} == {(f, "logits", (2, NUM_LABELS)) for f in ALL}
+
+
+def test_run_classifier_as_token_classification(classifier_ckpt, tmp_path):
+    out = tmp_path / "out"
+    result = convert_checkpoint(classifier_ckpt, out, ALL, ConvertOptions(quiet=True, head="token-classification"))
+    ignored = {r.variable: r.detail for r in result.plan.ignored}
+    assert "has none" in ignored["bert/pooler/dense/kernel"]
+    assert not [k for k in _state_dict(out) if "pooler" in k]
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["RemBertForTokenClassification"]
+    report = verify_conversion(classifier_ckpt, out)
+    assert report.passed
+    rows = _head_rows(report, "RemBertForTokenClassification")
+    assert {(r.format, r.output, r.shape) for r in rows} == {(f, "logits", (2, 8, NUM_LABELS)) for f in ALL}
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [("a\nb\n", r"2 label\(s\) given but the head has 3"), ("a\na\nb\n", r"label\(s\) a given twice"),
+     ("a\n\nb\n", r"empty label")],
+)
+def test_bad_labels_files(classifier_ckpt, tmp_path, labels, message):
+    path = tmp_path / "labels.txt"
+    path.write_text(labels)
+    with pytest.raises(UserError, match=message):
+        convert_checkpoint(classifier_ckpt, tmp_path / "out", ["safetensors"],
+                           ConvertOptions(quiet=True, head="sequence-classification", labels=path))
+    assert not (tmp_path / "out").exists()
+
+
+# -- run_squad: cls/squad/output_weights [2, hidden] -------------------------------------------------------
+
+
+def test_squad_converts_to_question_answering_by_its_names(squad_ckpt, tmp_path):
+    out = tmp_path / "out"
+    result = convert_checkpoint(squad_ckpt, out, ALL, ConvertOptions(quiet=True))
+    assert result.plan.task_head.decided_by == "the variable names"
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["RemBertForQuestionAnswering"]
+    head = head_variables("squad", SQUAD_CONFIG["hidden_size"], 2, seed=7)
+    state = _state_dict(out)
+    np.testing.assert_array_equal(state["qa_outputs.weight"].numpy(), head["cls/squad/output_weights"])
+    assert not [k for k in state if "pooler" in k or k.startswith("cls.")]
+    np.testing.assert_array_equal(_h5(out)["qa_outputs/kernel:0"], head["cls/squad/output_weights"].T)
+    report = verify_conversion(squad_ckpt, out)
+    assert report.passed
+    rows = _head_rows(report, "RemBertForQuestionAnswering")
+    assert {(r.format, r.output, r.shape) for r in rows} == \
+        {(f, o, (2, 8)) for f in ALL for o in ("start_logits", "end_logits")}
+
+
+def test_squad_head_cannot_be_called_something_else(squad_ckpt, tmp_path):
+    with pytest.raises(UserError, match=r"--head sequence-classification does not fit cls/squad/output_weights"):
+        convert_checkpoint(squad_ckpt, tmp_path / "out", ["safetensors"],
+                           ConvertOptions(quiet=True, head="sequence-classification"))
+
+
+# -- the table's checks still hold with a head -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [({"adapter/kernel": np.zeros((30, 4), np.float32)}, r"adapter/kernel matches no mapping or ignore rule"),
+     ({"output_bias": np.zeros(4, np.float32)}, r"output_bias has shape \[4\] but the config implies \[3\]")],
+)
+def test_unknown_variables_and_wrong_head_shapes_stay_errors(tmp_path, extra, message):
+    from testkit.synthetic_checkpoint import write_synthetic_checkpoint
+
+    head = head_variables("run_classifier", CLASSIFIER_CONFIG["hidden_size"], NUM_LABELS, seed=6)
+    prefix = write_synthetic_checkpoint(tmp_path / "ck", CLASSIFIER_CONFIG, optimizer_slots=False,
+                                        with_mlm_head=False, extra_variables={**head, **extra})
+    with pytest.raises(UserError, match=message):
+        convert_checkpoint(prefix, tmp_path / "out", ["safetensors"],
+                           ConvertOptions(quiet=True, head="sequence-classification"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_mlm_head_beside_a_task_head_is_ignored_by_name(tmp_path):
+    from testkit.synthetic_checkpoint import write_synthetic_checkpoint
+
+    head = head_variables("run_classifier", CLASSIFIER_CONFIG["hidden_size"], NUM_LABELS, seed=6)
+    prefix = write_synthetic_checkpoint(tmp_path / "ck", CLASSIFIER_CONFIG, optimizer_slots=False,
+                                        extra_variables=head)
+    result = convert_checkpoint(prefix, tmp_path / "out", ["safetensors"],
+                                ConvertOptions(quiet=True, head="sequence-classification"))
+    ignored = {r.variable: r.detail for r in result.plan.ignored}
+    assert "not part of RemBertForSequenceClassification" in ignored["cls/predictions/output_bias"]
+    assert not [k for k in _state_dict(tmp_path / "out") if k.startswith("cls.")]
+
+
+def test_a_pooled_head_without_a_pooler_is_missing_it(tmp_path):
+    from testkit.synthetic_checkpoint import write_synthetic_checkpoint
+
+    head = head_variables("run_classifier", CLASSIFIER_CONFIG["hidden_size"], NUM_LABELS, seed=6)
+    prefix = write_synthetic_checkpoint(tmp_path / "ck", CLASSIFIER_CONFIG, optimizer_slots=False,
+                                        with_mlm_head=False, with_pooler=False, extra_variables=head)
+    with pytest.raises(UserError, match=r"bert/pooler/dense/kernel is missing.*reads the pooled output"):
+        convert_checkpoint(prefix, tmp_path / "out", ["safetensors"],
+                           ConvertOptions(quiet=True, head="sequence-classification"))
+
+
+def test_an_mlm_head_with_no_output_embedding_size_fails_by_name(tmp_path):
+    from testkit.synthetic_checkpoint import write_synthetic_checkpoint
+
+    prefix = write_synthetic_checkpoint(tmp_path / "ck", CLASSIFIER_CONFIG, optimizer_slots=False)
+    config = {k: v for k, v in CLASSIFIER_CONFIG.items() if k != "output_embedding_size"}
+    (tmp_path / "ck" / "bert_config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"cls/predictions/transform/dense/kernel has shape \[30, 26\]"):
+        convert_checkpoint(prefix, tmp_path / "out", ["safetensors"], ConvertOptions(quiet=True))
+
+
+def test_head_without_task_head_is_refused(tmp_path, tiny_ckpt):
+    with pytest.raises(UserError, match=r"--head token-classification given but the checkpoint has no task head"):
+        convert_checkpoint(tiny_ckpt.prefix, tmp_path / "out", ["safetensors"],
+                           ConvertOptions(quiet=True, head="token-classification"))
+
+
+# -- CLI -------------------------------------------------------------------------------------------------------
+
+
+def test_inspect_shows_the_head_and_its_rule(bleurt_dir, classifier_ckpt):
+    result = CliRunner().invoke(main, ["inspect", str(bleurt_dir)])
+    assert result.exit_code == 0, result.output
+    assert "classifier.weight (transposed) [task head, rule 'dense']" in result.output
+    assert "task head: RemBertForSequenceClassification (regression, on the pooled output)" in result.output
+    assert "decided by bleurt_config.json" in result.output
+    ambiguous = CliRunner().invoke(main, ["inspect", str(classifier_ckpt)])
+    assert ambiguous.exit_code == 2
+    assert "error    output_weights" in ambiguous.output and "say which with --head" in ambiguous.output
+    chosen = CliRunner().invoke(main, ["inspect", str(classifier_ckpt), "--head", "question-answering"])
+    assert chosen.exit_code == 2 and "needs 2 outputs (start, end) but output_weights has 3" in chosen.output
+
+
+def test_cli_convert_and_verify_a_bleurt_saved_model(bleurt_dir, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["convert", str(bleurt_dir), "-o", str(out), "--format", "safetensors"])
+    assert result.exit_code == 0, result.output
+    assert "task head: RemBertForSequenceClassification" in result.output
+    verified = CliRunner().invoke(main, ["verify", str(bleurt_dir), str(out)])
+    assert verified.exit_code == 0, verified.output
+    assert "RemBertForSequenceClassification" in verified.output
+
+
+# -- interop: transformers' own classes ------------------------------------------------------------------------
+
+
+def _original_head(ckpt: Path, kind: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from rembert_ref.numpy_reference import original_forward, original_head_logits
+    from converters.tf1_checkpoint import CheckpointReader
+
+    with CheckpointReader(ckpt) as reader:
+        variables = {name: reader.read(name) for name, e in reader.entries.items()
+                     if e.dtype == "float32" and "/adam_" not in name}
+        original = json.loads(find_config(reader.prefix, None).read_text())
+    outputs = original_forward(variables, original, **inputs, activation="tanh")
+    return original_head_logits(variables, kind, outputs)
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("case", ["bleurt", "run_classifier", "squad"])
+def test_transformers_loads_the_fine_tuned_head(case, bleurt_dir, classifier_ckpt, squad_ckpt, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    ckpt, kind, config = {
+        "bleurt": (bleurt_dir, "sequence-classification", BLEURT_CONFIG),
+        "run_classifier": (classifier_ckpt, "sequence-classification", CLASSIFIER_CONFIG),
+        "squad": (squad_ckpt, "question-answering", SQUAD_CONFIG),
+    }[case]
+    out = tmp_path / "out"
+    convert_checkpoint(ckpt, out, ["pytorch", "safetensors"], ConvertOptions(quiet=True, head=kind))
+    architecture = json.loads((out / "config.json").read_text())["architectures"][0]
+    rng = np.random.default_rng(11)
+    inputs = {"input_ids": rng.integers(0, config["vocab_size"], (2, 9)),
+              "token_type_ids": np.array([[0] * 5 + [1] * 4, [0] * 3 + [1] * 6]),
+              "attention_mask": np.array([[1] * 9, [1] * 6 + [0] * 3])}
+    expected = _original_head(ckpt, kind, inputs)
+    for weights in ("pytorch_model.bin", "model.safetensors"):
+        view = tmp_path / f"view-{weights}"
+        view.mkdir()
+        for name in ("config.json", weights):
+            shutil.copy(out / name, view / name)
+        model, info = getattr(transformers, architecture).from_pretrained(view, output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+        with torch.no_grad():
+            result = model.eval()(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+        for name, value in expected.items():
+            np.testing.assert_allclose(getattr(result, name).double().numpy(), value, rtol=0, atol=1e-5,
+                                       err_msg=f"{case} {weights} {name}")
