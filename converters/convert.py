@@ -283,7 +283,7 @@ def _write_tokenizer(spm_path: Path, config: RemBertConfig, staging: Path) -> li
     config.bos_token_id = ids.get("[CLS]", config.bos_token_id)
     config.eos_token_id = ids.get("[SEP]", config.eos_token_id)
     written = []
-    for name, data in tokenizer_files(info).items():
+    for name, data in tokenizer_files(info, model_max_length=config.max_position_embeddings).items():
         (staging / name).write_bytes(data)
         written.append(staging / name)
     return written

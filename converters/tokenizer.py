@@ -97,6 +97,15 @@ DIFFERENCE_CLASSES = {
         "own (own dummy prefix). Reproducer: 'see <url> now' -> SentencePiece '▁see ▁ <url> ▁now', "
         "tokenizers '▁see <url> ▁now'. (In a unigram model user-defined pieces are exact.)",
 }
+# One line each, for the model card.
+DIFFERENCE_SUMMARIES = {
+    "precompiled-grapheme": "tokenizers applies the normalization charsmap per grapheme cluster where "
+                            "SentencePiece takes the longest rule (rare letter + combining mark sequences).",
+    "nfc-composition": "NFC before the charsmap composes combining marks written out of canonical order.",
+    "unigram-float32-tie": "two segmentations with equal scores up to float32 rounding; each breaks the tie "
+                           "its own way.",
+    "bpe-user-defined": "a user-defined piece in a BPE model is matched before normalization.",
+}
 # Not a class of encode() differences, but limits worth knowing:
 # - split_special_tokens / encode_special_tokens=True: control pieces stay in the Unigram vocabulary with a
 #   score no path loses to, but tokenizers scores unknown characters from the lowest score, so a control
@@ -108,6 +117,7 @@ DIFFERENCE_CLASSES = {
 #   drops one leading "▁" per piece while its output is still empty, tokenizers drops one space in all, so
 #   "▁▁a" encoded as ['▁', '▁', 'a'] decodes to "a" in SentencePiece and " a" here.
 
+DEFAULT_MODEL_MAX_LENGTH = 512  # RemBERT's max_position_embeddings, for the standalone tokenizer command
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "sentencepiece.model")
 
 
@@ -320,7 +330,8 @@ def special_tokens_map(info: SpmInfo) -> dict[str, Any]:
     return mapping
 
 
-def tokenizer_config(info: SpmInfo, tokenizer: Tokenizer) -> dict[str, Any]:
+def tokenizer_config(info: SpmInfo, tokenizer: Tokenizer, model_max_length: int = DEFAULT_MODEL_MAX_LENGTH
+                     ) -> dict[str, Any]:
     added = json.loads(tokenizer.to_str())["added_tokens"]
     unk = info.pieces[info.unk_id][0]
     config: dict[str, Any] = {
@@ -338,11 +349,16 @@ def tokenizer_config(info: SpmInfo, tokenizer: Tokenizer) -> dict[str, Any]:
         "eos_token": SEP,
         "keep_accents": True,
         "mask_token": MASK if MASK in info.special_ids else None,
-        "model_max_length": 512,
+        # The model's max_position_embeddings: truncation=True must never make a sequence the model cannot take.
+        "model_max_length": model_max_length,
         "pad_token": PAD if PAD in info.special_ids else None,
         "remove_space": False,
         "sep_token": SEP,
-        "tokenizer_class": "RemBertTokenizer",
+        # The generic fast class loads tokenizer.json exactly as written, in transformers 4.57 and 5.x alike.
+        # "RemBertTokenizer" would make 5.x rebuild its own pipeline from the pieces (unk id 2, quotes
+        # rewritten, spaces collapsed: 294 of 306 example lines differ from SentencePiece). The slow-tokenizer
+        # keys above still serve RemBertTokenizer.from_pretrained in 4.57, which reads sentencepiece.model.
+        "tokenizer_class": "PreTrainedTokenizerFast",
         "unk_token": unk,
     }
     return config
@@ -352,12 +368,13 @@ def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
 
 
-def tokenizer_files(info: SpmInfo) -> dict[str, bytes]:
-    """The four output files as bytes; the same model gives the same bytes."""
+def tokenizer_files(info: SpmInfo, model_max_length: int = DEFAULT_MODEL_MAX_LENGTH) -> dict[str, bytes]:
+    """The four output files as bytes; the same model gives the same bytes. `model_max_length` is the
+    model's max_position_embeddings."""
     tokenizer = build_tokenizer(info)
     return {
         "tokenizer.json": (tokenizer.to_str(pretty=True) + "\n").encode("utf-8"),
-        "tokenizer_config.json": _json_bytes(tokenizer_config(info, tokenizer)),
+        "tokenizer_config.json": _json_bytes(tokenizer_config(info, tokenizer, model_max_length)),
         "special_tokens_map.json": _json_bytes(special_tokens_map(info)),
         "sentencepiece.model": info.serialized,
     }
@@ -430,7 +447,8 @@ def measure_agreement(info: SpmInfo, tokenizer: Tokenizer, lines: Iterable[str])
 
 
 def convert_tokenizer(spm_path: str | Path, output_dir: str | Path, *, force: bool = False,
-                      quiet: bool = False, probe_lines: int | None = None) -> TokenizerReport:
+                      quiet: bool = False, probe_lines: int | None = None,
+                      model_max_length: int = DEFAULT_MODEL_MAX_LENGTH) -> TokenizerReport:
     """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and sentencepiece.model.
 
     The files are written to a temporary directory beside `output_dir` and renamed into place only when
@@ -444,7 +462,7 @@ def convert_tokenizer(spm_path: str | Path, output_dir: str | Path, *, force: bo
         raise UserError(f"output directory {output_dir} is not empty; pass --force to replace it or choose "
                         "another -o")
     info = read_sentencepiece(spm_path)
-    files = tokenizer_files(info)
+    files = tokenizer_files(info, model_max_length)
     tokenizer = Tokenizer.from_str(files["tokenizer.json"].decode("utf-8"))
     agreement = measure_agreement(info, tokenizer, probe_corpus()[:probe_lines])
 

@@ -264,11 +264,14 @@ def convert(ckpt: str, formats: tuple[str, ...], tokenizer: str | None, no_token
 @click.argument("spm", type=click.Path())
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
               help="Output directory (written atomically).")
+@click.option("--model-max-length", type=click.IntRange(min=1), default=512, show_default=True,
+              help="tokenizer_config.json's model_max_length: the model's max_position_embeddings (RemBERT: "
+                   "512; convert and bundle take it from the config).")
 @force_option
 @quiet_option
 @debug_option
 @handle_user_errors
-def tokenizer(spm: str, output: str, force: bool, quiet: bool, debug: bool) -> None:
+def tokenizer(spm: str, output: str, model_max_length: int, force: bool, quiet: bool, debug: bool) -> None:
     """Convert the SentencePiece model SPM to a fast tokenizer: tokenizer.json (same ids as SentencePiece),
     tokenizer_config.json, special_tokens_map.json and a copy as sentencepiece.model. Prints the measured
     agreement with SentencePiece on the project's multilingual probe corpus.
@@ -279,7 +282,7 @@ def tokenizer(spm: str, output: str, force: bool, quiet: bool, debug: bool) -> N
     """
     from converters.tokenizer import convert_tokenizer
 
-    report = convert_tokenizer(spm, output, force=force, quiet=quiet)
+    report = convert_tokenizer(spm, output, force=force, quiet=quiet, model_max_length=model_max_length)
     if not quiet:
         click.echo(report.summary())
 
@@ -346,6 +349,24 @@ def verify(ckpt: str, converted: str, config: str | None, tolerance: float | Non
         sys.exit(1)
 
 
+def _command_line(ctx: click.Context) -> str:
+    """The command as a user would type it to get the same result: arguments, then every option whose value
+    is not the default (what Click parsed, so it is the same however the options were spelled)."""
+    import shlex
+
+    words = ["convert-rembert", ctx.info_name or ctx.command.name or ""]
+    options = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if isinstance(param, click.Argument):
+            words.append(str(value))
+        elif value not in (None, False, ()) and value != param.default and param.name not in ("debug",):
+            flag = param.opts[-1] if param.opts[-1].startswith("--") else param.opts[0]
+            for item in value if isinstance(value, tuple) else [value]:
+                options += [flag] if item is True else [flag, str(item)]
+    return shlex.join(words + options)
+
+
 def _worst_rows(rows):
     worst = {}
     for row in rows:
@@ -368,26 +389,39 @@ def _worst_rows(rows):
               help="Split model.safetensors into shards + index above this size.")
 @click.option("--tolerance", type=float, default=None,
               help="Override the per-dtype parity tolerance; recorded in the report and the model card.")
+@click.option("--name", default=None, help="Title of the model card (default: the output folder's name).")
+@click.option("--license", "license_id", default="apache-2.0", show_default=True,
+              help="License identifier for the model card's metadata (RemBERT's is apache-2.0).")
+@click.option("--language", "languages", multiple=True,
+              help="Language code for the model card's metadata (repeatable; default: multilingual).")
 @checkpoint_options
 @handle_user_errors
 def bundle(ckpt: str, tokenizer: str | None, no_tokenizer: bool, formats: tuple[str, ...], max_shard_size: str,
-           tolerance: float | None, **kwargs: Any) -> None:
+           tolerance: float | None, name: str | None, license_id: str, languages: tuple[str, ...],
+           **kwargs: Any) -> None:
     """Write a publishable folder: pytorch_model.bin, model.safetensors, tf_model.h5, tokenizer files,
     config.json, conversion_report.json, parity_report.{json,md}, a model card (README.md) and SHA256SUMS.
     Parity is measured on the staged files; if it fails, nothing is written and the exit code is non-zero.
+    The model card carries hub metadata (--license, --language, --name), usage, parity, tokenizer agreement
+    and the command that made it; SHA256SUMS covers every file but the card. Hubs prefer safetensors: leave
+    pytorch_model.bin out with --format safetensors --format tf2.
 
     \b
     Example:
       convert-rembert bundle examples/tiny-rembert -o out/tiny-rembert-bundle
       convert-rembert bundle ckpt/ --config bert_config.json --tokenizer sentencepiece.model -o publish/rembert
+      convert-rembert bundle ckpt/ -o publish/rembert --format safetensors --format tf2 --language en --language sw
       convert-rembert bundle ckpt/ -o publish/rembert-bf16 --dtype bfloat16 --format safetensors
     """
-    from validation.bundle import bundle_checkpoint
+    from validation.bundle import DEFAULT_LANGUAGES, CardOptions, bundle_checkpoint
 
     tokenizer = _tokenizer_beside(ckpt, tokenizer, no_tokenizer)
+    card = CardOptions(name=name, license=license_id, languages=languages or DEFAULT_LANGUAGES,
+                       command=_command_line(click.get_current_context()))
     result = bundle_checkpoint(ckpt, kwargs["output"], _options(kwargs, max_shard_size=max_shard_size,
                                                                 tokenizer=tokenizer),
-                               formats=formats or ("pytorch", "safetensors", "tf2"), tolerance=tolerance)
+                               formats=formats or ("pytorch", "safetensors", "tf2"), tolerance=tolerance,
+                               card=card)
     if not kwargs.get("quiet"):
         parity = result.parity
         click.echo(f"parity passed: {len(parity.rows)} outputs within tolerance "

@@ -26,15 +26,16 @@ import contextlib
 import hashlib
 import math
 import os
+import re
+import sys
+import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
-from rembert_ref.errors import UserError
 from rembert_ref.config import RemBertConfig
 from rembert_ref.outputs import (
     BaseModelOutput,
@@ -44,6 +45,45 @@ from rembert_ref.outputs import (
     ModelOutput,
     QuestionAnsweringOutput,
 )
+from rembert_ref.errors import TF_EXTRA_HINT, UserError
+
+
+@contextlib.contextmanager
+def _startup_notices_hidden() -> Iterator[None]:
+    """While TensorFlow imports, its C++ libraries print absl/oneDNN notices straight to file descriptor 2
+    ("oneDNN custom operations are on", CPU feature hints), whatever TF_CPP_MIN_LOG_LEVEL says. Capture fd 2
+    for the import only, then pass on every line that is not such a notice; nothing stays changed."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): nothing to hide
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", errors="replace")
+            kept = [line for line in text.splitlines(keepends=True) if not _STARTUP_NOTICE.match(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+# absl-formatted log lines (I0000 00:00:... file.cc:N] ...) and the two unformatted lines that come with them.
+_STARTUP_NOTICE = re.compile(r"[IWE]\d{4} \d\d:\d\d:\S+\s+\d+ \S+:\d+\]|WARNING: All log messages before "
+                             r"absl::InitializeLog\(\)|To enable the following instructions:")
+
+try:
+    with _startup_notices_hidden():
+        import tensorflow as tf
+except ImportError as exc:  # the lean install: TensorFlow is the [tf] extra
+    raise UserError(f"rembert_ref.tf_model needs TensorFlow, which is not installed ({exc}): {TF_EXTRA_HINT}") \
+        from exc
 
 TF_WEIGHTS_NAME = "tf_model.h5"
 CONFIG_NAME = "config.json"

@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Create (or reuse) the virtual environment and install rembert-convert with its test extras.
-# VENV picks the environment's folder (default .venv). Safe to run again: it only installs what is missing.
+# Create (or reuse) the virtual environment and install rembert-convert with everything the tests need
+# (extras test = TensorFlow + test tools, interop = transformers 4.57). VENV picks the environment's folder
+# (default .venv). Safe to run again: it only installs what is missing.
+#
+# torch is pinned in one place, constraints.txt. From the standard package index torch==2.13.0 on Linux is
+# the CUDA build (about 20 nvidia-* packages); for the CPU-only build set
+#   TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
@@ -9,6 +14,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --upgrade pip
 fi
-# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build; 2.13.0 is the CPU build.
-"$VENV/bin/pip" install --quiet "torch==2.13.0"
-"$VENV/bin/pip" install --quiet -e ".[test,interop]"
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    "$VENV/bin/pip" install --quiet -c constraints.txt torch --index-url "$TORCH_INDEX_URL"
+fi
+"$VENV/bin/pip" install --quiet -c constraints.txt -e ".[test,interop]"

@@ -100,3 +100,37 @@ def test_debug_shows_the_traceback(tmp_path):
     result = run("pytorch", tmp_path / "nowhere", "-o", tmp_path / "out", "--debug")
     assert result.exit_code != 0
     assert result.exc_info is not None and type(result.exc_info[1]).__name__ == "UserError"
+
+
+def test_quiet_means_quiet_and_tensorflow_notices_stay_hidden(tmp_path):
+    """A real process, so that TensorFlow's C++ start-up notices (absl/oneDNN, written to file descriptor 2 on
+    import, whatever TF_CPP_MIN_LOG_LEVEL says) would show: bundle imports TensorFlow to verify tf_model.h5."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}
+    env["PYTHONPATH"] = str(EXAMPLE.parent.parent)
+    out = tmp_path / "tiny"
+    quiet = subprocess.run([sys.executable, "-m", "rembert_convert.cli", "bundle", str(EXAMPLE), "-o", str(out),
+                            "--quiet"], capture_output=True, text=True, env=env, timeout=600)
+    assert quiet.returncode == 0, quiet.stderr
+    assert (quiet.stdout, quiet.stderr) == ("", "")
+    loud = subprocess.run([sys.executable, "-m", "rembert_convert.cli", "verify", str(EXAMPLE), str(out)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert loud.returncode == 0 and "parity passed" in loud.stdout
+    assert loud.stderr == ""
+
+
+def test_tokenizer_model_max_length(tmp_path):
+    default = run("tokenizer", EXAMPLE / "sentencepiece.model", "-o", tmp_path / "a", "--quiet")
+    short = run("tokenizer", EXAMPLE / "sentencepiece.model", "-o", tmp_path / "b", "--model-max-length", "64")
+    assert default.exit_code == short.exit_code == 0 and default.output == ""
+    assert json.loads((tmp_path / "a" / "tokenizer_config.json").read_text())["model_max_length"] == 512
+    assert json.loads((tmp_path / "b" / "tokenizer_config.json").read_text())["model_max_length"] == 64
+    converted = run("convert", EXAMPLE, "-o", tmp_path / "c", "--format", "safetensors", "--quiet")
+    assert converted.exit_code == 0 and converted.output == ""
+    positions = json.loads((EXAMPLE / "bert_config.json").read_text())["max_position_embeddings"]
+    tokenizer_config = json.loads((tmp_path / "c" / "tokenizer_config.json").read_text())
+    assert tokenizer_config["model_max_length"] == positions != 512
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"

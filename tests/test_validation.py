@@ -13,7 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 from rembert_convert.cli import main
 from converters.convert import ConvertOptions, convert_checkpoint
-from validation.bundle import ParityFailure, bundle_checkpoint
+from validation.bundle import ParityFailure, bundle_checkpoint, card_snippets
 from validation.parity import HEADS, verify_conversion
 
 BASE_HEADS = ("RemBertModel", "RemBertForMaskedLM")
@@ -51,7 +51,7 @@ def test_bundle_files_and_checksums(bundled):
     for line in (out / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split("  ")
         listed[name] = digest
-    assert set(listed) == names - {"SHA256SUMS"}
+    assert set(listed) == names - {"SHA256SUMS", "README.md"}  # the card stays editable
     for name, digest in listed.items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
     card = (out / "README.md").read_text()
@@ -111,3 +111,52 @@ def test_bf16_bundle_refuses_h5_with_one_line(tiny_ckpt, tmp_path):
                                        "--dtype", "bfloat16"])
     assert result.exit_code == 2 and "bfloat16" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def _front_matter(card: str) -> dict:
+    import yaml
+
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n", 2)[1])
+
+
+def test_card_metadata_parses_with_the_keys_a_hub_reads(bundled):
+    card = (bundled.output_dir / "README.md").read_text()
+    meta = _front_matter(card)
+    assert meta["license"] == "apache-2.0" and meta["language"] == ["multilingual"]
+    assert meta["pipeline_tag"] == "fill-mask" and meta["library_name"] == "transformers"
+    assert {"rembert", "safetensors", "pytorch", "tf"} <= set(meta["tags"])
+    assert "\n# tiny\n" in card  # the output folder's name, not the checkpoint's model.ckpt-3
+    assert "sha256sum -c SHA256SUMS" in card and "convert-rembert verify" in card
+    snippets = card_snippets(card)
+    assert set(snippets) == {"pytorch", "tensorflow"}
+    for code in snippets.values():
+        compile(code, "card", "exec")
+    assert 'path = "tiny"' in snippets["pytorch"] and "use_safetensors=False" in snippets["tensorflow"]
+
+
+def test_card_options_and_a_bundle_without_pytorch_bin(tiny_ckpt, tmp_path):
+    out = tmp_path / "pub"
+    result = CliRunner().invoke(main, ["bundle", str(tiny_ckpt.prefix), "-o", str(out), "--quiet",
+                                       "--format", "safetensors", "--name", "RemBERT tiny test",
+                                       "--license", "mit", "--language", "en", "--language", "sw"])
+    assert result.exit_code == 0, result.output
+    assert result.output == ""  # --quiet: nothing but errors
+    names = {p.name for p in out.iterdir()}
+    assert "model.safetensors" in names and not names & {"pytorch_model.bin", "tf_model.h5"}
+    card = (out / "README.md").read_text()
+    meta = _front_matter(card)
+    assert meta["license"] == "mit" and meta["language"] == ["en", "sw"]
+    assert "pytorch" not in meta["tags"] and "\n# RemBERT tiny test\n" in card
+    assert "--format safetensors --name 'RemBERT tiny test' --license mit" in card  # the exact command
+    assert set(card_snippets(card)) == {"pytorch"}
+    listed = {line.split("  ")[1] for line in (out / "SHA256SUMS").read_text().splitlines()}
+    assert listed == names - {"SHA256SUMS", "README.md"}
+
+
+@pytest.mark.parametrize("option", [["--language", "English language"], ["--license", "Apache 2"]])
+def test_bad_card_options_are_one_line_errors(tiny_ckpt, tmp_path, option):
+    result = CliRunner().invoke(main, ["bundle", str(tiny_ckpt.prefix), "-o", str(tmp_path / "x"),
+                                       "--format", "safetensors", *option])
+    assert result.exit_code == 2 and result.output.startswith("error: ") and result.output.count("\n") == 1
+    assert option[0] in result.output and not (tmp_path / "x").exists()

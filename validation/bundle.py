@@ -1,22 +1,63 @@
 """`bundle`: a publishable folder in one pass: every format, the tokenizer, config, a model card, the parity
-report and sha256 checksums. The parity check runs on the staged files; if it fails, nothing is published."""
+report and sha256 checksums. The parity check runs on the staged files; if it fails, nothing is published.
+
+The model card (`README.md`) is what a model hub shows and indexes: YAML front matter (license, language,
+pipeline_tag, library_name, tags), how the files were made (tool, version, the exact command), the measured
+parity and tokenizer agreement, usage that runs as written, and how to check the files. `SHA256SUMS` covers
+every file but the card, so editing the card on the hub does not break `sha256sum -c SHA256SUMS`.
+"""
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from converters.convert import ConversionResult, ConvertOptions, convert_checkpoint, sha256_file
-from rembert_ref.errors import UserError
+from rembert_ref.errors import UserError, require_tensorflow
 from validation.parity import HEADS, ParityReport, verify_conversion
 
 CHECKSUMS_NAME = "SHA256SUMS"
 MODEL_CARD_NAME = "README.md"
+DEFAULT_LICENSE = "apache-2.0"  # RemBERT's own license
+# RemBERT was pretrained on 110 languages; "multilingual" is the hub's tag for that. Pass --language
+# (repeatable) to list ISO 639-1 codes instead.
+DEFAULT_LANGUAGES = ("multilingual",)
+SAMPLE_TEXT = "Paris is the [MASK] of France."
+# Fenced code blocks of the card that the interop checks extract and run as written.
+SNIPPET_MARK = "<!-- runnable: {} -->"
+SNIPPETS = ("pytorch", "tensorflow")
+
+_LICENSE = re.compile(r"[a-z0-9][a-z0-9.+-]*")
+_LANGUAGE = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*|multilingual")
 
 
 class ParityFailure(UserError):
     """Parity failed: the message names the worst rows; the bundle was not written."""
+
+
+@dataclass
+class CardOptions:
+    """What the model card says about the bundle beyond what the files tell."""
+
+    name: str | None = None  # the title; default: the output folder's name
+    license: str = DEFAULT_LICENSE
+    languages: tuple[str, ...] = DEFAULT_LANGUAGES
+    command: str | None = None  # the exact command that made the bundle, as the user typed it
+    tags: tuple[str, ...] = field(default=())
+
+    def check(self) -> None:
+        if not _LICENSE.fullmatch(self.license):
+            raise UserError(f"--license {self.license!r} is not a license identifier; use one like apache-2.0, "
+                            "mit or other")
+        for language in self.languages:
+            if not _LANGUAGE.fullmatch(language):
+                raise UserError(f"--language {language!r} is not a language code; use ISO 639-1/3 codes like en "
+                                "or sw, or multilingual")
+        if self.name is not None and not self.name.strip():
+            raise UserError("--name is empty; pass the title the model card should carry")
 
 
 @dataclass
@@ -35,7 +76,15 @@ def bundle_checkpoint(
     formats: tuple[str, ...] = ("pytorch", "safetensors", "tf2"),
     tolerance: float | None = None,
     heads: tuple[str, ...] = HEADS,
+    card: CardOptions | None = None,
 ) -> BundleResult:
+    card = card or CardOptions()
+    card.check()
+    if "tf2" in formats:  # before converting: bundle verifies every file it publishes
+        require_tensorflow("verifying tf_model.h5 (bundle proves every file it publishes)",
+                           "leave tf_model.h5 out with --format pytorch --format safetensors")
+    if card.name is None:
+        card = CardOptions(**{**card.__dict__, "name": _default_name(Path(output_dir))})
     parity: dict[str, ParityReport] = {}
 
     def verify_and_describe(staged: ConversionResult) -> None:
@@ -50,67 +99,250 @@ def bundle_checkpoint(
                                 "nothing was written: run `convert-rembert verify` on a plain conversion for the "
                                 "full table")
         report.write(staged.output_dir)
-        (staged.output_dir / MODEL_CARD_NAME).write_text(model_card(staged, report), encoding="utf-8")
-        write_checksums(staged.output_dir)
+        write_checksums(staged.output_dir)  # before the card: it leaves the card out
+        tokenizer = _tokenizer_agreement(staged.output_dir)
+        text = model_card(staged, report, card, tokenizer, folder=Path(output_dir).name)
+        (staged.output_dir / MODEL_CARD_NAME).write_text(text, encoding="utf-8")
 
     conversion = convert_checkpoint(ckpt, output_dir, list(formats), options, before_commit=verify_and_describe)
     out = Path(output_dir)
     return BundleResult(out, sorted(p for p in out.iterdir() if p.is_file()), parity["report"], conversion)
 
 
+def _default_name(output_dir: Path) -> str:
+    """The output folder's name, as a hub repository would be named; 'RemBERT' for a nameless folder."""
+    name = output_dir.resolve().name
+    return name if name and not name.startswith(".") else "RemBERT"
+
+
 def write_checksums(directory: Path) -> Path:
-    """`sha256sum -c SHA256SUMS` checks the folder."""
+    """`sha256sum -c SHA256SUMS` checks the folder: every file but the card (editable on a hub) and itself."""
     lines = [f"{sha256_file(p)}  {p.name}" for p in sorted(directory.iterdir())
-             if p.is_file() and p.name != CHECKSUMS_NAME]
+             if p.is_file() and p.name not in (CHECKSUMS_NAME, MODEL_CARD_NAME)]
     path = directory / CHECKSUMS_NAME
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
-def model_card(staged: ConversionResult, parity: ParityReport) -> str:
-    """A deterministic model card: what the folder holds, how it was made, what parity was measured."""
+def _tokenizer_agreement(directory: Path):
+    """The staged tokenizer.json measured against the staged sentencepiece.model, or None without one."""
+    if not (directory / "tokenizer.json").is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    from converters.tokenizer import measure_agreement, probe_corpus, read_sentencepiece
+
+    info = read_sentencepiece(directory / "sentencepiece.model")
+    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    return info, measure_agreement(info, tokenizer, probe_corpus())
+
+
+def _tool_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rembert-convert")
+    except PackageNotFoundError:  # run from a source tree without installing
+        return "(source tree, not installed)"
+
+
+def _yaml_list(key: str, values: list[str]) -> list[str]:
+    # JSON strings are valid YAML double-quoted scalars: no value can break the front matter.
+    return [f"{key}:"] + [f"- {json.dumps(v, ensure_ascii=False)}" for v in values]
+
+
+def front_matter(card: CardOptions, mlm_head: bool, formats: list[str]) -> list[str]:
+    """The YAML metadata a hub reads: license, language, library_name, pipeline_tag, tags."""
+    tags = ["rembert", *(["safetensors"] if "safetensors" in formats else []),
+            *(["pytorch"] if "pytorch" in formats else []), *(["tf"] if "tf2" in formats else []),
+            "converted", "rembert-convert", *card.tags]
+    return [
+        "---",
+        f"license: {json.dumps(card.license)}",
+        *_yaml_list("language", list(card.languages)),
+        "library_name: transformers",
+        f"pipeline_tag: {'fill-mask' if mlm_head else 'feature-extraction'}",
+        *_yaml_list("tags", list(dict.fromkeys(tags))),
+        "---",
+    ]
+
+
+def model_card(staged: ConversionResult, parity: ParityReport, card: CardOptions, tokenizer=None,
+               folder: str = ".") -> str:
+    """A deterministic model card: what the folder holds, how it was made, what parity was measured, how to
+    use and check it. `folder` is the bundle folder's name, which the usage snippets load."""
     report, config = staged.report, staged.plan.config
     files = sorted(p.name for p in staged.output_dir.iterdir() if p.is_file())
-    worst: dict[tuple[str, str], float] = {}
-    for row in parity.rows:
-        key = (row.head, row.format)
-        worst[key] = max(worst.get(key, 0.0), row.rel_err)
+    formats = list(parity.formats)
+    mlm_head = bool(report["mlm_head"])
     act = "tanh approximation of gelu (as the original TF1 graph)" if config.hidden_act == "gelu_new" \
         else "exact erf gelu"
+    checkpoint = Path(report["source"]["checkpoint"]).name
     lines = [
-        "---",
-        "library_name: transformers",
-        "tags: [rembert, converted]",
-        "---",
+        *front_matter(card, mlm_head, formats),
         "",
-        f"# RemBERT converted from `{report['source']['checkpoint']}`",
+        f"# {card.name}",
         "",
-        "Converted by rembert-convert from Google's original TF1 checkpoint. Weight names follow Hugging Face "
-        "transformers' RemBERT, so the files load in transformers and in `rembert_ref`.",
+        f"RemBERT ({config.num_hidden_layers} layers, hidden size {config.hidden_size}) converted from Google's "
+        f"original TF1 checkpoint `{checkpoint}` by rembert-convert. Weight names follow Hugging Face "
+        "transformers' RemBERT, so the files load with transformers' Auto classes.",
         "",
         "## Model",
         "",
         f"- {config.num_hidden_layers} layers, hidden {config.hidden_size}, {config.num_attention_heads} heads, "
-        f"intermediate {config.intermediate_size}",
+        f"intermediate {config.intermediate_size}, {config.max_position_embeddings} positions",
         f"- vocabulary {config.vocab_size}, input embedding {config.input_embedding_size}, output embedding "
         f"{config.output_embedding_size}",
         f"- activation `{config.hidden_act}`: {act}",
-        f"- weights dtype {report['dtype']}; masked-LM head {'included' if report['mlm_head'] else 'not included'}",
+        f"- weights dtype {report['dtype']}; masked-LM head {'included' if mlm_head else 'not included'}",
         f"- {len(report['mapped'])} tensors converted; {len(report['ignored'])} checkpoint variables ignored "
         "(optimizer state, global_step, next-sentence head): see `conversion_report.json`",
         "",
-        "## Files",
+        *_usage(folder, formats, mlm_head, tokenizer is not None, config),
+        *_tokenizer_section(tokenizer),
+        *_parity_section(parity),
+        "## How it was made",
         "",
-        *[f"- `{name}`" for name in files + [CHECKSUMS_NAME, MODEL_CARD_NAME] if name != MODEL_CARD_NAME],
+        f"rembert-convert {_tool_version()}:",
         "",
-        "Check them with `sha256sum -c SHA256SUMS`.",
+        "```bash",
+        card.command or f"convert-rembert bundle {checkpoint} -o {folder}",
+        "```",
         "",
+        "## Files and how to check them",
+        "",
+        *[f"- `{name}`" for name in sorted(files + [MODEL_CARD_NAME])],
+        "",
+        f"`{CHECKSUMS_NAME}` lists the sha256 of every file but this card, so the card can be edited:",
+        "",
+        "```bash",
+        f"cd {folder} && sha256sum -c {CHECKSUMS_NAME}",
+        "```",
+        "",
+        "To measure parity again against the original checkpoint (`pip install rembert-convert`; add the `[tf]` "
+        "extra to verify `tf_model.h5`):",
+        "",
+        "```bash",
+        f"convert-rembert verify ORIGINAL_CHECKPOINT_DIR {folder}",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _usage(folder: str, formats: list[str], mlm_head: bool, has_tokenizer: bool, config) -> list[str]:
+    lines = ["## Use", ""]
+    path_line = f"path = {json.dumps(folder)}  # this folder, or its id once uploaded to a hub"
+    torch_formats = [f for f in formats if f in ("pytorch", "safetensors")]
+    auto = "AutoModelForMaskedLM" if mlm_head else "AutoModel"
+    out = "logits" if mlm_head else "last_hidden_state"
+    if has_tokenizer:
+        inputs_pt = 'inputs = tokenizer("Hello world", return_tensors="pt")'
+        inputs_tf = 'inputs = tokenizer("Hello world", return_tensors="tf")'
+    else:
+        ids = [config.bos_token_id, 5, 6, config.eos_token_id]
+        inputs_pt = f"inputs = {{\"input_ids\": torch.tensor([{ids}])}}"
+        inputs_tf = f"inputs = {{\"input_ids\": tf.constant([{ids}])}}"
+    if torch_formats:
+        code = ["import torch"] if not has_tokenizer else []
+        code += [f"from transformers import {auto}" + (", AutoTokenizer" if has_tokenizer else "")
+                 + (", pipeline" if has_tokenizer and mlm_head else ""), "", path_line]
+        if has_tokenizer and mlm_head:
+            code += ["fill_mask = pipeline(\"fill-mask\", model=path)",
+                     f"print(fill_mask({json.dumps(SAMPLE_TEXT)})[0])"]
+        if has_tokenizer:
+            code += ["tokenizer = AutoTokenizer.from_pretrained(path)"]
+        code += [f"model = {auto}.from_pretrained(path)", inputs_pt, f"print(model(**inputs).{out}.shape)"]
+        lines += [
+            "PyTorch, with transformers 5 (the same code runs with 4.57):",
+            "",
+            "```bash",
+            'pip install "transformers>=5" torch',
+            "```",
+            "",
+            SNIPPET_MARK.format("pytorch"),
+            "```python",
+            *code,
+            "```",
+            "",
+        ]
+    if "tf2" in formats:
+        tf_auto = f"TF{auto}"
+        code = ["import tensorflow as tf"] if not has_tokenizer else []
+        code += [f"from transformers import {tf_auto}" + (", AutoTokenizer" if has_tokenizer else ""), "",
+                 path_line]
+        if has_tokenizer:
+            code += ["tokenizer = AutoTokenizer.from_pretrained(path)"]
+        safetensors_note = ""
+        if "safetensors" in formats:
+            safetensors_note = "  # see the note below"
+            code += [f"model = {tf_auto}.from_pretrained(path, use_safetensors=False){safetensors_note}"]
+        else:
+            code += [f"model = {tf_auto}.from_pretrained(path)"]
+        code += [inputs_tf, f"print(model(**inputs).{out}.shape)"]
+        lines += [
+            "TensorFlow, with transformers 4.57 (the last release with TF classes; they need Keras 2, which "
+            "`tf-keras` provides):",
+            "",
+            "```bash",
+            'pip install "transformers==4.57.*" tensorflow tf-keras',
+            "```",
+            "",
+            SNIPPET_MARK.format("tensorflow"),
+            "```python",
+            *code,
+            "```",
+            "",
+        ]
+        if safetensors_note:
+            lines += [
+                "`use_safetensors=False` makes transformers 4.57 read `tf_model.h5`: without it, TF "
+                "`from_pretrained` on a folder holding `model.safetensors` fails with `'builtins.safe_open' "
+                "object is not iterable` when safetensors >= 0.8 is installed.",
+                "",
+            ]
+    return lines
+
+
+def _tokenizer_section(tokenizer) -> list[str]:
+    if tokenizer is None:
+        return []
+    from converters.tokenizer import DIFFERENCE_SUMMARIES
+
+    info, agreement = tokenizer
+    lines = [
+        "## Tokenizer",
+        "",
+        f"`tokenizer.json` is the SentencePiece model `sentencepiece.model` ({info.model_type}, "
+        f"{len(info.pieces)} pieces) as a fast tokenizer; `AutoTokenizer` loads it as it is, in transformers 5 "
+        "and 4.57. Its ids equal SentencePiece's on "
+        f"{agreement.equal} of {agreement.total} lines of rembert-convert's multilingual probe corpus "
+        f"({100 * agreement.rate:.1f}%).",
+    ]
+    if agreement.classes or agreement.unexplained:
+        lines += ["", "The lines that differ, by cause:", ""]
+        lines += [f"- {n} x `{name}`: {DIFFERENCE_SUMMARIES[name]}" for name, n in sorted(agreement.classes.items())]
+        if agreement.unexplained:
+            lines += [f"- {len(agreement.unexplained)} x unexplained"]
+    lines += ["", "Where the two can differ at all (each with a reproducer): `DIFFERENCE_CLASSES` in "
+              "rembert-convert's `converters/tokenizer.py`.", ""]
+    return lines
+
+
+def _parity_section(parity: ParityReport) -> list[str]:
+    worst: dict[tuple[str, str], float] = {}
+    for row in parity.rows:
+        key = (row.head, row.format)
+        worst[key] = max(worst.get(key, 0.0), row.rel_err)
+    lines = [
         "## Parity",
         "",
         f"Measured on {parity.inputs['batch']} x {parity.inputs['seq']} tokens: {len(parity.rows)} outputs, "
         f"{'all within' if parity.passed else 'NOT all within'} tolerance (atol {parity.tolerance['atol']:g} + "
-        f"rtol {parity.tolerance['rtol']:g} x scale). Base and masked-LM heads are compared with a float64 "
-        "forward pass of the original TF1 graph; task heads across formats. Worst relative error:",
+        f"rtol {parity.tolerance['rtol']:g} x scale"
+        + (", overridden by the user" if parity.tolerance_override else "") + "). Base and masked-LM heads are "
+        "compared with a float64 forward pass of the original TF1 graph; task heads across formats. Worst "
+        "relative error:",
         "",
         "| head | " + " | ".join(parity.formats) + " |",
         "| --- |" + " --- |" * len(parity.formats),
@@ -118,17 +350,20 @@ def model_card(staged: ConversionResult, parity: ParityReport) -> str:
     for head in dict.fromkeys(r.head for r in parity.rows):
         cells = [f"{worst[(head, f)]:.1e}" if (head, f) in worst else "reference" for f in parity.formats]
         lines.append(f"| {head} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Full table: `parity_report.md` / `parity_report.json`.",
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from transformers import AutoTokenizer, RemBertForMaskedLM",
-        "tokenizer = AutoTokenizer.from_pretrained(PATH)",
-        "model = RemBertForMaskedLM.from_pretrained(PATH)",
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
+    lines += ["", "Full table: `parity_report.md` / `parity_report.json`.", ""]
+    return lines
+
+
+def card_snippets(card_text: str) -> dict[str, str]:
+    """The runnable code blocks of a model card, by name ("pytorch", "tensorflow"): what the interop checks
+    run as written."""
+    found = {}
+    for name in SNIPPETS:
+        mark = SNIPPET_MARK.format(name)
+        if mark not in card_text:
+            continue
+        block = card_text.split(mark, 1)[1]
+        match = re.match(r"\s*```python\n(.*?)\n```", block, re.S)
+        if match:
+            found[name] = match.group(1) + "\n"
+    return found

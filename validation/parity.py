@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from rembert_ref.errors import UserError
+from rembert_ref.errors import UserError, require_tensorflow
 
 # (atol, rtol) per weight dtype. fp32 against float64: rounding of ~1e-7 per op, grown through the layers;
 # fp16 / bf16 weights carry 2^-11 / 2^-8 relative rounding into every product.
@@ -190,6 +190,8 @@ def verify_conversion(
     unknown = sorted(set(heads) - set(HEADS))
     if unknown:
         raise UserError(f"unknown head(s) {', '.join(unknown)}; use some of: {', '.join(HEADS)}")
+    if "tf2" in formats:
+        require_tensorflow(f"verifying {converted / 'tf_model.h5'}", "verify a folder without it")
     config = RemBertConfig.from_json_file(converted / "config.json")
     activation = {"gelu_new": "tanh", "gelu": "exact"}.get(config.hidden_act)
     if activation is None:
