@@ -9,11 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +30,7 @@ from converters.mapping import (
     plan_conversion,
     refuse_object_graph_checkpoint,
 )
+from converters.output import NamedInput, check_output, checkpoint_inputs, inputs_of, staged_output
 from converters.pipeline import FileHasher, read_ahead
 from converters.tf1_checkpoint import DEFAULT_CHUNK_BYTES, CheckpointReader, checkpoint_home, resolve_checkpoint
 from converters.writers import (
@@ -209,24 +207,31 @@ def convert_checkpoint(
     if unknown or not formats:
         raise UserError(f"unknown or no format {unknown}; use some of: {', '.join(FORMATS)}")
     formats = [name for name in FORMATS if name in formats]  # one order, whatever the caller's
+    check_dtype_formats(options.dtype, formats)
+    # Everything that can fail without reading weights fails first: output location, config, shapes,
+    # tokenizer size. Only then does the first byte of tensor data get read.
+    prefix = resolve_checkpoint(ckpt)
+    inputs = conversion_inputs(prefix, options)
+    check_output(output_dir, inputs, force=options.force)
     output_dir = Path(output_dir)
-    check_output_dir(output_dir, options.force)
     factories = _writer_factories(formats, options)
-    if "tf2" in formats:  # only the h5py path fragments; elsewhere the page faults would cost 3-5 s
-        _return_big_buffers_to_the_os()
     labels = read_labels(options.labels) if options.labels is not None else None
-    with CheckpointReader(resolve_checkpoint(ckpt)) as reader:
+    with CheckpointReader(prefix) as reader:
         config = load_config(reader.prefix, options)
         task_head = detect_task_head(reader, options)
         apply_task_head(config, task_head, labels)
         plan = plan_conversion(config, reader.variables(), mlm_head=options.mlm_head,
-                               output_embedding_name=options.output_embedding_name, task_head=task_head)
+                               output_embedding_name=options.output_embedding_name, task_head=task_head,
+                               inspect_args=inspect_args(ckpt, options))
         for mapping in plan.mappings:
             if mapping.source_dtype not in FLOAT_SOURCE_DTYPES:
                 raise UserError(f"{mapping.source} has dtype {mapping.source_dtype}; only float tensors map to weights")
+        spm_info = _read_tokenizer(Path(options.tokenizer), config) if options.tokenizer is not None else None
         config.torch_dtype = options.dtype
         config.architectures = [plan.architecture]
-        with atomic_output_dir(output_dir, options.force) as staging:
+        if "tf2" in formats:  # only the h5py path fragments; elsewhere the page faults would cost 3-5 s
+            _return_big_buffers_to_the_os()
+        with staged_output(output_dir, inputs, force=options.force) as staging:
             writers = [factory(staging, plan.mappings, options.dtype, plan) for factory in factories]
             hasher = FileHasher() if options.checksums else None
             try:
@@ -238,8 +243,8 @@ def convert_checkpoint(
                 if hasher is not None:
                     hasher.cancel()
                 raise
-            if options.tokenizer is not None:
-                files += _write_tokenizer(Path(options.tokenizer), config, staging)
+            if spm_info is not None:
+                files += _write_tokenizer(spm_info, config, staging)
             own = {path: digest for writer in writers for path, digest in writer.digests().items()}
             digests = {**hasher.finish([f for f in files if f not in own]), **own} if hasher is not None else None
             config.save(staging / "config.json")
@@ -270,13 +275,20 @@ def _return_big_buffers_to_the_os() -> None:
         pass
 
 
-def _write_tokenizer(spm_path: Path, config: RemBertConfig, staging: Path) -> list[Path]:
-    from converters.tokenizer import read_sentencepiece, tokenizer_files
+def _read_tokenizer(spm_path: Path, config: RemBertConfig):
+    """Parse the SentencePiece model and check its size against the config, before any weight is read."""
+    from converters.tokenizer import read_sentencepiece
 
     info = read_sentencepiece(spm_path)
     if len(info.pieces) != config.vocab_size:
         raise UserError(f"{spm_path} has {len(info.pieces)} pieces but the model's vocab_size is {config.vocab_size}; "
                         "pass the checkpoint's own SentencePiece model, or leave the tokenizer out")
+    return info
+
+
+def _write_tokenizer(info, config: RemBertConfig, staging: Path) -> list[Path]:
+    from converters.tokenizer import tokenizer_files
+
     # The model's special ids follow the tokenizer (HF's defaults 0/312/313 are the full-size model's).
     ids = info.special_ids
     config.pad_token_id = ids.get("[PAD]", config.pad_token_id)
@@ -373,34 +385,35 @@ def sha256_file(path: Path, block: int = 16 << 20) -> str:
     return digest.hexdigest()
 
 
-# -- atomic output ----------------------------------------------------------------------------------------------
+# -- inputs and combinations checked before anything is read ----------------------------------------------
 
 
-def check_output_dir(output_dir: Path, force: bool) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UserError(f"output {output_dir} exists and is not a directory; choose another -o")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not force:
-        raise UserError(f"output directory {output_dir} is not empty; pass --force to replace it "
-                        "or choose another -o")
+def inspect_args(ckpt: str | os.PathLike, options: ConvertOptions) -> list[str]:
+    """The arguments of the `inspect` command that shows this conversion's full table."""
+    args = [str(ckpt)]
+    if options.config is not None:
+        args += ["--config", str(options.config)]
+    if not options.mlm_head:
+        args.append("--no-mlm-head")
+    if options.output_embedding_name is not None:
+        args += ["--output-embedding-name", options.output_embedding_name]
+    if options.head is not None:
+        args += ["--head", options.head]
+    return args
 
 
-@contextmanager
-def atomic_output_dir(output_dir: Path, force: bool) -> Iterator[Path]:
-    """Yield a staging directory beside `output_dir`; rename it into place only if the block succeeds."""
-    check_output_dir(output_dir, force)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    os.chmod(staging, 0o755)  # mkdtemp makes it private
-    if output_dir.exists():
-        previous = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
-        os.rename(output_dir, previous / "old")
-        os.rename(staging, output_dir)
-        shutil.rmtree(previous, ignore_errors=True)
-    else:
-        os.rename(staging, output_dir)
+def check_dtype_formats(dtype: str, formats: Sequence[str]) -> None:
+    """HDF5 has no bfloat16: refuse the combination before reading anything, naming the way out."""
+    if dtype == "bfloat16" and "tf2" in formats:
+        others = [f for f in formats if f != "tf2"] or ["pytorch", "safetensors"]
+        way_out = " ".join(f"--format {f}" for f in others)
+        raise UserError(f"tf_model.h5 cannot hold bfloat16 (HDF5 has no such type): for bfloat16 pass {way_out}; "
+                        "for tf2 use --dtype float32 or float16")
 
+
+def conversion_inputs(prefix: Path, options: ConvertOptions) -> list[NamedInput]:
+    """Every file and folder a conversion reads: no output may be, hold or lie inside one of them."""
+    config = find_config(prefix, options.config)
+    return checkpoint_inputs(prefix) + inputs_of([(config, "config file"),
+                                                  (options.tokenizer, "SentencePiece model"),
+                                                  (options.labels, "labels file")])

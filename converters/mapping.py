@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import itertools
 import re
+import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -461,15 +462,16 @@ def plan_conversion(
     mlm_head: bool = True,
     output_embedding_name: str | None = None,
     task_head: TaskHead | None = None,
+    inspect_args: Sequence[str] = ("CKPT",),
 ) -> ConversionPlan:
-    """Match checkpoint variables (name -> (shape, dtype)) against the table, or fail listing every problem.
+    """Match checkpoint variables (name -> (shape, dtype)) against the table, or fail naming the first problems
+    and the `inspect` command (with `inspect_args`) that lists them all.
     With a `task_head`, `config.num_labels` must already be the head's (see `apply_task_head`)."""
     rows, output_embedding = classify(config, variables, mlm_head=mlm_head,
                                       output_embedding_name=output_embedding_name, task_head=task_head)
     problems = [f"{r.variable} {r.detail}" for r in rows if r.status in PROBLEM_STATUSES]
     if problems:
-        raise UserError(f"checkpoint and config disagree on {len(problems)} variable(s): " + "; ".join(problems)
-                        + ". Check --config, or run `convert-rembert inspect CKPT` for the full table")
+        raise UserError(mismatch_message(problems, inspect_args))
     mappings = sorted((r.mapping for r in rows if r.mapping is not None), key=lambda m: m.torch_name)
     return ConversionPlan(config, mlm_head and task_head is None, mappings, rows, output_embedding, task_head)
 
@@ -496,6 +498,17 @@ def apply_task_head(config: RemBertConfig, task_head: TaskHead | None, labels: S
     config.problem_type = task_head.problem_type
     config.architectures = [task_head.architecture]
     config.set_labels(labels)
+
+
+SHOWN_PROBLEMS = 3
+
+
+def mismatch_message(problems: Sequence[str], inspect_args: Sequence[str]) -> str:
+    """The count, the first few problems and the command that lists every one: one line a person reads."""
+    shown = "; ".join(problems[:SHOWN_PROBLEMS])
+    more = f"; and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
+    return (f"checkpoint and config disagree on {len(problems)} variable(s): {shown}{more}. Check --config; "
+            f"`convert-rembert inspect {shlex.join(inspect_args)}` lists them all")
 
 
 def _explain_unknown(name: str, config: RemBertConfig) -> str:

@@ -30,9 +30,7 @@ import functools
 import hashlib
 import json
 import re
-import shutil
 import struct
-import tempfile
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,7 @@ import numpy as np
 import sentencepiece as spm
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
 
-from rembert_ref.errors import UserError
+from converters.output import check_output, inputs_of, staged_output
 from rembert_ref.tokenization import (
     CLS,
     MASK,
@@ -455,28 +453,15 @@ def convert_tokenizer(spm_path: str | Path, output_dir: str | Path, *, force: bo
     complete. An existing non-empty `output_dir` is refused unless `force`. The report carries the
     measured agreement with SentencePiece on the project's probe corpus.
     """
+    inputs = inputs_of([(spm_path, "SentencePiece model")])
+    check_output(output_dir, inputs, force=force)
     output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UserError(f"output {output_dir} is a file; pass a directory path")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not force:
-        raise UserError(f"output directory {output_dir} is not empty; pass --force to replace it or choose "
-                        "another -o")
     info = read_sentencepiece(spm_path)
     files = tokenizer_files(info, model_max_length)
     tokenizer = Tokenizer.from_str(files["tokenizer.json"].decode("utf-8"))
     agreement = measure_agreement(info, tokenizer, probe_corpus()[:probe_lines])
-
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        for name in FILES:
-            (staging / name).write_bytes(files[name])
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with staged_output(output_dir, inputs, force=force) as staging:
+        write_files(staging, files)
     spec = info.proto.normalizer_spec
     return TokenizerReport(
         output_dir=output_dir,
@@ -489,6 +474,11 @@ def convert_tokenizer(spm_path: str | Path, output_dir: str | Path, *, force: bo
         agreement=agreement,
         files={name: hashlib.sha256(files[name]).hexdigest() for name in FILES},
     )
+
+
+def write_files(directory: Path, files: dict[str, bytes]) -> None:
+    for name in FILES:
+        (directory / name).write_bytes(files[name])
 
 
 def _composes_first(tokenizer: Tokenizer) -> bool:

@@ -15,7 +15,23 @@ import click
 
 from rembert_ref.errors import UserError
 
+# Exit codes (the README's table lists the same): 0 success; 1 verify measured a parity failure;
+# 2 a user error (bad input or options: one line, nothing written); 3 an internal error (a bug: one line,
+# --debug shows the traceback); 128 + N when signal N (SIGHUP 129, SIGINT 130, SIGTERM 143) stopped a write.
+EXIT_PARITY_FAILURE = 1
 EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 3
+EXIT_SIGINT = 128 + 2
+
+
+def _interrupted(exc: BaseException) -> None:
+    from converters.output import Interrupted
+
+    if isinstance(exc, Interrupted):
+        click.echo(f"error: {exc.message()}", err=True)
+        sys.exit(exc.exit_code)
+    click.echo("error: interrupted by SIGINT", err=True)
+    sys.exit(EXIT_SIGINT)
 
 
 def handle_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -23,6 +39,8 @@ def handle_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from converters.output import Interrupted
+
         debug = kwargs.get("debug", False)
         try:
             return command(*args, **kwargs)
@@ -31,16 +49,38 @@ def handle_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_USER_ERROR)
-        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+        except (Interrupted, KeyboardInterrupt) as exc:
+            _interrupted(exc)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:  # an internal error: still one line, the traceback is one flag away
             if debug:
                 raise
             click.echo(f"error: internal error {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
                        err=True)
-            sys.exit(1)
+            sys.exit(EXIT_INTERNAL_ERROR)
 
     return wrapper
+
+
+class OneLineErrorGroup(click.Group):
+    """Click's own usage errors get the same one-line `error: ` form as ours (Click prints a usage block and
+    `Error:`); the exit code stays Click's (2)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            context = getattr(exc, "ctx", None)
+            hint = f" (see `{context.command_path} --help`)" if context is not None else ""
+            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except (click.Abort, KeyboardInterrupt) as exc:
+            _interrupted(exc)
+        sys.exit(result if isinstance(result, int) else 0)
 
 
 debug_option = click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
@@ -48,7 +88,7 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 force_option = click.option("--force", is_flag=True, help="Replace an existing output directory.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=OneLineErrorGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="rembert-convert")
 def main() -> None:
     """Convert Google's original RemBERT TF1 checkpoints to PyTorch, safetensors and TF2, and the
@@ -88,12 +128,17 @@ def checkpoint_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def writer_options(command: Callable[..., Any]) -> Callable[..., Any]:
+ALL_DTYPES = ("float32", "float16", "bfloat16")
+TF2_DTYPES = ("float32", "float16")  # HDF5 has no bfloat16: not offered, so refused while parsing
+
+
+def writer_options(command: Callable[..., Any], dtypes: tuple[str, ...] = ALL_DTYPES) -> Callable[..., Any]:
     for option in reversed([
         click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
                      help="Output directory (written atomically)."),
-        click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
-                     show_default=True, help="Weight dtype of the written files."),
+        click.option("--dtype", type=click.Choice(list(dtypes)), default="float32",
+                     show_default=True, help="Weight dtype of the written files."
+                     + ("" if "bfloat16" in dtypes else " (HDF5 has no bfloat16)")),
         force_option,
         quiet_option,
         click.option("--checksums", "checksums", is_flag=True,
@@ -115,10 +160,23 @@ def _options(kwargs: dict[str, Any], **extra: Any):
                           labels=kwargs.get("labels"), **extra)
 
 
+def say_checkpoint(ckpt: str, quiet: bool) -> None:
+    """Name the checkpoint prefix that was read: a directory's `checkpoint` file may pick one silently."""
+    from pathlib import Path
+
+    from converters.tf1_checkpoint import resolve_checkpoint
+
+    prefix = resolve_checkpoint(ckpt)
+    if not quiet:
+        how = f" (named by {Path(ckpt) / 'checkpoint'})" if (Path(ckpt) / "checkpoint").is_file() else ""
+        click.echo(f"read checkpoint {prefix}{how}")
+
+
 def _run_conversion(ckpt: str, formats: list[str], kwargs: dict[str, Any], **extra: Any) -> None:
     from converters.convert import convert_checkpoint
 
     result = convert_checkpoint(ckpt, kwargs["output"], formats, _options(kwargs, **extra))
+    say_checkpoint(ckpt, kwargs.get("quiet", False))
     if kwargs.get("quiet"):
         return
     plan = result.plan
@@ -221,7 +279,8 @@ def _add_single_format_command(fmt: str, doc: str, extra_options: list[Callable[
     decorated = checkpoint_options(handle_user_errors(command))
     for option in reversed(extra_options):
         decorated = option(decorated)
-    decorated = click.argument("ckpt", type=click.Path())(writer_options(decorated))
+    dtypes = TF2_DTYPES if fmt == "tf2" else ALL_DTYPES
+    decorated = click.argument("ckpt", type=click.Path())(writer_options(decorated, dtypes))
     main.command(name=fmt)(decorated)
 
 
@@ -314,12 +373,13 @@ def _tokenizer_beside(ckpt: str, tokenizer: str | None, no_tokenizer: bool) -> s
 @click.option("--tolerance", type=float, default=None,
               help="Override the per-dtype tolerance (atol = rtol = this); recorded in the report.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
-              help="Write parity_report.json and parity_report.md into this directory.")
+              help="Write parity_report.json and parity_report.md into this directory (written atomically).")
+@click.option("--force", is_flag=True, help="Replace an existing non-empty --report directory.")
 @click.option("--all-rows", is_flag=True, help="Print every row, not only the worst per head and format.")
 @debug_option
 @handle_user_errors
 def verify(ckpt: str, converted: str, config: str | None, tolerance: float | None, report_dir: str | None,
-           all_rows: bool, debug: bool) -> None:
+           force: bool, all_rows: bool, debug: bool) -> None:
     """Measure every head x format x output of CONVERTED (a folder written by convert-rembert) against the
     original checkpoint CKPT: base and masked-LM heads against a float64 run of the original TF1 graph, task
     heads across formats. Exits 1 if any row exceeds its tolerance.
@@ -329,24 +389,30 @@ def verify(ckpt: str, converted: str, config: str | None, tolerance: float | Non
       convert-rembert verify examples/tiny-rembert out/tiny-rembert
       convert-rembert verify ckpt/ out/rembert --report out/parity --tolerance 1e-4
     """
-    from pathlib import Path
-
+    from converters.output import check_output, checkpoint_inputs, inputs_of, require_existing_dir, staged_output
+    from converters.tf1_checkpoint import resolve_checkpoint
     from validation.parity import verify_conversion
 
+    require_existing_dir(converted, "converted folder")
+    report_inputs = checkpoint_inputs(resolve_checkpoint(ckpt)) + inputs_of(
+        [(config, "config file"), (converted, "folder being verified")])
+    if report_dir is not None:  # before measuring: a refused --report costs nothing
+        check_output(report_dir, report_inputs, force=force, option="--report")
     report = verify_conversion(ckpt, converted, original_config=config, tolerance=tolerance)
     shown = report.rows if all_rows else _worst_rows(report.rows)
     for row in shown:
         click.echo(f"{'ok  ' if row.passed else 'FAIL'} {row.head:34} {row.format:11} {row.output:20} "
                    f"max abs {row.max_abs:.2e}  rel {row.rel_err:.2e}  tol {row.tolerance:.2e}  vs {row.reference}")
     if report_dir is not None:
-        Path(report_dir).mkdir(parents=True, exist_ok=True)
-        for path in report.write(Path(report_dir)):
-            click.echo(f"wrote {path}")
+        with staged_output(report_dir, report_inputs, force=force, option="--report") as staging:
+            written = report.write(staging)
+        for path in written:
+            click.echo(f"wrote {report_dir}/{path.name}")
     verdict = "passed" if report.passed else "FAILED"
     click.echo(f"parity {verdict}: {len(report.rows) - len(report.failures)}/{len(report.rows)} outputs within "
                f"tolerance (weights {report.dtype}, {', '.join(report.formats)})")
     if not report.passed:
-        sys.exit(1)
+        sys.exit(EXIT_PARITY_FAILURE)
 
 
 def _command_line(ctx: click.Context) -> str:
@@ -422,6 +488,7 @@ def bundle(ckpt: str, tokenizer: str | None, no_tokenizer: bool, formats: tuple[
                                                                 tokenizer=tokenizer),
                                formats=formats or ("pytorch", "safetensors", "tf2"), tolerance=tolerance,
                                card=card)
+    say_checkpoint(ckpt, kwargs.get("quiet", False))
     if not kwargs.get("quiet"):
         parity = result.parity
         click.echo(f"parity passed: {len(parity.rows)} outputs within tolerance "

@@ -1,0 +1,302 @@
+"""Output directories of every command that writes: inputs are never touched, the old output is replaced only
+by a complete new one, and an interrupted or killed run leaves nothing that the next run cannot recognise.
+
+- `check_output` refuses an output that is, contains or lies inside an input (compared by device and inode
+  of every ancestor, so symlinks, `..`, relative paths and bind mounts all resolve to the same answer), a
+  non-empty output without `force`, and an output that cannot be replaced by a rename (the current
+  directory or one above it, a mount point).
+- `staged_output` yields a staging directory beside the output, marked by a file (`MARKER_NAME`) naming this
+  process; the old output is renamed aside, the new one renamed in, then the old one deleted. Any failure
+  before the new one is in place renames the old one back, untouched.
+- SIGINT, SIGTERM and SIGHUP raise `Interrupted` while a staged output is open (the previous handlers come
+  back afterwards), so the staging directory is removed and the CLI exits 128 + the signal number.
+- Directories left by a killed run are recognised by their marker (written by this module, naming a process
+  that no longer runs on this host and the output it was for) and removed, or, when the old output had been
+  set aside and the new one not yet renamed in, renamed back. A directory without a valid marker is never
+  deleted, whatever its name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from rembert_ref.errors import UserError
+
+MARKER_NAME = ".rembert-convert-partial"
+STAGING_KIND, ASIDE_KIND = "staging", "aside"
+HANDLED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class Interrupted(BaseException):
+    """A signal arrived while an output was being written; the partial output has been removed.
+
+    A BaseException (like KeyboardInterrupt), so that no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int, committed: bool = False):
+        self.signum = signum
+        self.committed = committed
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def message(self) -> str:
+        name = signal.Signals(self.signum).name
+        if self.committed:
+            return f"interrupted by {name} after the output was complete; it is in place"
+        return f"interrupted by {name}; the partial output was removed and the previous output (if any) is unchanged"
+
+
+@dataclass(frozen=True)
+class NamedInput:
+    """An input a command reads: never written, replaced, or written into."""
+
+    path: Path
+    what: str  # "checkpoint folder", "config file", ... for the message
+
+
+def inputs_of(pairs: Iterable[tuple[str | os.PathLike | None, str]]) -> list[NamedInput]:
+    """(path or None, description) pairs -> the inputs that exist."""
+    return [NamedInput(Path(p), what) for p, what in pairs if p is not None and os.path.lexists(p)]
+
+
+def checkpoint_inputs(prefix: Path) -> list[NamedInput]:
+    """A checkpoint's files (index, data shards, `checkpoint` state) and the folder holding them."""
+    found = [NamedInput(p, "checkpoint file") for p in sorted(prefix.parent.glob(f"{prefix.name}.*"))]
+    return found + [NamedInput(prefix.parent, "checkpoint folder")]
+
+
+# -- where an output may go --------------------------------------------------------------------------------
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _self_and_ancestors(path: Path) -> list[Path]:
+    """`path` (made absolute, symlinks resolved) and every directory above it."""
+    real = Path(os.path.realpath(path))
+    return [real, *real.parents]
+
+
+def _ancestor_identities(path: Path) -> set[tuple[int, int]]:
+    return {ident for p in _self_and_ancestors(path) if (ident := _identity(p)) is not None}
+
+
+def overlap(output: Path, source: Path) -> str | None:
+    """How `output` overlaps `source` ("is", "contains", "lies inside") or None. Compared by (device, inode)
+    as well as by resolved path, so a bind mount of the same folder counts as the same folder."""
+    real_out, real_src = Path(os.path.realpath(output)), Path(os.path.realpath(source))
+    out_id, src_id = _identity(real_out), _identity(real_src)
+    if real_out == real_src or (out_id is not None and out_id == src_id):
+        return "is"
+    if real_out in real_src.parents or (out_id is not None and out_id in _ancestor_identities(real_src)):
+        return "contains"
+    if real_src in real_out.parents or (src_id is not None and src_id in _ancestor_identities(real_out)):
+        return "lies inside"
+    return None
+
+
+def check_output(output: str | os.PathLike, inputs: Sequence[NamedInput], *, force: bool,
+                 option: str = "-o") -> Path:
+    """Refuse an output that would touch an input, or that cannot be replaced atomically; return its real path.
+
+    Checked before anything is read, so a mistake costs nothing."""
+    output = Path(output)
+    for source in inputs:
+        how = overlap(output, source.path)
+        if how is not None:
+            raise UserError(f"output {output} {how} the {source.what} {source.path}; inputs are never written or "
+                            f"replaced, with or without --force: choose an {option} outside it")
+    if os.path.lexists(output) and not output.is_dir():
+        raise UserError(f"output {output} exists and is not a directory; choose another {option}")
+    real = Path(os.path.realpath(output))
+    cwd = Path(os.path.realpath(os.getcwd()))
+    if real == cwd or real in cwd.parents:
+        raise UserError(f"output {output} is the current directory or holds it, which cannot be replaced "
+                        f"atomically; name a new folder, e.g. {option} {real.name or 'out'}-converted")
+    if real.is_dir() and os.path.ismount(real):
+        raise UserError(f"output {output} is a mount point, which cannot be replaced atomically; "
+                        f"name a folder inside it with {option}")
+    if real.is_dir() and any(real.iterdir()) and not force:
+        raise UserError(f"output directory {output} is not empty; pass --force to replace it or choose "
+                        f"another {option}")
+    return real
+
+
+# -- markers and leftovers of killed runs ------------------------------------------------------------------
+
+
+def _write_marker(directory: Path, kind: str, target: Path) -> None:
+    marker = {"tool": "rembert-convert", "kind": kind, "pid": os.getpid(), "host": socket.gethostname(),
+              "token": secrets.token_hex(16), "target": str(target)}
+    (directory / MARKER_NAME).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+
+
+def _read_marker(directory: Path) -> dict | None:
+    """The marker of a directory this module made, or None for anything else (never deleted then)."""
+    path = directory / MARKER_NAME
+    try:
+        if directory.is_symlink() or not stat.S_ISREG(os.lstat(path).st_mode) or os.lstat(path).st_size > 4096:
+            return None
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    keys = {"tool", "kind", "pid", "host", "token", "target"}
+    if not isinstance(marker, dict) or set(marker) != keys or marker["tool"] != "rembert-convert" or \
+            marker["kind"] not in (STAGING_KIND, ASIDE_KIND) or not isinstance(marker["pid"], int):
+        return None
+    return marker
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False
+
+
+def _prefixes(real: Path) -> tuple[str, str]:
+    return f".{real.name}.partial-", f".{real.name}.old-"
+
+
+def recover_leftovers(real: Path) -> list[Path]:
+    """Deal with what a killed run left beside `real`: a staging directory is removed; an old output set aside
+    is renamed back if no output took its place (else removed). Only directories whose marker names a
+    process of this host that is gone and this very output qualify. Returns the directories handled."""
+    parent = real.parent
+    if not parent.is_dir():
+        return []
+    handled = []
+    for candidate in sorted(parent.iterdir()):
+        if not candidate.name.startswith(_prefixes(real)):
+            continue
+        marker = _read_marker(candidate)
+        if marker is None or marker["target"] != str(real) or marker["host"] != socket.gethostname() or \
+                not _process_gone(marker["pid"]):
+            continue
+        if marker["kind"] == ASIDE_KIND:
+            old = candidate / "old"
+            if old.is_dir() and not os.path.lexists(real):
+                os.rename(old, real)  # the killed run had moved the old output aside: put it back
+        shutil.rmtree(candidate)
+        handled.append(candidate)
+    return handled
+
+
+# -- signals -----------------------------------------------------------------------------------------------
+
+
+class _SignalGuard:
+    """While open, SIGINT/SIGTERM/SIGHUP raise Interrupted (deferred while `critical`); the previous handlers
+    are restored on close. Only the main thread can set handlers; elsewhere this guard does nothing."""
+
+    def __init__(self) -> None:
+        self.previous: dict[int, object] = {}
+        self.critical = False
+        self.pending: int | None = None
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.critical:
+            self.pending = signum
+            return
+        raise Interrupted(signum)
+
+    def __enter__(self) -> _SignalGuard:
+        if threading.current_thread() is threading.main_thread():
+            for signum in HANDLED_SIGNALS:
+                self.previous[signum] = signal.getsignal(signum)
+                signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        self.previous.clear()
+
+
+# -- the staged write --------------------------------------------------------------------------------------
+
+
+@contextmanager
+def staged_output(output: str | os.PathLike, inputs: Sequence[NamedInput] = (), *, force: bool,
+                  option: str = "-o") -> Iterator[Path]:
+    """Yield a marked staging directory beside `output`; when the block succeeds, put it in place of `output`.
+
+    On any exception or signal inside the block the staging directory is removed and the old output stays
+    as it was. Leftovers of earlier killed runs for the same output are dealt with first."""
+    real = check_output(output, inputs, force=force, option=option)
+    with _SignalGuard() as guard:
+        recover_leftovers(real)
+        real.parent.mkdir(parents=True, exist_ok=True)
+        staging_prefix, aside_prefix = _prefixes(real)
+        # The marker sits beside the new files, not among them: `staging / "new"` becomes the output.
+        holder = Path(tempfile.mkdtemp(prefix=staging_prefix, dir=real.parent))
+        staging = holder / "new"
+        try:
+            _write_marker(holder, STAGING_KIND, real)
+            staging.mkdir()
+            yield staging
+            check_output(real, inputs, force=force, option=option)  # nothing appeared there meanwhile
+            guard.critical = True  # a signal now waits until the new output is in place or the old one back
+            _commit(staging, real, aside_prefix)
+        except BaseException:
+            guard.critical = True
+            raise
+        finally:
+            shutil.rmtree(holder, ignore_errors=True)
+            guard.critical = False
+        if guard.pending is not None:
+            raise Interrupted(guard.pending, committed=True)
+
+
+def _commit(staging: Path, real: Path, aside_prefix: str) -> None:
+    if not os.path.lexists(real):
+        os.rename(staging, real)
+        return
+    holder = Path(tempfile.mkdtemp(prefix=aside_prefix, dir=real.parent))
+    try:
+        _write_marker(holder, ASIDE_KIND, real)
+        os.rename(real, holder / "old")
+    except BaseException:
+        shutil.rmtree(holder, ignore_errors=True)  # the old output was not moved
+        raise
+    try:
+        os.rename(staging, real)
+    except BaseException:
+        # The old output comes back as it was. Should even that fail, it stays in `holder` with its marker,
+        # and the next run for this output renames it back (`recover_leftovers`).
+        os.rename(holder / "old", real)
+        shutil.rmtree(holder, ignore_errors=True)
+        raise
+    shutil.rmtree(holder, ignore_errors=True)
+
+
+def require_existing_dir(path: str | os.PathLike, what: str) -> Path:
+    """A folder the command reads: a missing one says so (not what it lacks)."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        raise UserError(f"{what} {path} does not exist; check the path")
+    if not path.is_dir():
+        raise UserError(f"{what} {path} is not a directory; pass the folder")
+    return path
