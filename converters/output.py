@@ -75,8 +75,8 @@ def inputs_of(pairs: Iterable[tuple[str | os.PathLike | None, str]]) -> list[Nam
 
 def checkpoint_inputs(prefix: Path) -> list[NamedInput]:
     """A checkpoint's files (index, data shards, `checkpoint` state) and the folder holding them."""
-    found = [NamedInput(p, "checkpoint file") for p in sorted(prefix.parent.glob(f"{prefix.name}.*"))]
-    return found + [NamedInput(prefix.parent, "checkpoint folder")]
+    files = [NamedInput(p, "checkpoint file") for p in sorted(prefix.parent.glob(f"{prefix.name}.*"))]
+    return [NamedInput(prefix.parent, "checkpoint folder"), *files]  # the folder first: the clearest message
 
 
 # -- where an output may go --------------------------------------------------------------------------------
@@ -118,8 +118,10 @@ def check_output(output: str | os.PathLike, inputs: Sequence[NamedInput], *, for
                  option: str = "-o") -> Path:
     """Refuse an output that would touch an input, or that cannot be replaced atomically; return its real path.
 
-    Checked before anything is read, so a mistake costs nothing."""
+    Checked before anything is read, so a mistake costs nothing. Leftovers of killed runs for this output are
+    dealt with first (`recover_leftovers`), so an old output a killed run had set aside is back in place."""
     output = Path(output)
+    recover_leftovers(Path(os.path.realpath(output)))
     for source in inputs:
         how = overlap(output, source.path)
         if how is not None:
@@ -247,7 +249,6 @@ def staged_output(output: str | os.PathLike, inputs: Sequence[NamedInput] = (), 
     as it was. Leftovers of earlier killed runs for the same output are dealt with first."""
     real = check_output(output, inputs, force=force, option=option)
     with _SignalGuard() as guard:
-        recover_leftovers(real)
         real.parent.mkdir(parents=True, exist_ok=True)
         staging_prefix, aside_prefix = _prefixes(real)
         # The marker sits beside the new files, not among them: `staging / "new"` becomes the output.

@@ -88,7 +88,8 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 force_option = click.option("--force", is_flag=True, help="Replace an existing output directory.")
 
 
-@click.group(cls=OneLineErrorGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(name="convert-rembert", cls=OneLineErrorGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="rembert-convert")
 def main() -> None:
     """Convert Google's original RemBERT TF1 checkpoints to PyTorch, safetensors and TF2, and the

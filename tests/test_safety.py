@@ -1,0 +1,416 @@
+"""Never destroy what the user has: inputs are refused as outputs, `--force` replaces only with a complete
+output, signals and kills leave nothing behind, cheap checks come first, and errors are one line a person
+can act on (issue 9)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from rembert_convert.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "tiny-rembert"
+CHECKPOINT_NAMES = ["bert_config.json", "checkpoint", "model.ckpt-3.data-00000-of-00001", "model.ckpt-3.index",
+                    "sentencepiece.model"]
+
+
+def run(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file and folder under `root` (names, and each file's sha256): equal snapshots, equal bytes."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        found[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def one_error_line(result, code: int = 2) -> str:
+    assert result.exit_code == code, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """tmp/work/ckpt: a copy of the shipped example checkpoint (with its config and SentencePiece model)."""
+    shutil.copytree(EXAMPLE, tmp_path / "work" / "ckpt")
+    return tmp_path / "work"
+
+
+def corrupt_data(directory: Path) -> None:
+    """Flip one byte of the word embeddings (a tensor every conversion reads): only reading the weights can
+    notice (CRC32C). Anything checked first fails with its own message instead."""
+    from converters.tf1_checkpoint import CheckpointReader
+
+    with CheckpointReader(directory) as reader:
+        entry = reader.entries["bert/embeddings/word_embeddings"]
+        data = reader.data_path(entry.shard)
+    raw = bytearray(data.read_bytes())
+    raw[entry.offset + entry.size // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+
+
+def test_corrupt_data_is_noticed_only_while_reading_weights(work, tmp_path):
+    corrupt_data(work / "ckpt")
+    assert run("inspect", work / "ckpt").exit_code == 0
+    line = one_error_line(run("pytorch", work / "ckpt", "-o", tmp_path / "out"))
+    assert "checksum mismatch in bert/embeddings/word_embeddings" in line
+
+
+# -- 1. inputs are sacred --------------------------------------------------------------------------------------
+
+
+def test_output_equal_to_the_checkpoint_folder_is_refused_even_with_force(work):
+    ckpt = work / "ckpt"
+    before = snapshot(ckpt)
+    line = one_error_line(run("pytorch", ckpt, "-o", ckpt, "--force"))
+    assert "is the checkpoint" in line and "inputs are never written" in line
+    assert snapshot(ckpt) == before
+
+
+def test_bundle_output_above_the_checkpoint_is_refused(work):
+    before = snapshot(work)
+    line = one_error_line(run("bundle", work / "ckpt", "-o", work, "--force"))
+    assert f"output {work} contains the checkpoint" in line
+    assert snapshot(work) == before
+
+
+def test_tokenizer_output_holding_its_model_is_refused(work):
+    ckpt = work / "ckpt"
+    before = snapshot(ckpt)
+    line = one_error_line(run("tokenizer", ckpt / "sentencepiece.model", "-o", ckpt, "--force"))
+    assert "contains the SentencePiece model" in line
+    assert snapshot(ckpt) == before
+
+
+def test_output_inside_the_checkpoint_folder_is_refused(work):
+    ckpt = work / "ckpt"
+    before = snapshot(ckpt)
+    line = one_error_line(run("convert", ckpt, "-o", ckpt / "converted"))
+    assert "lies inside the checkpoint folder" in line
+    assert snapshot(ckpt) == before
+
+
+def test_symlinks_and_dotdot_resolve_to_the_same_folder(work, monkeypatch):
+    ckpt = work / "ckpt"
+    (work / "alias").symlink_to(ckpt, target_is_directory=True)
+    before = snapshot(ckpt)
+    line = one_error_line(run("safetensors", ckpt, "-o", work / "alias", "--force"))
+    assert "is the checkpoint folder" in line
+    monkeypatch.chdir(ckpt)
+    line = one_error_line(run("tf2", ".", "-o", "../other/../ckpt", "--force"))
+    assert "is the checkpoint folder" in line
+    assert snapshot(ckpt) == before
+
+
+def test_output_holding_the_config_is_refused(work):
+    configs = work / "configs"
+    configs.mkdir()
+    shutil.move(str(work / "ckpt" / "bert_config.json"), configs / "bert_config.json")
+    before = snapshot(configs)
+    line = one_error_line(run("pytorch", work / "ckpt", "--config", configs / "bert_config.json", "-o", configs,
+                              "--force"))
+    assert "contains the config file" in line
+    assert snapshot(configs) == before
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("converted") / "out"
+    result = run("pytorch", EXAMPLE, "-o", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_verify_report_is_refused_inside_the_verified_folder(converted):
+    before = snapshot(converted)
+    line = one_error_line(run("verify", EXAMPLE, converted, "--report", converted / "parity", "--force"))
+    assert "lies inside the folder being verified" in line
+    line = one_error_line(run("verify", EXAMPLE, converted, "--report", converted, "--force"))
+    assert "is the folder being verified" in line
+    assert snapshot(converted) == before
+
+
+def test_verify_report_needs_force_for_a_non_empty_folder(converted, tmp_path):
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "notes.txt").write_text("mine\n")
+    line = one_error_line(run("verify", EXAMPLE, converted, "--report", report))
+    assert "is not empty; pass --force" in line
+    assert (report / "notes.txt").read_text() == "mine\n"
+    result = run("verify", EXAMPLE, converted, "--report", report, "--force")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in report.iterdir()) == ["parity_report.json", "parity_report.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+# -- 2. atomic replace stays atomic ------------------------------------------------------------------------------
+
+
+def old_output(parent: Path) -> Path:
+    out = parent / "out"
+    out.mkdir(parents=True)
+    (out / "keep.txt").write_text("the user's previous output\n")
+    (out / "sub").mkdir()
+    (out / "sub" / "data.bin").write_bytes(bytes(range(256)))
+    return out
+
+
+def fail_rename_into(target: Path, monkeypatch) -> None:
+    """os.rename fails when the staged output is being renamed onto `target` (a full disk, a quota, ...)."""
+    real_rename = os.rename
+
+    def rename(src, dst, *args, **kwargs):
+        if Path(dst) == target and ".partial" in str(src):
+            raise OSError(28, "No space left on device (simulated)")
+        return real_rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", rename)
+
+
+@pytest.mark.parametrize("command", ["pytorch", "tokenizer"])
+def test_failed_replace_leaves_the_old_output_byte_for_byte(work, tmp_path, monkeypatch, command):
+    parent = tmp_path / "outs"
+    out = old_output(parent)
+    before = snapshot(parent)
+    fail_rename_into(out, monkeypatch)
+    source = work / "ckpt" / ("sentencepiece.model" if command == "tokenizer" else "")
+    result = run(command, source, "-o", out, "--force")
+    assert result.exit_code != 0
+    assert snapshot(parent) == before  # the old output as it was, and nothing beside it
+
+
+def test_failure_while_writing_leaves_the_old_output(work, tmp_path, monkeypatch):
+    from converters.writers import SafetensorsWriter
+
+    parent = tmp_path / "outs"
+    out = old_output(parent)
+    before = snapshot(parent)
+
+    def add(self, mapping, chunk):
+        raise OSError(5, "Input/output error (simulated)")
+
+    monkeypatch.setattr(SafetensorsWriter, "add", add)
+    result = run("safetensors", work / "ckpt", "-o", out, "--force")
+    assert result.exit_code == 3 and "internal error OSError" in result.output
+    assert snapshot(parent) == before
+
+
+def test_current_directory_as_output_is_refused_cleanly(work, monkeypatch):
+    here = work / "here"
+    here.mkdir()
+    (here / "notes.txt").write_text("mine\n")
+    before = snapshot(work)
+    monkeypatch.chdir(here)
+    line = one_error_line(run("pytorch", work / "ckpt", "-o", ".", "--force"))
+    assert "current directory" in line and "cannot be replaced atomically" in line
+    assert snapshot(work) == before  # no ..old-* / ..partial-* debris
+
+
+# -- 3. signals -------------------------------------------------------------------------------------------------
+
+# Runs the CLI in a child process whose first tensor write blocks (after touching READY) until a signal comes.
+SLOW_WRITER = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    import converters.writers as writers
+
+    def add(self, mapping, chunk):
+        Path(os.environ["READY"]).touch()
+        time.sleep(120)
+
+    writers.TorchBinWriter.add = add
+    from rembert_convert.cli import main
+    main(sys.argv[1:])
+""")
+
+# The child dies by SIGKILL at the worst moment: the old output set aside, the new one not yet renamed in.
+KILLED_WHILE_REPLACING = textwrap.dedent("""
+    import os, signal, sys
+    real_rename = os.rename
+
+    def rename(src, dst, *args, **kwargs):
+        if ".partial" in str(src):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_rename(src, dst, *args, **kwargs)
+
+    os.rename = rename
+    from rembert_convert.cli import main
+    main(sys.argv[1:])
+""")
+
+
+def spawn(script: str, args: list[object], tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    ready = tmp_path / "ready"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "READY": str(ready)}
+    child = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], env=env, cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return child, ready
+
+
+def wait_for(path: Path, child: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while not path.exists():
+        assert child.poll() is None, child.communicate()
+        assert time.monotonic() < deadline, "the child never started writing"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_during_the_write_removes_the_partial_output(work, tmp_path, signum):
+    parent = tmp_path / "outs"
+    out = old_output(parent)
+    before = snapshot(parent)
+    child, ready = spawn(SLOW_WRITER, ["pytorch", work / "ckpt", "-o", out, "--force"], tmp_path)
+    wait_for(ready, child)
+    assert any(p.name.startswith(".out.partial") for p in parent.iterdir())  # the write really was under way
+    child.send_signal(signum)
+    stdout, stderr = child.communicate(timeout=120)
+    assert child.returncode == 128 + signum, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines() == [f"error: interrupted by {signal.Signals(signum).name}; the partial "
+                                           "output was removed and the previous output (if any) is unchanged"]
+    assert snapshot(parent) == before
+
+
+def test_the_next_run_removes_what_a_killed_run_left_and_nothing_else(work, tmp_path):
+    parent = tmp_path / "outs"
+    parent.mkdir()
+    out = parent / "out"
+    # Look-alikes that are not ours: no marker, and a marker naming a process that still runs.
+    decoy = parent / ".out.partial-decoy"
+    decoy.mkdir()
+    (decoy / "precious.txt").write_text("not a leftover\n")
+    alive = parent / ".out.partial-alive"
+    alive.mkdir()
+    (alive / ".rembert-convert-partial").write_text(json.dumps(
+        {"tool": "rembert-convert", "kind": "staging", "pid": os.getpid(), "host": os.uname().nodename,
+         "token": "0" * 32, "target": str(out.resolve())}) + "\n")
+    kept = snapshot(parent)
+    child, ready = spawn(SLOW_WRITER, ["pytorch", work / "ckpt", "-o", out], tmp_path)
+    wait_for(ready, child)
+    child.kill()
+    child.communicate(timeout=60)
+    leftovers = sorted(set(snapshot(parent)) - set(kept))
+    assert leftovers and all(name.startswith(".out.partial") for name in leftovers)
+
+    result = run("pytorch", work / "ckpt", "-o", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    after = snapshot(parent)
+    assert {k: v for k, v in after.items() if not k.startswith("out")} == kept  # leftover gone, decoys kept
+    assert (out / "pytorch_model.bin").is_file()
+
+
+def test_an_old_output_set_aside_by_a_killed_run_is_put_back(work, tmp_path):
+    parent = tmp_path / "outs"
+    out = old_output(parent)
+    before = snapshot(out)
+    child, _ = spawn(KILLED_WHILE_REPLACING, ["pytorch", work / "ckpt", "-o", out, "--force"], tmp_path)
+    child.communicate(timeout=120)
+    assert child.returncode == -signal.SIGKILL
+    assert not out.exists()  # killed with the old output set aside
+    line = one_error_line(run("pytorch", work / "ckpt", "-o", out))
+    assert "is not empty; pass --force" in line  # the old output is back, so it is refused without --force
+    assert snapshot(out) == before
+    assert sorted(p.name for p in parent.iterdir()) == ["out"]
+
+
+# -- 4. cheap checks first -------------------------------------------------------------------------------------
+
+
+def test_tokenizer_size_is_checked_before_reading_weights(tiny_ckpt, tmp_path):
+    ckpt = tmp_path / "ck"
+    shutil.copytree(tiny_ckpt.directory, ckpt)
+    corrupt_data(ckpt)
+    line = one_error_line(run("convert", ckpt, "--tokenizer", EXAMPLE / "sentencepiece.model", "-o",
+                              tmp_path / "out"))
+    assert "has 512 pieces but the model's vocab_size is 99" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_location_is_checked_before_reading_weights(work):
+    ckpt = work / "ckpt"
+    corrupt_data(ckpt)
+    line = one_error_line(run("pytorch", ckpt, "-o", ckpt, "--force"))
+    assert "is the checkpoint folder" in line
+
+
+def test_tf2_bfloat16_fails_while_parsing():
+    # A checkpoint that does not exist: only a parse-time refusal can come first.
+    line = one_error_line(run("tf2", "no/such/checkpoint", "-o", "never-written", "--dtype", "bfloat16"))
+    assert "'bfloat16' is not one of 'float32', 'float16'" in line
+    assert not Path("never-written").exists()
+
+
+def test_bundle_bfloat16_names_the_way_out_before_reading_weights(work, tmp_path):
+    corrupt_data(work / "ckpt")
+    line = one_error_line(run("bundle", work / "ckpt", "-o", tmp_path / "b", "--dtype", "bfloat16"))
+    assert "pass --format pytorch --format safetensors" in line
+    assert not (tmp_path / "b").exists()
+
+
+# -- 5. messages a person reads ----------------------------------------------------------------------------------
+
+
+def test_a_config_mismatch_names_the_count_the_first_three_and_inspect(work):
+    config_path = work / "ckpt" / "bert_config.json"
+    config = json.loads(config_path.read_text())
+    config["intermediate_size"] += 1  # both dense layers around the intermediate now disagree, in every layer
+    config_path.write_text(json.dumps(config))
+    line = one_error_line(run("pytorch", work / "ckpt", "-o", work / "out"))
+    count = int(line.split("disagree on ")[1].split(" ")[0])
+    assert count > 3
+    shown = line.split(": ", 2)[2].split(". Check --config")[0]
+    assert len(shown.split("; ")) == 4 and shown.endswith(f"and {count - 3} more")
+    assert f"`convert-rembert inspect {work / 'ckpt'}` lists them all" in line
+    assert len(line) < 600
+    # ...and that command does list every one of them.
+    listed = run("inspect", work / "ckpt")
+    assert sum(row.split()[0] in ("error", "missing") for row in listed.output.splitlines()) == count
+
+
+def test_usage_errors_share_the_error_prefix():
+    line = one_error_line(run("pytorch", EXAMPLE))
+    assert "Missing option '-o'" in line and "convert-rembert pytorch --help" in line
+
+
+def test_verify_on_a_missing_folder_says_it_does_not_exist(tmp_path):
+    line = one_error_line(run("verify", EXAMPLE, tmp_path / "nowhere"))
+    assert f"{tmp_path / 'nowhere'} does not exist" in line
+
+
+@pytest.mark.parametrize("command", ["pytorch", "safetensors", "tf2", "convert"])
+def test_converting_commands_name_the_checkpoint_they_read(tmp_path, command):
+    result = run(command, EXAMPLE, "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert f"read checkpoint {EXAMPLE / 'model.ckpt-3'} (named by {EXAMPLE / 'checkpoint'})" in result.output
+    quiet = run(command, EXAMPLE, "-o", tmp_path / "quiet", "--quiet")
+    assert quiet.exit_code == 0 and quiet.output == ""
+
+
+def test_internal_errors_keep_their_own_exit_code(tmp_path, monkeypatch):
+    import converters.convert
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(converters.convert, "plan_conversion", broken)
+    line = one_error_line(run("pytorch", EXAMPLE, "-o", tmp_path / "out"), code=3)
+    assert line == "error: internal error RuntimeError: a bug (rerun with --debug for the traceback)"
