@@ -404,3 +404,58 @@ def test_transformers_loads_the_fine_tuned_head(case, bleurt_dir, classifier_ckp
         for name, value in expected.items():
             np.testing.assert_allclose(getattr(result, name).double().numpy(), value, rtol=0, atol=1e-5,
                                        err_msg=f"{case} {weights} {name}")
+
+
+# -- the shipped example -------------------------------------------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny-bleurt"
+
+
+def test_the_shipped_bleurt_example_is_what_its_script_writes(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_bleurt_example", EXAMPLE.parent / "make_bleurt_example.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    fresh = write_tf1_saved_model(tmp_path / "fresh", script.EXAMPLE_CONFIG, "bleurt", seed=2020,
+                                  spm_model=EXAMPLE / "sent_piece.model")
+    for name in ("variables/variables.index", "variables/variables.data-00000-of-00001", "bert_config.json",
+                 "bleurt_config.json"):
+        assert (fresh / name).read_bytes() == (EXAMPLE / name).read_bytes(), name
+
+
+@pytest.mark.interop
+def test_scoring_reference_candidate_pairs_with_transformers(tmp_path):
+    """The README's BLEURT recipe: [CLS] reference [SEP] candidate [SEP], token types 0/1, scores = logits[:, 0]
+    of RemBertForSequenceClassification, equal to the original graph's BLEURT head in float64."""
+    transformers = pytest.importorskip("transformers")
+    import sentencepiece as spm
+
+    out = tmp_path / "tiny-bleurt"
+    result = CliRunner().invoke(main, ["convert", str(EXAMPLE), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "tokenizer.json").is_file()  # sent_piece.model was found beside the SavedModel
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    model = transformers.RemBertForSequenceClassification.from_pretrained(out).eval()
+    references = ["The cat sat on the mat.", "It is raining today in Zürich."]
+    candidates = ["A cat was sitting on the mat.", "Today it rains."]
+    batch = tokenizer(references, candidates, padding=True, truncation=True, max_length=512, return_tensors="pt")
+    with torch.no_grad():
+        scores = model(**batch).logits[:, 0]
+
+    sp = spm.SentencePieceProcessor(model_file=str(EXAMPLE / "sent_piece.model"))
+    cls, sep, pad = (sp.piece_to_id(p) for p in ("[CLS]", "[SEP]", "[PAD]"))
+    width = batch["input_ids"].shape[1]
+    ids, types, mask = [], [], []
+    for reference, candidate in zip(references, candidates, strict=True):
+        a, b = sp.encode(reference), sp.encode(candidate)
+        row = [cls, *a, sep, *b, sep]
+        ids.append(row + [pad] * (width - len(row)))
+        types.append([0] * (len(a) + 2) + [1] * (len(b) + 1) + [0] * (width - len(row)))
+        mask.append([1] * len(row) + [0] * (width - len(row)))
+    assert batch["input_ids"].tolist() == ids
+    assert batch["token_type_ids"].tolist() == types
+    expected = _original_head(EXAMPLE, "sequence-classification",
+                              {"input_ids": np.array(ids), "token_type_ids": np.array(types),
+                               "attention_mask": np.array(mask)})["logits"][:, 0]
+    np.testing.assert_allclose(scores.double().numpy(), expected, rtol=0, atol=1e-5)
