@@ -31,7 +31,7 @@ from converters.mapping import (
     refuse_object_graph_checkpoint,
 )
 from converters.output import NamedInput, check_output, checkpoint_inputs, inputs_of, staged_output
-from converters.pipeline import FileHasher, read_ahead
+from converters.pipeline import BufferPool, FileHasher, ScratchArray, read_ahead
 from converters.tf1_checkpoint import DEFAULT_CHUNK_BYTES, CheckpointReader, checkpoint_home, resolve_checkpoint
 from converters.writers import (
     FLOAT_SOURCE_DTYPES,
@@ -41,6 +41,8 @@ from converters.writers import (
     Writer,
     cast,
     parse_size,
+    prepare_cast,
+    storage_dtype,
     torch_layout,
     transpose,
 )
@@ -49,7 +51,6 @@ from rembert_ref.config import ACTIVATION_TO_HF, RemBertConfig, _read_json, is_o
 FORMATS = ("pytorch", "safetensors", "tf2")
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 REPORT_NAME = "conversion_report.json"
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 ORIGINAL_CONFIG_NAMES = ("bert_config.json", "config.json")
 SENTENCEPIECE_NAMES = ("sentencepiece.model", "sent_piece.model")  # the second is BLEURT's
 
@@ -216,6 +217,7 @@ def convert_checkpoint(
     output_dir = Path(output_dir)
     factories = _writer_factories(formats, options)
     labels = read_labels(options.labels) if options.labels is not None else None
+    prepare_cast(options.dtype)
     with CheckpointReader(prefix) as reader:
         config = load_config(reader.prefix, options)
         task_head = detect_task_head(reader, options)
@@ -229,8 +231,6 @@ def convert_checkpoint(
         spm_info = _read_tokenizer(Path(options.tokenizer), config) if options.tokenizer is not None else None
         config.torch_dtype = options.dtype
         config.architectures = [plan.architecture]
-        if "tf2" in formats:  # only the h5py path fragments; elsewhere the page faults would cost 3-5 s
-            _return_big_buffers_to_the_os()
         with staged_output(output_dir, inputs, force=options.force) as staging:
             writers = [factory(staging, plan.mappings, options.dtype, plan) for factory in factories]
             hasher = FileHasher() if options.checksums else None
@@ -255,24 +255,6 @@ def convert_checkpoint(
                                                plan, report))
     final_files = [output_dir / p.name for p in files] + [output_dir / "config.json", output_dir / REPORT_NAME]
     return ConversionResult(output_dir, final_files, plan, report)
-
-
-def _return_big_buffers_to_the_os() -> None:
-    """glibc raises its mmap threshold after the first big free, so later 16 MiB slice buffers come from
-    the heap of whichever thread made them; next to h5py's allocations that heap fragments: tf2 float16 of
-    the full model peaked at 1.14 GB RSS instead of 0.34 GB. A fixed 1 MiB threshold keeps every slice
-    buffer mmapped and returned when freed, at the price of page faults (3-5 s on safetensors fp32, where
-    RSS stays under 200 MB without it)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
 
 
 def _read_tokenizer(spm_path: Path, config: RemBertConfig):
@@ -301,21 +283,33 @@ def _write_tokenizer(info, config: RemBertConfig, staging: Path) -> list[Path]:
     return written
 
 
+READ_AHEAD_SLICES = 2
+
+
 def _stream(reader: CheckpointReader, mappings: Sequence[TensorMapping], writers: Sequence[Writer],
             options: ConvertOptions, hasher: FileHasher | None = None) -> None:
     total = sum(reader.entries[m.source].nbytes for m in mappings)
     progress = _progress(total, options.quiet)
+    # Every slice is read into one of a few buffers allocated here, and cast and transposed into three more
+    # (see converters/pipeline.py): memory stays bounded by design, whatever the model.
+    buffers = BufferPool(READ_AHEAD_SLICES + 2, max((_slice_bytes(reader, m, options) for m in mappings), default=0))
+    cast_out, transposed_out, tf_out = ScratchArray(), ScratchArray(), ScratchArray()
+    target = storage_dtype(options.dtype)
     try:
         # Reading and CRC checks run a few slices ahead in a thread of their own (see converters/pipeline.py);
         # this thread casts, transposes and writes. On two cores that split balances the work best.
         layouts = {writer.layout for writer in writers}
-        for mapping, chunk in read_ahead(_slices(reader, mappings, options)):
-            converted = cast(chunk, mapping.source_dtype, options.dtype)
-            arrays = {"tf": tf_layout(mapping, converted)}
+        for mapping, chunk in read_ahead(_slices(reader, mappings, options, buffers), depth=READ_AHEAD_SLICES):
+            out = cast_out.array(chunk.shape, target) if mapping.source_dtype != options.dtype else None
+            converted = cast(chunk, mapping.source_dtype, options.dtype, out)
+            out = tf_out.array(chunk.shape[::-1], target) if mapping.tf_transpose else None
+            arrays = {"tf": tf_layout(mapping, converted, out)}
             if "torch" in layouts:
-                arrays["torch"] = torch_layout(mapping, converted)
+                out = transposed_out.array(chunk.shape[::-1], target) if mapping.transpose else None
+                arrays["torch"] = torch_layout(mapping, converted, out)
             for writer in writers:
                 writer.add(mapping, arrays[writer.layout])
+            buffers.give_back(chunk)
             if hasher is not None:
                 hasher.advance({path: n for writer in writers for path, n in writer.finished_bytes().items()})
             progress.update(chunk.nbytes)
@@ -323,19 +317,34 @@ def _stream(reader: CheckpointReader, mappings: Sequence[TensorMapping], writers
         progress.close()
 
 
-def tf_layout(mapping: TensorMapping, chunk: np.ndarray) -> np.ndarray:
-    """Keras kernels are [in, out] like TF1's: only BERT's [out, in] output_weights (read whole) turn."""
-    return transpose(chunk) if mapping.tf_transpose else chunk
+def tf_layout(mapping: TensorMapping, chunk: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Keras kernels are [in, out] like TF1's: only BERT's [out, in] output_weights (read whole) turn,
+    into `out` (shape reversed) if given."""
+    return transpose(chunk, out) if mapping.tf_transpose else chunk
 
 
-def _slices(reader: CheckpointReader, mappings: Sequence[TensorMapping],
-            options: ConvertOptions) -> Iterator[tuple[TensorMapping, np.ndarray]]:
-    """(mapping, slice in the source dtype and layout) for every slice of every mapped tensor."""
+def _read_whole(mapping: TensorMapping) -> bool:
+    """Transposed kernels are read whole (the largest real one is 21 MB); the rest streams in slices."""
+    return mapping.transpose or mapping.tf_transpose
+
+
+def _slice_bytes(reader: CheckpointReader, mapping: TensorMapping, options: ConvertOptions) -> int:
+    """The largest slice `_slices` reads of this tensor: all of a transposed kernel, else `chunk_bytes`
+    worth of rows (at least one row, at most the whole tensor)."""
+    entry = reader.entries[mapping.source]
+    if _read_whole(mapping):
+        return entry.nbytes
+    row_bytes = entry.nbytes // max(entry.shape[0], 1) if entry.shape else entry.nbytes
+    return min(entry.nbytes, max(row_bytes, options.chunk_bytes // max(row_bytes, 1) * row_bytes))
+
+
+def _slices(reader: CheckpointReader, mappings: Sequence[TensorMapping], options: ConvertOptions,
+            buffers: BufferPool) -> Iterator[tuple[TensorMapping, np.ndarray]]:
+    """(mapping, slice in the source dtype and layout, in a buffer of `buffers`) for every slice of every
+    mapped tensor."""
     for mapping in mappings:
-        # Transposed kernels are read whole (the largest real one is 21 MB); the rest streams in slices.
-        whole = mapping.transpose or mapping.tf_transpose
-        limit = reader.entries[mapping.source].nbytes if whole else options.chunk_bytes
-        for chunk in reader.iter_rows(mapping.source, max_bytes=max(limit, 1)):
+        limit = reader.entries[mapping.source].nbytes if _read_whole(mapping) else options.chunk_bytes
+        for chunk in reader.iter_rows(mapping.source, max_bytes=max(limit, 1), buffers=buffers):
             yield mapping, chunk
 
 

@@ -1,8 +1,11 @@
-"""Two helpers that let a conversion run at the speed of the disk on a small machine.
+"""Helpers that let a conversion run at the speed of the disk on a small machine, in bounded memory.
 
-- `read_ahead` runs the checkpoint reader (pread + CRC32C) in a second thread, a few slices ahead of the
-  casts and writes. Both sides spend their time in calls that release the GIL (os.pread, crc32c on bytes,
-  numpy casts, file writes), so reading, checksumming and writing overlap on two cores.
+- `read_ahead` runs the checkpoint reader (preadv + CRC32C) in a second thread, a few slices ahead of the
+  casts and writes. Both sides spend most of their time in calls that release the GIL (os.preadv, numpy
+  casts, file writes), so reading, checksumming and writing overlap on two cores.
+- `BufferPool` and `ScratchArray` hold the slice-sized buffers a conversion reads into and casts into,
+  allocated once: however big the model, a conversion allocates the same few buffers, and the allocator never
+  sees a stream of 16 MiB blocks freed in one thread and allocated in another (which fragments its heaps).
 - `FileHasher` computes the sha256 of output files while they are still being written, in a thread of its
   own: writers say how many leading bytes of each file are final, and the hasher reads those back from the
   page cache. Hashing 4 GB costs more CPU than reading and writing it, so it must not wait for the end.
@@ -16,7 +19,9 @@ import queue
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 HASH_BLOCK = 16 << 20
@@ -58,6 +63,55 @@ def read_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
         thread.join()
 
 
+class BufferPool:
+    """`count` byte buffers of `nbytes` each, allocated once. `take` waits until one is free; whoever took it
+    gives it back (or any array viewing it) once nothing refers to its contents any more."""
+
+    def __init__(self, count: int, nbytes: int):
+        self.nbytes = nbytes
+        self._buffers = [np.empty(nbytes, dtype=np.uint8) for _ in range(count)]
+        self._free: queue.Queue[np.ndarray] = queue.Queue()
+        for buffer in self._buffers:
+            self._free.put(buffer)
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """A free buffer's first `nbytes` bytes (uint8)."""
+        if nbytes > self.nbytes:
+            raise ValueError(f"a slice of {nbytes} bytes does not fit the pool's {self.nbytes}-byte buffers")
+        return self._free.get()[:nbytes]
+
+    def give_back(self, array: np.ndarray) -> None:
+        # A view of a view records the array that owns the memory as its base: that is the pool's buffer.
+        owner = array if array.base is None else array.base
+        if not any(owner is buffer for buffer in self._buffers):
+            raise ValueError("this array is not a view of one of the pool's buffers")
+        self._free.put(owner)
+
+
+class ScratchArray:
+    """One buffer reused by every slice of a conversion, for a result that lives until the next slice
+    (a cast, a transposed kernel). It grows to the largest slice and stays there."""
+
+    def __init__(self) -> None:
+        self._buffer = np.empty(0, dtype=np.uint8)
+
+    def array(self, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+        """An uninitialised array of this shape and dtype, in the buffer (valid until the next call)."""
+        dtype = np.dtype(dtype)
+        nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+        if nbytes > self._buffer.nbytes:
+            self._buffer = np.empty(nbytes, dtype=np.uint8)
+        return self._buffer[:nbytes].view(dtype).reshape(shape)
+
+
+class RunningHash(Protocol):
+    """What FileHasher needs of a hashlib object (hashlib has no public type for it)."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
 class FileHasher:
     """sha256 of files being written. `advance({path: final_bytes})` may be called as often as convenient;
     `finish(paths)` hashes what remains of each (now complete) file and returns the hex digests."""
@@ -66,7 +120,7 @@ class FileHasher:
         self._lock = threading.Condition()
         self._final: dict[Path, int] = {}  # bytes of each file known to be final
         self._done: dict[Path, int] = {}  # bytes hashed
-        self._sha: dict[Path, hashlib._Hash] = {}
+        self._sha: dict[Path, RunningHash] = {}
         self._closing = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)

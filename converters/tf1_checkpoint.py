@@ -22,13 +22,14 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 
+from converters.pipeline import BufferPool
 from rembert_ref.errors import UserError
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48  # two block handles padded to 40 bytes + 8-byte magic
 BLOCK_TRAILER_SIZE = 5  # 1-byte compression type + 4-byte masked CRC32C
-# 16 MiB: under glibc's 32 MiB ceiling for its dynamic mmap threshold, so freed slices are reused rather
-# than mapped and faulted in afresh (64 MiB slices cost 8x the CPU time to read on a 2-core VM).
+# 16 MiB slices: large enough that per-slice overheads vanish, small enough that a few of them in flight
+# (read ahead, cast, written) keep a conversion far below 1 GB.
 DEFAULT_CHUNK_BYTES = 16 << 20
 
 # TensorFlow DataType enum -> numpy dtype name. bfloat16 is carried as raw uint16 bits (numpy has no bfloat16).
@@ -173,12 +174,15 @@ class CheckpointReader:
         parts = list(self.iter_rows(name, max_bytes=max(entry.size, 1)))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def iter_rows(self, name: str, max_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[np.ndarray]:
+    def iter_rows(self, name: str, max_bytes: int = DEFAULT_CHUNK_BYTES,
+                  buffers: BufferPool | None = None) -> Iterator[np.ndarray]:
         """Yield consecutive slices along the first axis, each at most `max_bytes` (at least one row).
 
         Arrays use the stored dtype (bfloat16 as uint16 bits). A partitioned variable is reassembled in row
         order from its saved slices, whatever axes they split. Each piece's CRC is checked right after its
         last row is read, so a caller writing slices as they come must discard its output when this raises.
+        With `buffers`, each slice is read into a buffer taken from the pool, and the caller gives it back
+        (`buffers.give_back(chunk)`) when done with it; without, each slice is a new array.
         """
         entry = self._entry(name)
         if entry.dtype == "string":
@@ -199,30 +203,38 @@ class CheckpointReader:
             present = [p for p in pieces if p.rows.start <= band_start < p.rows.stop]
             for start in range(band_start, band_stop, rows_per_chunk):
                 count = min(rows_per_chunk, band_stop - start)
-                if len(present) == 1 and present[0].whole_rows:  # the common case: no copy at all
-                    chunk = np.frombuffer(self._read_piece_rows(name, present[0], start, count), dtype=dtype)
+                nbytes = count * row_bytes
+                raw = np.empty(nbytes, dtype=np.uint8) if buffers is None else buffers.take(nbytes)
+                chunk = raw.view(dtype).reshape((count, *row_shape))
+                if len(present) == 1 and present[0].whole_rows:  # the common case: straight into the slice
+                    self._read_piece_rows(name, present[0], start, count, raw)
                 else:
-                    chunk = np.empty((count, *row_shape), dtype=dtype)
                     for piece in present:
-                        part = np.frombuffer(self._read_piece_rows(name, piece, start, count), dtype=dtype)
-                        chunk[(slice(None), *piece.region[1:])] = part.reshape((count, *piece.shape[1:]))
-                yield chunk.reshape((count, *row_shape)) if shape else chunk.reshape(())
+                        part = np.empty(count * piece.row_bytes, dtype=np.uint8)
+                        self._read_piece_rows(name, piece, start, count, part)
+                        chunk[(slice(None), *piece.region[1:])] = part.view(dtype).reshape((count, *piece.shape[1:]))
+                yield chunk if shape else chunk.reshape(())
         if rows == 0:
-            yield np.empty(shape, dtype=dtype)
+            yield np.empty(shape, dtype=dtype) if buffers is None else buffers.take(0).view(dtype).reshape(shape)
 
-    def _read_piece_rows(self, name: str, piece: _Piece, start: int, count: int) -> bytes:
-        """Rows [start, start + count) of the full tensor from one piece, extending the piece's CRC."""
+    def _read_piece_rows(self, name: str, piece: _Piece, start: int, count: int, into: np.ndarray) -> None:
+        """Rows [start, start + count) of the full tensor from one piece into `into` (uint8, exactly their
+        size), extending the piece's CRC."""
         entry = piece.entry
-        nbytes = count * piece.row_bytes
         offset = entry.offset + (start - piece.rows.start) * piece.row_bytes
-        buffer = os.pread(self._fd(entry.shard), nbytes, offset)
-        if len(buffer) != nbytes:
-            raise UserError(f"checkpoint data shard {self.data_path(entry.shard).name} is truncated "
-                            f"(reading {name}); re-download the checkpoint")
-        piece.crc = google_crc32c.extend(piece.crc, buffer)
+        view = memoryview(into)
+        done = 0
+        while done < len(view):
+            got = _pread_into(self._fd(entry.shard), view[done:], offset + done)
+            if got == 0:
+                raise UserError(f"checkpoint data shard {self.data_path(entry.shard).name} is truncated "
+                                f"(reading {name}); re-download the checkpoint")
+            done += got
+        readonly = into.view()
+        readonly.flags.writeable = False  # google_crc32c takes read-only buffers only
+        piece.crc = google_crc32c.extend(piece.crc, readonly)
         if start + count == piece.rows.stop:
             self._check_crc(name, piece)
-        return buffer
 
     def _check_crc(self, name: str, piece: _Piece) -> None:
         if mask_crc(piece.crc) != piece.entry.crc32c:
@@ -235,6 +247,15 @@ class CheckpointReader:
             return self.entries[name]
         except KeyError:
             raise UserError(f"{name} is not in checkpoint {self.prefix}") from None
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    """Read into `view` at `offset` without moving the file position; the bytes read (0 at end of file)."""
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [view], offset)
+    data = os.pread(fd, len(view), offset)  # where the platform has no preadv
+    view[:len(data)] = data
+    return len(data)
 
 
 class _Piece:

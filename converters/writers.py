@@ -16,9 +16,12 @@ import json
 import os
 import pickle
 import struct
+import sys
+import threading
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,52 +39,126 @@ SAFETENSORS_METADATA = {"format": "pt"}
 # -- dtype casts, slice by slice ------------------------------------------------------------------------------
 
 
-def to_float32(chunk: np.ndarray, source_dtype: str) -> np.ndarray:
+def storage_dtype(target_dtype: str) -> np.dtype:
+    """The numpy dtype holding a target dtype's values (bfloat16 as its uint16 bits)."""
+    return np.dtype(np.uint16) if target_dtype == "bfloat16" else np.dtype(target_dtype)
+
+
+def to_float32(chunk: np.ndarray, source_dtype: str, out: np.ndarray | None = None) -> np.ndarray:
+    """The slice as float32: itself if it is float32, else its exact float32 values (in `out` if given)."""
+    if source_dtype == "float32":
+        return chunk
+    if out is None:
+        out = np.empty(chunk.shape, dtype=np.float32)
     if source_dtype == "bfloat16":  # stored as uint16 bits: the high half of a float32
-        return (chunk.astype(np.uint32) << 16).view(np.float32)
-    return chunk.astype(np.float32, copy=False)
+        np.left_shift(chunk, 16, out=out.view(np.uint32), dtype=np.uint32)
+    else:
+        np.copyto(out, chunk, casting="same_kind")
+    return out
 
 
-def cast(chunk: np.ndarray, source_dtype: str, target_dtype: str) -> np.ndarray:
-    """Cast a slice to the target dtype; bfloat16 comes back as uint16 bits (round to nearest even)."""
+def cast(chunk: np.ndarray, source_dtype: str, target_dtype: str, out: np.ndarray | None = None) -> np.ndarray:
+    """Cast a slice to the target dtype; bfloat16 comes back as uint16 bits (round to nearest even).
+
+    With `out` (the slice's shape, `storage_dtype(target_dtype)`) the result goes there instead of into a new
+    array, unless no cast is needed: then the slice itself comes back. A half-precision source cast to the
+    other half type goes through a float32 copy of the slice."""
     if source_dtype == target_dtype:
         return chunk
-    as_float32 = to_float32(chunk, source_dtype)
     if target_dtype == "float32":
-        return as_float32
+        return to_float32(chunk, source_dtype, out)
+    as_float32 = to_float32(chunk, source_dtype)
+    if out is None:
+        out = np.empty(chunk.shape, dtype=storage_dtype(target_dtype))
     if target_dtype == "float16":
-        return _float16(as_float32)
+        torch = _torch_once_imported()
+        # torch refuses to view read-only memory, and writes through a view only into contiguous memory.
+        if torch is None or not as_float32.flags.writeable or not out.flags.c_contiguous:
+            float16_numpy(as_float32, out)
+        else:
+            float16_torch(torch, as_float32, out)
+        return out
     try:  # ml_dtypes (a TensorFlow dependency) casts in C++, 15x faster than the numpy bit arithmetic below
         import ml_dtypes
 
-        return as_float32.astype(ml_dtypes.bfloat16).view(np.uint16)
+        np.copyto(out.view(ml_dtypes.bfloat16), as_float32, casting="unsafe")
+        return out
     except ImportError:
         pass
     bits = as_float32.view(np.uint32)
     rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-    return np.where(np.isnan(as_float32), np.uint16(0x7FC0), rounded)
+    out[...] = np.where(np.isnan(as_float32), np.uint16(0x7FC0), rounded)
+    return out
 
 
-def _float16(values: np.ndarray) -> np.ndarray:
-    """float32 -> float16, IEEE round to nearest even (the same bits as torch's cast, NaN payloads aside).
-    numpy 2 casts with the CPU's vector instructions where it has them; no torch import, no thread pool."""
-    with np.errstate(over="ignore"):  # overflow to +-inf is the IEEE result, as in torch
-        return values.astype(np.float16)
+# float32 -> float16 decides the float16 conversion time: torch casts a 16 MiB slice into an existing array
+# ten times faster than numpy, but importing torch takes seconds, as long as converting the whole model. So
+# the first float16 cast starts importing torch in a thread of its own and numpy casts the slices that come
+# before it is done: the import overlaps with reading and writing.
+_torch_import: threading.Thread | None = None
+# torch runs a copy of at most this many elements (its GRAIN_SIZE) in the calling thread: cast in pieces of
+# this size, a conversion leaves torch's worker threads (and their setting) alone.
+TORCH_SERIAL_ELEMENTS = 32768
+
+
+def prepare_cast(target_dtype: str) -> None:
+    """Start what casting to `target_dtype` will need (torch's import, for float16) in the background."""
+    if target_dtype == "float16":
+        _torch_once_imported()
+
+
+def _torch_once_imported() -> Any:
+    """torch if it is imported, else None, after starting its import in the background if nobody has."""
+    global _torch_import
+    torch = sys.modules.get("torch")
+    if torch is not None and (_torch_import is None or not _torch_import.is_alive()):
+        return torch
+    if _torch_import is None:
+        # Not a daemon: interpreter shutdown in the middle of torch's native initialisation can crash.
+        _torch_import = threading.Thread(target=_import_torch, name="import-torch")
+        _torch_import.start()
+    return None
+
+
+def _import_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:  # numpy keeps casting
+        pass
+
+
+def float16_numpy(values: np.ndarray, out: np.ndarray) -> None:
+    """IEEE float32 -> float16 (round to nearest even), with NaNs written as torch writes them (quiet, the
+    payload's top bits), so that slices cast before and after torch is imported give the same bytes."""
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to +-inf is the IEEE result, as in torch
+        np.copyto(out, values, casting="same_kind")
+    nan = np.isnan(values)
+    if nan.any():
+        bits = values.view(np.uint32)[nan]
+        out.view(np.uint16)[nan] = ((bits >> 16) & 0x8000) | 0x7E00 | ((bits >> 13) & 0x3FF)
+
+
+def float16_torch(torch: Any, values: np.ndarray, out: np.ndarray) -> None:
+    source, target = torch.from_numpy(values.reshape(-1)), torch.from_numpy(out.reshape(-1))
+    for start in range(0, source.numel(), TORCH_SERIAL_ELEMENTS):
+        target[start:start + TORCH_SERIAL_ELEMENTS].copy_(source[start:start + TORCH_SERIAL_ELEMENTS])
 
 
 def target_nbytes(mapping: TensorMapping, dtype: str) -> int:
     return ITEMSIZE[dtype] * int(np.prod(mapping.source_shape, dtype=np.int64))
 
 
-def torch_layout(mapping: TensorMapping, chunk: np.ndarray) -> np.ndarray:
-    """PyTorch Linear weights are [out, in]: transpose the whole kernel (the driver never slices these)."""
-    return transpose(chunk) if mapping.transpose else np.ascontiguousarray(chunk)
+def torch_layout(mapping: TensorMapping, chunk: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """PyTorch Linear weights are [out, in]: transpose the whole kernel (the driver never slices these),
+    into `out` (shape reversed) if given."""
+    return transpose(chunk, out) if mapping.transpose else np.ascontiguousarray(chunk)
 
 
-def transpose(matrix: np.ndarray, rows_per_block: int = 256) -> np.ndarray:
+def transpose(matrix: np.ndarray, out: np.ndarray | None = None, rows_per_block: int = 256) -> np.ndarray:
     """A contiguous transpose, a band of rows at a time: numpy's one-pass strided copy of a [1152, 4608]
     kernel runs at a third of this speed (cache-set conflicts of the power-of-two strides)."""
-    out = np.empty(matrix.shape[::-1], dtype=matrix.dtype)
+    if out is None:
+        out = np.empty(matrix.shape[::-1], dtype=matrix.dtype)
     for start in range(0, matrix.shape[0], rows_per_block):
         np.copyto(out[:, start:start + rows_per_block], matrix[start:start + rows_per_block].T)
     return out
@@ -91,7 +168,8 @@ class Writer:
     """Interface: `add(mapping, chunk)` for consecutive slices of `mappings` in order, then `close()`.
 
     Chunks come in the writer's `layout`: "tf" is the TF1 source layout; "torch" has the kernels the table
-    marks already transposed (`torch_layout`), by the driver, once for all writers and off the writing thread.
+    marks already transposed (`torch_layout`), by the driver, once for all writers.
+    A chunk's memory is reused for the next slice once `add` returns: a writer copies what it keeps.
     """
 
     layout = "tf"

@@ -56,6 +56,31 @@ def test_stopping_early_stops_the_producer():
     assert not any(t.name == "read-ahead" for t in threading.enumerate())
 
 
+def test_buffer_pool_hands_out_its_own_buffers_only():
+    from converters.pipeline import BufferPool
+
+    pool = BufferPool(2, 64)
+    first = pool.take(64)
+    view = pool.take(10).view(np.int16)  # a view of a view still belongs to the pool
+    with pytest.raises(ValueError, match="does not fit"):
+        pool.take(65)
+    with pytest.raises(ValueError, match="not a view of one of the pool's buffers"):
+        pool.give_back(np.empty(64, dtype=np.uint8))
+    pool.give_back(view)
+    again = pool.take(64)
+    assert np.shares_memory(again, view) and not np.shares_memory(again, first)
+
+
+def test_scratch_array_reuses_its_buffer():
+    from converters.pipeline import ScratchArray
+
+    scratch = ScratchArray()
+    big = scratch.array((4, 8), np.float32)
+    small = scratch.array((3,), np.uint16)
+    assert small.shape == (3,) and small.dtype == np.uint16 and np.shares_memory(big, small)
+    assert not np.shares_memory(scratch.array((5, 8), np.float32), big)  # grown: a new buffer
+
+
 def test_hasher_interleaved_with_writes(tmp_path):
     paths = [tmp_path / "a", tmp_path / "b", tmp_path / "empty"]
     paths[2].write_bytes(b"")

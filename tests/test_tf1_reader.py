@@ -236,6 +236,30 @@ def test_partitioned_rows_stream_in_order(partitioned_ckpt, rows_per_chunk):
             np.testing.assert_array_equal(np.concatenate(chunks), _stored(values[name], dtype))
 
 
+@pytest.mark.parametrize("rows_per_chunk", [1, 4, 1000])
+def test_rows_read_into_pool_buffers(partitioned_ckpt, mixed_ckpt, rows_per_chunk):
+    """With a pool, every slice lands in one of its two buffers, given back after use, and holds what a
+    slice read on its own holds: whole tensors, partitioned ones, the scalar and the empty tensor."""
+    from converters.pipeline import BufferPool
+
+    for prefix in (partitioned_ckpt[0], mixed_ckpt[0]):
+        with CheckpointReader(prefix) as reader:
+            for name, entry in reader.entries.items():
+                row_bytes = entry.nbytes // entry.shape[0] if entry.shape and entry.shape[0] else entry.itemsize
+                limit = rows_per_chunk * row_bytes
+                pool = BufferPool(2, max(limit, row_bytes))
+                owners = set()
+                pooled = []
+                for chunk in reader.iter_rows(name, max_bytes=limit, buffers=pool):
+                    pooled.append(chunk.copy())
+                    owners.add(id(chunk.base))
+                    pool.give_back(chunk)
+                plain = list(reader.iter_rows(name, max_bytes=limit))
+                assert len(owners) <= 2 and len(pooled) == len(plain)
+                for got, expected in zip(pooled, plain, strict=True):
+                    np.testing.assert_array_equal(got, expected)
+
+
 def test_partitions_across_shards(tmp_path):
     """Slices of one variable in different data files, merged by TensorFlow as a sharded Saver does."""
     import tensorflow as tf
