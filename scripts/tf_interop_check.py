@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -196,6 +197,57 @@ def check_layout_against_transformers_writer(directory: Path, work: Path) -> Non
           f"only ours {sorted(ours_names - theirs)[:3]}, only theirs {sorted(theirs - ours_names)[:3]}")
 
 
+FINETUNED_CONFIG = {"vocab_size": 89, "hidden_size": 30, "num_hidden_layers": 2, "num_attention_heads": 5,
+                    "intermediate_size": 41, "hidden_act": "gelu", "max_position_embeddings": 28,
+                    "type_vocab_size": 2, "input_embedding_size": 14, "output_embedding_size": 26}
+
+
+def check_finetuned(work: Path) -> None:
+    """Fine-tuned task heads: the shipped BLEURT-shaped SavedModel and run_classifier- / run_squad-style
+    checkpoints (written by TensorFlow through testkit.finetuned), converted to tf_model.h5, load into
+    transformers' TFRemBertForSequenceClassification / TFRemBertForQuestionAnswering with nothing missing or
+    left over, and their logits equal the original head on the float64 original graph within 1e-5."""
+    import json
+
+    import transformers
+
+    from converters.convert import find_config
+    from converters.tf1_checkpoint import CheckpointReader
+    from rembert_ref.numpy_reference import original_forward, original_head_logits
+    from testkit.finetuned import write_finetuned_checkpoint
+
+    cases = [("tiny-bleurt", DEFAULT_CHECKPOINT.parent / "tiny-bleurt", None, "sequence-classification"),
+             ("run_classifier", write_finetuned_checkpoint(work / "run_classifier-ckpt", FINETUNED_CONFIG,
+                                                           "run_classifier", num_labels=3), "sequence-classification",
+              "sequence-classification"),
+             ("run_squad", write_finetuned_checkpoint(work / "run_squad-ckpt", FINETUNED_CONFIG, "squad"), None,
+              "question-answering")]
+    for name, ckpt, head, kind in cases:
+        out = work / f"tf2-{name}"
+        convert_checkpoint(ckpt, out, ["tf2"], ConvertOptions(quiet=True, force=True, head=head))
+        architecture = json.loads((out / "config.json").read_text())["architectures"][0]
+        model, info = getattr(transformers, f"TF{architecture}").from_pretrained(out, output_loading_info=True)
+        # The classifier's Dropout is an unnamed Keras layer (dropout_<process-wide counter>) without weights:
+        # transformers lists it as missing even for its own save_pretrained file (which also lists the saved
+        # process's dropout_<k> as unexpected), so only a weightless dropout layer may be "missing".
+        missing = [k for k in info["missing_keys"] if not re.fullmatch(r"dropout_\d+", k)]
+        check(not missing and not info["unexpected_keys"] and not info["mismatched_keys"],
+              f"{name}: TF{architecture} loads tf_model.h5 with no weight missing or left over", str(info))
+        with CheckpointReader(ckpt) as reader:
+            variables = {n: reader.read(n) for n, e in reader.entries.items()
+                         if e.dtype == "float32" and "/adam_" not in n}
+            original = json.loads(find_config(reader.prefix, None).read_text())
+        rng = np.random.default_rng(3)
+        inputs = {"input_ids": rng.integers(0, original["vocab_size"], (2, 9)),
+                  "token_type_ids": np.array([[0] * 5 + [1] * 4, [0] * 3 + [1] * 6]),
+                  "attention_mask": np.array([[1] * 9, [1] * 6 + [0] * 3])}
+        expected = original_head_logits(variables, kind, original_forward(variables, original, **inputs))
+        outputs = model({k: tf.constant(v) for k, v in inputs.items()}, training=False)
+        worst = max(float(np.max(np.abs(getattr(outputs, k).numpy() - v))) for k, v in expected.items())
+        check(worst <= TOLERANCE, f"{name}: TF{architecture} {'/'.join(expected)} vs the original head in float64",
+              f"max abs {worst:.2e}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
@@ -220,6 +272,7 @@ def main() -> int:
               "--no-mlm-head file: TFRemBertModel loads it with nothing missing or left over",
               f"missing {info['missing_keys']}, unexpected {info['unexpected_keys']}")
         check_layout_against_transformers_writer(with_head, work)
+        check_finetuned(work)
     print(f"{'all checks passed' if not failures else f'{len(failures)} check(s) failed'}")
     return 1 if failures else 0
 
