@@ -371,47 +371,71 @@ def _tokenizer_beside(ckpt: str, tokenizer: str | None, no_tokenizer: bool) -> s
 @click.argument("converted", type=click.Path(file_okay=False))
 @click.option("--config", "config", type=click.Path(dir_okay=False),
               help="Original bert_config.json (default: beside the checkpoint).")
+@click.option("--format", "formats", multiple=True, type=click.Choice(["pytorch", "safetensors", "tf2"]),
+              help="Check only these formats (repeatable; default: every format in CONVERTED).")
 @click.option("--tolerance", type=float, default=None,
               help="Override the per-dtype tolerance (atol = rtol = this); recorded in the report.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
-              help="Write parity_report.json and parity_report.md into this directory (written atomically).")
-@click.option("--force", is_flag=True, help="Replace an existing non-empty --report directory.")
-@click.option("--all-rows", is_flag=True, help="Print every row, not only the worst per head and format.")
+              help="Write parity_report.json and parity_report.md into this directory (written atomically; "
+                   "a non-empty one only with --force; never inside an input).")
+@click.option("--junit", "junit_file", type=click.Path(dir_okay=False), default=None,
+              help="Write JUnit XML here: one test case per row, failures carry the figures (for CI).")
+@click.option("--all-rows", is_flag=True, help="Print every functional row, not only the worst per head and format.")
+@force_option
+@quiet_option
 @debug_option
 @handle_user_errors
-def verify(ckpt: str, converted: str, config: str | None, tolerance: float | None, report_dir: str | None,
-           force: bool, all_rows: bool, debug: bool) -> None:
-    """Measure every head x format x output of CONVERTED (a folder written by convert-rembert) against the
-    original checkpoint CKPT: base and masked-LM heads against a float64 run of the original TF1 graph, task
-    heads across formats. Exits 1 if any row exceeds its tolerance.
+def verify(ckpt: str, converted: str, config: str | None, formats: tuple[str, ...], tolerance: float | None,
+           report_dir: str | None, junit_file: str | None, all_rows: bool, force: bool, quiet: bool,
+           debug: bool) -> None:
+    """Prove CONVERTED (a folder written by convert-rembert) against the original checkpoint CKPT, twice:
+    every tensor of every format bit for bit against its source variable (cast-exact for float16/bfloat16),
+    and every head in every format against a float64 run of the original TF1 graph on the original names.
+    Exit 0: parity holds; 1: parity fails (the summary names the worst row per head and format and every
+    failing tensor); 2: bad input.
 
     \b
     Example:
       convert-rembert verify examples/tiny-rembert out/tiny-rembert
-      convert-rembert verify ckpt/ out/rembert --report out/parity --tolerance 1e-4
+      convert-rembert verify ckpt/ out/rembert --report out/parity --junit out/verify.xml
+      convert-rembert verify ckpt/ out/rembert --format safetensors --tolerance 1e-4
     """
+    from pathlib import Path
+
     from converters.output import check_output, checkpoint_inputs, inputs_of, require_existing_dir, staged_output
     from converters.tf1_checkpoint import resolve_checkpoint
-    from validation.parity import verify_conversion
+    from validation.parity import check_junit_destination, progress_printer, verify_conversion
 
     require_existing_dir(converted, "converted folder")
     report_inputs = checkpoint_inputs(resolve_checkpoint(ckpt)) + inputs_of(
         [(config, "config file"), (converted, "folder being verified")])
     if report_dir is not None:  # before measuring: a refused --report costs nothing
         check_output(report_dir, report_inputs, force=force, option="--report")
-    report = verify_conversion(ckpt, converted, original_config=config, tolerance=tolerance)
-    shown = report.rows if all_rows else _worst_rows(report.rows)
-    for row in shown:
-        click.echo(f"{'ok  ' if row.passed else 'FAIL'} {row.head:34} {row.format:11} {row.output:20} "
-                   f"max abs {row.max_abs:.2e}  rel {row.rel_err:.2e}  tol {row.tolerance:.2e}  vs {row.reference}")
+    if junit_file is not None:
+        check_junit_destination(junit_file, report_inputs)
+    progress = progress_printer(not quiet and sys.stderr.isatty())
+    report = verify_conversion(ckpt, converted, original_config=config, tolerance=tolerance, formats=formats or None,
+                               progress=progress)
+    shown = report.rows if all_rows else report.worst_rows()
+    if not quiet:
+        for row in shown:
+            click.echo(f"{'ok  ' if row.passed else 'FAIL'} {row.head:34} {row.format:11} {row.output:20} "
+                       f"max abs {row.max_abs:.2e}  rel {row.rel_err:.2e}  tol {row.tolerance:.2e}")
+    for row in report.tensor_failures:
+        click.echo(f"FAIL tensor {row.format:11} {row.tensor} ({row.check}; source {row.source}): {row.detail}")
     if report_dir is not None:
         with staged_output(report_dir, report_inputs, force=force, option="--report") as staging:
             written = report.write(staging)
         for path in written:
             click.echo(f"wrote {report_dir}/{path.name}")
+    if junit_file is not None:
+        Path(junit_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(junit_file).write_text(report.to_junit(), encoding="utf-8")
+        click.echo(f"wrote {junit_file}")
     verdict = "passed" if report.passed else "FAILED"
-    click.echo(f"parity {verdict}: {len(report.rows) - len(report.failures)}/{len(report.rows)} outputs within "
-               f"tolerance (weights {report.dtype}, {', '.join(report.formats)})")
+    click.echo(f"parity {verdict}: tensors {len(report.tensor_rows) - len(report.tensor_failures)}/"
+               f"{len(report.tensor_rows)} exact, outputs {len(report.rows) - len(report.failures)}/"
+               f"{len(report.rows)} within tolerance (weights {report.dtype}, {', '.join(report.formats)})")
     if not report.passed:
         sys.exit(EXIT_PARITY_FAILURE)
 
@@ -432,16 +456,6 @@ def _command_line(ctx: click.Context) -> str:
             for item in value if isinstance(value, tuple) else [value]:
                 options += [flag] if item is True else [flag, str(item)]
     return shlex.join(words + options)
-
-
-def _worst_rows(rows):
-    worst = {}
-    for row in rows:
-        key = (row.head, row.format)
-        if key not in worst or row.max_abs / max(row.tolerance, 1e-30) > \
-                worst[key].max_abs / max(worst[key].tolerance, 1e-30):
-            worst[key] = row
-    return list(worst.values())
 
 
 @main.command()
@@ -492,8 +506,8 @@ def bundle(ckpt: str, tokenizer: str | None, no_tokenizer: bool, formats: tuple[
     say_checkpoint(ckpt, kwargs.get("quiet", False))
     if not kwargs.get("quiet"):
         parity = result.parity
-        click.echo(f"parity passed: {len(parity.rows)} outputs within tolerance "
-                   f"(worst relative error {max(r.rel_err for r in parity.rows):.1e})")
+        click.echo(f"parity passed: {len(parity.tensor_rows)} tensor checks exact, {len(parity.rows)} outputs "
+                   f"within tolerance (worst relative error {max((r.rel_err for r in parity.rows), default=0):.1e})")
         for path in result.files:
             click.echo(f"wrote {path}")
 

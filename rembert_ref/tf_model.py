@@ -500,10 +500,13 @@ class TFRemBertPreTrainedModel(tf.Module):
     base_model_prefix = "rembert"
     add_pooling_layer = True
 
-    def __init__(self, config: RemBertConfig, seed: int = 0, dtype: tf.DType = tf.float32):
+    def __init__(self, config: RemBertConfig, seed: int = 0, dtype: tf.DType = tf.float32,
+                 weights: Weights | None = None):
         super().__init__()
         self.config = config
-        w = Weights(config, self.keras_name, seed, dtype)
+        # `weights` lets several heads share one set of variables (a `Weights` whose normal/constant return
+        # existing variables): the parity check builds every head on one copy of the model this way.
+        w = weights if weights is not None else Weights(config, self.keras_name, seed, dtype)
         self.rembert = TFRemBertMainLayer(w, "rembert", add_pooling_layer=self.add_pooling_layer)
         self.build_head(w)
         self.loading_info: dict[str, list[str]] = {"missing": [], "unexpected": [], "newly_initialized": []}

@@ -158,7 +158,7 @@ def test_bleurt_verify_compares_every_format_with_the_original_head(bleurt_dir, 
     rows = _head_rows(report, "RemBertForSequenceClassification")
     assert sorted((r.format, r.output, r.reference) for r in rows) == \
         [(fmt, "logits", ORIGINAL) for fmt in ALL]
-    assert all(r.shape == (2, 1) and r.max_abs < 1e-5 for r in rows)
+    assert all(r.shape == (report.inputs["batch"], 1) and r.max_abs < 1e-5 for r in rows)
 
 
 def test_verify_catches_a_wrong_head(bleurt_dir, bleurt_out, tmp_path):
@@ -215,7 +215,8 @@ def test_run_classifier_as_sequence_classification_with_labels(classifier_ckpt, 
     report = verify_conversion(classifier_ckpt, out)
     assert report.passed
     rows = _head_rows(report, "RemBertForSequenceClassification")
-    assert {(r.format, r.output, r.shape) for r in rows} == {(f, "logits", (2, NUM_LABELS)) for f in ALL}
+    assert {(r.format, r.output, r.shape) for r in rows} == {(f, "logits", (report.inputs["batch"], NUM_LABELS))
+                                                             for f in ALL}
 
 
 def test_run_classifier_as_token_classification(classifier_ckpt, tmp_path):
@@ -228,7 +229,8 @@ def test_run_classifier_as_token_classification(classifier_ckpt, tmp_path):
     report = verify_conversion(classifier_ckpt, out)
     assert report.passed
     rows = _head_rows(report, "RemBertForTokenClassification")
-    assert {(r.format, r.output, r.shape) for r in rows} == {(f, "logits", (2, 8, NUM_LABELS)) for f in ALL}
+    batch, seq = report.inputs["batch"], report.inputs["seq"]
+    assert {(r.format, r.output, r.shape) for r in rows} == {(f, "logits", (batch, seq, NUM_LABELS)) for f in ALL}
 
 
 @pytest.mark.parametrize(
@@ -263,7 +265,7 @@ def test_squad_converts_to_question_answering_by_its_names(squad_ckpt, tmp_path)
     assert report.passed
     rows = _head_rows(report, "RemBertForQuestionAnswering")
     assert {(r.format, r.output, r.shape) for r in rows} == \
-        {(f, o, (2, 8)) for f in ALL for o in ("start_logits", "end_logits")}
+        {(f, o, (report.inputs["batch"], report.inputs["seq"])) for f in ALL for o in ("start_logits", "end_logits")}
 
 
 def test_squad_head_cannot_be_called_something_else(squad_ckpt, tmp_path):

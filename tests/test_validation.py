@@ -1,22 +1,33 @@
-"""The parity report and the bundle: they pass on good conversions and fail on broken ones."""
+"""verify and bundle: they pass on good conversions and catch every kind of tampering, naming what changed.
+
+Tamper tests change one thing in a converted folder (or in the mapping table both the conversion and the tensor
+proof use) and check that the report fails and names it: the tensor proof for changed values anywhere, the
+functional proof for an error in the table, which the tensor proof shares by design.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from safetensors.numpy import load_file, save_file
 
-from rembert_convert.cli import main
+import converters.mapping as mapping
 from converters.convert import ConvertOptions, convert_checkpoint
+from rembert_convert.cli import main
+from rembert_ref.config import RemBertConfig
 from validation.bundle import ParityFailure, bundle_checkpoint, card_snippets
-from validation.parity import HEADS, verify_conversion
+from validation.parity import HEADS, make_inputs, verify_conversion
 
 BASE_HEADS = ("RemBertModel", "RemBertForMaskedLM")
+ST, BIN = "model.safetensors", "pytorch_model.bin"
 
 
 @pytest.fixture(scope="module")
@@ -25,21 +36,56 @@ def bundled(tiny_ckpt, tmp_path_factory):
     return bundle_checkpoint(tiny_ckpt.prefix, out, ConvertOptions(quiet=True))
 
 
+@pytest.fixture(scope="module")
+def converted(tiny_ckpt, tmp_path_factory) -> Path:
+    """pytorch_model.bin + model.safetensors of the tiny checkpoint (read-only: tests copy it)."""
+    out = tmp_path_factory.mktemp("conv") / "out"
+    convert_checkpoint(tiny_ckpt.prefix, out, ["pytorch", "safetensors"], ConvertOptions(quiet=True))
+    return out
+
+
+def _copy(folder: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(folder, tmp_path / "copy"))
+
+
+def _edit_safetensors(folder: Path, edit) -> None:
+    tensors = load_file(folder / ST)
+    edit(tensors)
+    save_file(tensors, folder / ST, metadata={"format": "pt"})
+
+
+def _failing_tensors(report) -> set[tuple[str, str, str]]:
+    return {(r.format, r.tensor, r.check) for r in report.tensor_failures}
+
+
+# -- good conversions -------------------------------------------------------------------------------------------
+
+
 def test_bundle_measures_every_head_format_and_output(bundled, tiny_ckpt):
     report = bundled.parity
     assert report.passed and report.formats == ["pytorch", "safetensors", "tf2"]
     layers = tiny_ckpt.config["num_hidden_layers"]
     cells = {(r.head, r.format) for r in report.rows}
-    for fmt in report.formats:  # base and MLM: every format against the float64 original graph
-        for head in BASE_HEADS:
-            assert (head, fmt) in cells
-    for head in HEADS[2:]:  # task heads: the other formats against pytorch_model.bin
-        assert {(head, "safetensors"), (head, "tf2")} <= cells
+    assert cells == {(head, fmt) for head in HEADS for fmt in report.formats}  # every head in every format
     base_tf = {r.output for r in report.rows if (r.head, r.format) == ("RemBertModel", "tf2")}
     assert {f"hidden_states.{i}" for i in range(layers + 1)} | {f"attentions.{i}" for i in range(layers)} | {
         "last_hidden_state", "pooler_output"} == base_tf
-    assert all(r.reference == "original-fp64" for r in report.rows if r.head in BASE_HEADS)
-    assert {"loss", "logits"} <= {r.output for r in report.rows if r.head == "RemBertForSequenceClassification"}
+    assert all(r.reference == "original-fp64" for r in report.rows)
+    qa = {r.output for r in report.rows if r.head == "RemBertForQuestionAnswering"}
+    assert qa == {"start_logits", "end_logits"}
+    # The tensor proof: one row per mapped tensor and format, plus one agreement row per tensor.
+    mapped = len(bundled.conversion.plan.mappings)
+    assert len(report.tensor_rows) == mapped * 4
+    assert {r.check for r in report.tensor_rows} == {"values", "agree"}
+
+
+def test_the_bundle_probe_is_tokenized_text(bundled):
+    inputs = bundled.parity.inputs
+    assert "tokenizer" in inputs["description"]
+    mask = np.array(inputs["attention_mask"])
+    types = np.array(inputs["token_type_ids"])
+    assert (mask == 0).any() and mask[0].all()  # one padded row
+    assert set(types[1][mask[1] == 1]) == {0, 1}  # the sentence pair has both token types
 
 
 def test_bundle_files_and_checksums(bundled):
@@ -59,26 +105,11 @@ def test_bundle_files_and_checksums(bundled):
     assert json.loads((out / "parity_report.json").read_text())["passed"] is True
 
 
-def _convert(tiny_ckpt, out: Path, **options) -> Path:
-    convert_checkpoint(tiny_ckpt.prefix, out, ["safetensors"], ConvertOptions(quiet=True, **options))
-    return out
-
-
-def test_a_perturbed_weight_fails_parity(tiny_ckpt, tmp_path):
-    out = _convert(tiny_ckpt, tmp_path / "out")
-    tensors = load_file(out / "model.safetensors")
-    tensors["rembert.encoder.layer.1.output.dense.bias"][3] += 1e-3
-    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
-    report = verify_conversion(tiny_ckpt.prefix, out, heads=BASE_HEADS)
-    assert not report.passed
-    failing = {r.output for r in report.failures if r.head == "RemBertModel"}
-    assert "hidden_states.2" in failing and "hidden_states.1" not in failing
-
-
 def test_the_chosen_activation_is_the_one_verified(tiny_ckpt, tmp_path):
     """The ground truth runs the original graph with the activation config.json declares, so an exact-erf
     conversion is verified as such and the report says so."""
-    out = _convert(tiny_ckpt, tmp_path / "out", activation="exact")
+    out = tmp_path / "out"
+    convert_checkpoint(tiny_ckpt.prefix, out, ["safetensors"], ConvertOptions(quiet=True, activation="exact"))
     report = verify_conversion(tiny_ckpt.prefix, out, heads=BASE_HEADS)
     assert report.passed and report.activation == "gelu"
 
@@ -91,18 +122,221 @@ def test_failed_parity_writes_no_bundle(tiny_ckpt, tmp_path):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_verify_cli_exit_codes(tiny_ckpt, tmp_path):
-    out = _convert(tiny_ckpt, tmp_path / "out")
+# -- tampering with values: the tensor proof names the tensor -------------------------------------------------
+
+
+def test_a_far_position_row_is_caught(tiny_ckpt, converted, tmp_path):
+    folder = _copy(converted, tmp_path)
+    rows = make_inputs(RemBertConfig.from_json_file(folder / "config.json"))["input_ids"].shape[1]
+    far = tiny_ckpt.config["max_position_embeddings"] - 2
+    assert far >= rows  # a row the functional probe never reaches
+
+    def edit(t):
+        t["rembert.embeddings.position_embeddings.weight"][far, 3] += 0.5
+
+    _edit_safetensors(folder, edit)
+    report = verify_conversion(tiny_ckpt.prefix, folder)
+    assert not report.passed and not report.failures  # every functional row passes: only the tensor proof sees it
+    name = "rembert.embeddings.position_embeddings.weight"
+    assert _failing_tensors(report) == {("safetensors", name, "values"), ("all formats", name, "agree")}
+    row = next(r for r in report.tensor_failures if r.format == "safetensors")
+    assert row.first_index == (far, 3) and row.differing == 1 and row.max_abs == pytest.approx(0.5, rel=1e-6)
+
+
+def test_an_unused_vocabulary_row_is_caught(tiny_ckpt, converted, tmp_path):
+    folder = _copy(converted, tmp_path)
+    used = set(make_inputs(RemBertConfig.from_json_file(folder / "config.json"))["input_ids"].ravel().tolist())
+    row = max(set(range(tiny_ckpt.config["vocab_size"])) - used)
+
+    def edit(t):
+        t["rembert.embeddings.word_embeddings.weight"][row, 0] += 0.5
+
+    _edit_safetensors(folder, edit)
+    report = verify_conversion(tiny_ckpt.prefix, folder)
+    assert not report.failures
+    assert ("safetensors", "rembert.embeddings.word_embeddings.weight", "values") in _failing_tensors(report)
+
+
+def test_a_decoder_row_is_caught(tiny_ckpt, converted, tmp_path):
+    folder = _copy(converted, tmp_path)
+
+    def edit(t):
+        t["cls.predictions.decoder.weight"][7, 5] += 0.5
+
+    _edit_safetensors(folder, edit)
+    report = verify_conversion(tiny_ckpt.prefix, folder)
+    assert ("safetensors", "cls.predictions.decoder.weight", "values") in _failing_tensors(report)
+    failing = {(r.head, r.format, r.output) for r in report.failures}
+    assert ("RemBertForMaskedLM", "safetensors", "logits") in failing
+    assert ("RemBertForMaskedLM", "pytorch", "logits") not in failing
+
+
+def test_swapped_layers_are_caught(tiny_ckpt, converted, tmp_path):
+    folder = _copy(converted, tmp_path)
+
+    def edit(t):
+        for key in [k for k in t if ".layer.0." in k]:
+            other = key.replace(".layer.0.", ".layer.1.")
+            t[key], t[other] = t[other], t[key]
+
+    _edit_safetensors(folder, edit)
+    report = verify_conversion(tiny_ckpt.prefix, folder, heads=BASE_HEADS)
+    names = {tensor for fmt, tensor, check in _failing_tensors(report) if fmt == "safetensors"}
+    assert "rembert.encoder.layer.0.attention.self.query.weight" in names
+    assert "rembert.encoder.layer.1.output.dense.weight" in names
+    assert any(r.format == "safetensors" and r.output == "hidden_states.1" for r in report.failures)
+
+
+def test_a_dropped_and_an_extra_tensor_are_caught(tiny_ckpt, converted, tmp_path):
+    folder = _copy(converted, tmp_path)
+    dropped = "rembert.encoder.layer.2.attention.output.LayerNorm.bias"
+
+    def edit(t):
+        del t[dropped]
+        t["rembert.encoder.layer.2.extra.weight"] = np.ones((2, 2), np.float32)
+
+    _edit_safetensors(folder, edit)
+    report = verify_conversion(tiny_ckpt.prefix, folder)
+    failing = _failing_tensors(report)
+    assert ("safetensors", dropped, "missing") in failing
+    assert ("safetensors", "rembert.encoder.layer.2.extra.weight", "extra") in failing
+    # The functional proof cannot build a head without the weight: each head's load fails, by name.
+    loads = [r for r in report.failures if r.format == "safetensors"]
+    bare = dropped.removeprefix("rembert.")  # the base model names it in the bare layout
+    assert loads and all(r.output.startswith("load") and bare in r.output for r in loads)
+
+
+def test_pytorch_and_safetensors_disagreeing_on_one_value(tiny_ckpt, converted, tmp_path):
+    folder = _copy(converted, tmp_path)
+    name = "rembert.encoder.layer.2.intermediate.dense.weight"
+
+    def edit(t):
+        t[name][4, 9] = np.nextafter(t[name][4, 9], np.float32(1))  # one float32 ulp
+
+    _edit_safetensors(folder, edit)
+    report = verify_conversion(tiny_ckpt.prefix, folder)
+    assert _failing_tensors(report) == {("safetensors", name, "values"), ("all formats", name, "agree")}
+    agree = next(r for r in report.tensor_failures if r.format == "all formats")
+    assert "pytorch: as the source" in agree.detail and "safetensors: differs" in agree.detail
+    assert not report.failures  # one ulp is far inside the functional tolerance
+
+
+def test_a_float16_bundle_one_ulp_off_is_caught(tiny_ckpt, tmp_path):
+    out = tmp_path / "fp16"
+    result = bundle_checkpoint(tiny_ckpt.prefix, out, ConvertOptions(quiet=True, dtype="float16"),
+                               formats=("safetensors", "tf2"), heads=BASE_HEADS)
+    assert result.parity.passed
+    name = "rembert.encoder.layer.1.attention.self.value.weight"
+
+    def edit(t):
+        bits = t[name].view(np.uint16)
+        bits[2, 2] += 1  # the next float16 up: off by one ulp
+
+    _edit_safetensors(out, edit)
+    report = verify_conversion(tiny_ckpt.prefix, out, heads=BASE_HEADS)
+    assert ("safetensors", name, "values") in _failing_tensors(report)
+    row = next(r for r in report.tensor_failures if r.tensor == name and r.format == "safetensors")
+    assert row.dtype == "float16" and row.differing == 1
+    assert not report.failures  # the functional proof cannot see one float16 ulp; the tensor proof does
+
+
+# -- an error in the mapping table: the tensor proof shares it, the functional proof catches it -------------------
+
+
+def _convert_with(tiny_ckpt, out: Path) -> Path:
+    convert_checkpoint(tiny_ckpt.prefix, out, ["pytorch", "safetensors", "tf2"], ConvertOptions(quiet=True))
+    return out
+
+
+def test_a_table_that_swaps_two_layers_fails_the_functional_proof(tiny_ckpt, tmp_path, monkeypatch):
+    original_expand = mapping.expand
+
+    def swapped(rule, config):
+        for source, torch, tf in original_expand(rule, config):
+            for a, b in ((".layer.0.", ".layer.1."), ("/layer_._0/", "/layer_._1/")):
+                if a in torch or a in tf:
+                    torch, tf = torch.replace(a, b), tf.replace(a, b)
+                elif b in torch or b in tf:
+                    torch, tf = torch.replace(b, a), tf.replace(b, a)
+            yield source, torch, tf
+
+    monkeypatch.setattr(mapping, "expand", swapped)
+    out = _convert_with(tiny_ckpt, tmp_path / "out")
+    report = verify_conversion(tiny_ckpt.prefix, out, heads=BASE_HEADS)
+    assert not report.tensor_failures  # the same wrong table drives the tensor proof
+    for fmt in ("pytorch", "safetensors", "tf2"):
+        failing = {r.output for r in report.failures if r.format == fmt and r.head == "RemBertModel"}
+        assert "hidden_states.1" in failing and "hidden_states.0" not in failing
+
+
+def test_a_table_that_forgets_to_transpose_a_square_kernel_fails_the_functional_proof(tiny_ckpt, tmp_path,
+                                                                                      monkeypatch):
+    rules = tuple(dataclasses.replace(rule, transpose=False) if rule.source.endswith("self/{proj}/kernel")
+                  else rule for rule in mapping.RULES)
+    monkeypatch.setattr(mapping, "RULES", rules)
+    out = _convert_with(tiny_ckpt, tmp_path / "out")
+    report = verify_conversion(tiny_ckpt.prefix, out, heads=BASE_HEADS)
+    assert not report.tensor_failures
+    failing = {(r.format, r.output) for r in report.failures if r.head == "RemBertModel"}
+    assert ("pytorch", "hidden_states.1") in failing and ("safetensors", "hidden_states.1") in failing
+    assert not any(fmt == "tf2" for fmt, _ in failing)  # Keras kernels keep the [in, out] layout
+
+
+# -- the CI gate ------------------------------------------------------------------------------------------------
+
+
+def test_verify_cli_exit_codes_junit_and_report(tiny_ckpt, converted, tmp_path):
     runner = CliRunner()
-    ok = runner.invoke(main, ["verify", str(tiny_ckpt.prefix), str(out), "--report", str(tmp_path / "rep")])
+    junit, report_dir = tmp_path / "ci" / "verify.xml", tmp_path / "rep"
+    ok = runner.invoke(main, ["verify", str(tiny_ckpt.prefix), str(converted), "--report", str(report_dir),
+                              "--junit", str(junit)])
     assert ok.exit_code == 0, ok.output
-    assert "parity passed" in ok.output and (tmp_path / "rep" / "parity_report.md").is_file()
-    strict = runner.invoke(main, ["verify", str(tiny_ckpt.prefix), str(out), "--tolerance", "1e-12"])
+    assert "parity passed" in ok.output and (report_dir / "parity_report.md").is_file()
+    report = json.loads((report_dir / "parity_report.json").read_text())
+    suites = ET.parse(junit).getroot()
+    cases = suites.findall(".//testcase")
+    assert len(cases) == len(report["rows"]) + len(report["tensor_rows"]) == int(suites.get("tests"))
+    assert suites.get("failures") == "0" and report["tolerance_override"] is False
+
+    again = runner.invoke(main, ["verify", str(tiny_ckpt.prefix), str(converted), "--report", str(report_dir)])
+    assert again.exit_code == 2 and "not empty" in again.output and "--force" in again.output
+    inside = runner.invoke(main, ["verify", str(tiny_ckpt.prefix), str(converted), "--junit",
+                                  str(converted / "verify.xml")])
+    assert inside.exit_code == 2 and "inputs are never written" in inside.output
+    assert not (converted / "verify.xml").exists()
+
+    strict = runner.invoke(main, ["verify", str(tiny_ckpt.prefix), str(converted), "--tolerance", "1e-12",
+                                  "--junit", str(junit), "--format", "safetensors"])
     assert strict.exit_code == 1 and "parity FAILED" in strict.output
-    report = json.loads((tmp_path / "rep" / "parity_report.json").read_text())
-    assert report["tolerance_override"] is False
+    failures = ET.parse(junit).getroot().findall(".//failure")
+    assert failures and all("max abs" in f.get("message") and "tolerance" in f.get("message") for f in failures)
+    assert {c.get("classname").rsplit(".", 1)[-1] for c in ET.parse(junit).getroot().findall(".//testcase")
+            if c.get("classname").startswith("functional.")} == {"safetensors"}
+
     missing = runner.invoke(main, ["verify", str(tiny_ckpt.prefix), str(tmp_path)])
     assert missing.exit_code == 2 and missing.output.startswith("error: ")
+    no_tf = runner.invoke(main, ["verify", str(tiny_ckpt.prefix), str(converted), "--format", "tf2"])
+    assert no_tf.exit_code == 2 and "no tf2 files" in no_tf.output
+
+
+def test_the_summary_names_failing_tensors(tiny_ckpt, converted, tmp_path):
+    folder = _copy(converted, tmp_path)
+    name = "rembert.embeddings.LayerNorm.bias"
+
+    def edit(t):
+        t[name][0] += 1.0
+
+    _edit_safetensors(folder, edit)
+    result = CliRunner().invoke(main, ["verify", str(tiny_ckpt.prefix), str(folder), "--report",
+                                       str(tmp_path / "rep")])
+    assert result.exit_code == 1
+    assert any(line.startswith("FAIL tensor safetensors") and name in line for line in result.output.splitlines())
+    summary = json.loads((tmp_path / "rep" / "parity_report.json").read_text())["summary"]
+    assert {"format": "safetensors", "tensor": name} in [{k: t[k] for k in ("format", "tensor")}
+                                                          for t in summary["failing_tensors"]]
+    assert {(w["head"], w["format"]) for w in summary["worst_per_head_and_format"]} == {
+        (h, f) for h in HEADS for f in ("pytorch", "safetensors")}
+    assert name in (tmp_path / "rep" / "parity_report.md").read_text()
 
 
 def test_bf16_bundle_refuses_h5_with_one_line(tiny_ckpt, tmp_path):
@@ -160,3 +394,11 @@ def test_bad_card_options_are_one_line_errors(tiny_ckpt, tmp_path, option):
                                        "--format", "safetensors", *option])
     assert result.exit_code == 2 and result.output.startswith("error: ") and result.output.count("\n") == 1
     assert option[0] in result.output and not (tmp_path / "x").exists()
+
+
+def test_bf16_tensors_are_cast_exact(tiny_ckpt, tmp_path):
+    out = tmp_path / "bf16"
+    convert_checkpoint(tiny_ckpt.prefix, out, ["pytorch", "safetensors"], ConvertOptions(quiet=True,
+                                                                                          dtype="bfloat16"))
+    report = verify_conversion(tiny_ckpt.prefix, out, heads=BASE_HEADS)
+    assert report.passed and {r.dtype for r in report.tensor_rows if r.check == "values"} == {"bfloat16"}

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from converters.convert import ConversionResult, ConvertOptions, convert_checkpoint, sha256_file
 from rembert_ref.errors import UserError, require_tensorflow
-from validation.parity import HEADS, ParityReport, verify_conversion
+from validation.parity import HEADS, ParityReport, progress_printer, verify_conversion
 
 CHECKSUMS_NAME = "SHA256SUMS"
 MODEL_CARD_NAME = "README.md"
@@ -89,15 +90,17 @@ def bundle_checkpoint(
 
     def verify_and_describe(staged: ConversionResult) -> None:
         report = verify_conversion(ckpt, staged.output_dir, original_config=options.config, heads=heads,
-                                   tolerance=tolerance)
+                                   tolerance=tolerance,
+                                   progress=progress_printer(not options.quiet and sys.stderr.isatty()))
         parity["report"] = report
         if not report.passed:
             worst = sorted(report.failures, key=lambda r: -r.max_abs / max(r.tolerance, 1e-30))[:3]
-            rows = "; ".join(f"{r.head}/{r.format}/{r.output} max abs {r.max_abs:.2e} > {r.tolerance:.2e}"
-                             for r in worst)
-            raise ParityFailure(f"parity failed on {len(report.failures)} of {len(report.rows)} rows ({rows}); "
-                                "nothing was written: run `convert-rembert verify` on a plain conversion for the "
-                                "full table")
+            rows = [f"{r.head}/{r.format}/{r.output} max abs {r.max_abs:.2e} > {r.tolerance:.2e}" for r in worst]
+            rows += [f"tensor {r.format}/{r.tensor} {r.check}" for r in report.tensor_failures[:3]]
+            raise ParityFailure(f"parity failed on {len(report.failures)} of {len(report.rows)} outputs and "
+                                f"{len(report.tensor_failures)} of {len(report.tensor_rows)} tensor checks "
+                                f"({'; '.join(rows)}); nothing was written: run `convert-rembert verify` on a plain "
+                                "conversion for the full table")
         report.write(staged.output_dir)
         write_checksums(staged.output_dir)  # before the card: it leaves the card out
         tokenizer = _tokenizer_agreement(staged.output_dir)
@@ -337,12 +340,15 @@ def _parity_section(parity: ParityReport) -> list[str]:
     lines = [
         "## Parity",
         "",
-        f"Measured on {parity.inputs['batch']} x {parity.inputs['seq']} tokens: {len(parity.rows)} outputs, "
-        f"{'all within' if parity.passed else 'NOT all within'} tolerance (atol {parity.tolerance['atol']:g} + "
-        f"rtol {parity.tolerance['rtol']:g} x scale"
-        + (", overridden by the user" if parity.tolerance_override else "") + "). Base and masked-LM heads are "
-        "compared with a float64 forward pass of the original TF1 graph; task heads across formats. Worst "
-        "relative error:",
+        f"Every tensor of every format was compared with its checkpoint variable: {len(parity.tensor_rows)} "
+        "checks, every value bit-identical to the source (cast to the weights' dtype).",
+        "",
+        f"Every head in every format was run on {parity.inputs['batch']} x {parity.inputs['seq']} tokens "
+        f"({parity.inputs.get('description', '')}) and compared with a float64 forward pass of the original TF1 "
+        f"graph: {len(parity.rows)} outputs, {'all within' if parity.passed else 'NOT all within'} tolerance "
+        f"(atol {parity.tolerance['atol']:g} + rtol {parity.tolerance['rtol']:g} x scale"
+        + (", overridden by the user" if parity.tolerance_override else "") + "). Task heads the checkpoint "
+        "does not hold carry seeded weights in both. Worst relative error:",
         "",
         "| head | " + " | ".join(parity.formats) + " |",
         "| --- |" + " --- |" * len(parity.formats),

@@ -1,18 +1,26 @@
-"""The parity report: every head x format x output of a converted folder, measured against a reference.
+"""`verify`: the proof that a converted folder holds the checkpoint, in two independent parts.
 
-References, in order of trust:
-- `original-fp64`: the numpy float64 forward pass of the original TF1 graph on the ORIGINAL variables read
-  from the checkpoint (`rembert_ref/numpy_reference.py`, which does not use the mapping table). The base model
-  (every hidden state, every attention map, pooler) and the masked-LM logits of every format are checked
-  against it.
-- `pytorch:<file>`: task heads (and the causal LM, whose causal mask the original graph does not have) have no
-  original counterpart: their new head weights are initialised once, seeded, in the PyTorch model loaded from
-  the first PyTorch file, and every other format gets the same head weights; all their outputs (hidden states,
-  attentions, logits, loss) are compared with that PyTorch model.
+1. The tensor proof (`validation/tensor_proof.py`): every tensor of every format, bit for bit against its
+   source variable (cast-exact for float16 / bfloat16), driven by the mapping table. Catches any changed value.
+2. The functional proof (here): every head in every format, loaded by its Hugging Face names into the
+   reference models (`rembert_ref`), run against a float64 forward pass of the ORIGINAL TF1 graph on the
+   ORIGINAL variable names (`rembert_ref/numpy_reference.py`), which does not use the mapping table. Catches an
+   error in the table (a transposed square kernel, swapped layers) that the tensor proof would share.
 
-Each row: head, format, output, shape, max abs diff, mean abs diff, relative error (max abs / max |reference|),
-tolerance, pass. A row passes when max_abs <= atol + rtol * max|reference| with the tolerance of the weights'
-dtype (fp32 first; cast dtypes have their own, looser ones). An override is recorded in the report.
+Inputs: text through the folder's own tokenizer when it has one (a built-in multilingual sample, a sentence
+pair with both token types, and a short text padded with an attention mask); without one, seeded ids of the
+same three shapes. Task heads that the checkpoint does not hold (classifier, qa_outputs) get seeded weights,
+the same in every format and in the float64 reference; a head the checkpoint provides can be added to
+`HEAD_SPECS` with its weights passed in `task_head_weights`.
+
+Cost at full size: one format's model is in memory at a time, memory-mapped (pytorch_model.bin, safetensors)
+or read once into TF variables (tf_model.h5); the reference reads one layer's weights at a time. Every head of a
+format shares one copy of the weights, and the heads that run the same encoder on the same inputs share its
+result (`_SharedEncoder`): each head's own forward still runs (its loading, reshaping, pooling and head layers),
+the 32-layer encoder runs once per format for the bidirectional heads and once for the causal LM.
+
+Each functional row: head, format, output, shape, max abs diff, mean abs diff, relative error (max abs /
+max |reference|), tolerance (atol + rtol x max |reference|, per weight dtype; an override is recorded), pass.
 """
 
 from __future__ import annotations
@@ -20,14 +28,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
 from rembert_ref.errors import UserError, require_tensorflow
+from validation.tensor_proof import TensorRow
 
 # (atol, rtol) per weight dtype. fp32 against float64: rounding of ~1e-7 per op, grown through the layers;
 # fp16 / bf16 weights carry 2^-11 / 2^-8 relative rounding into every product.
@@ -36,22 +48,55 @@ TOLERANCES: dict[str, tuple[float, float]] = {
     "float16": (5e-3, 5e-3),
     "bfloat16": (4e-2, 4e-2),
 }
-HEADS = (
-    "RemBertModel",
-    "RemBertForMaskedLM",
-    "RemBertForCausalLM",
-    "RemBertForSequenceClassification",
-    "RemBertForMultipleChoice",
-    "RemBertForTokenClassification",
-    "RemBertForQuestionAnswering",
-)
 FORMAT_FILES = {
     "pytorch": ("pytorch_model.bin",),
     "safetensors": ("model.safetensors", "model.safetensors.index.json"),
     "tf2": ("tf_model.h5",),
 }
+FORMATS = tuple(FORMAT_FILES)
 ORIGINAL = "original-fp64"
 PARITY_JSON, PARITY_MARKDOWN = "parity_report.json", "parity_report.md"
+BIDIRECTIONAL, CAUSAL = "bidirectional", "causal"
+
+# The built-in probe text: several scripts, accents, digits, an emoji; a sentence pair; a short text to pad.
+MULTILINGUAL_SAMPLE = "Zürich, Москва, 東京 und القاهرة: ποταμός, नदी, แม่น้ำ — 42 km 🌊"
+SENTENCE_PAIR = ("Wie alt ist der Turm?", "The tower is 130 years old.")
+SHORT_TEXT = "Olá!"
+MAX_PROBE_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A head the verify runs: its class name (in both reference frameworks, TF with a `TF` prefix), which
+    encoder it runs, and for a task head its layer: the attribute (`classifier` / `qa_outputs`), its output
+    size, whether it reads the pooled output or every token, and how its logits are laid out."""
+
+    name: str
+    encoder: str = BIDIRECTIONAL
+    layer: str | None = None
+    out_features: int = 0
+    applies_to: str = ""  # numpy_reference.POOLED | PER_TOKEN
+    outputs: tuple[str, ...] = ("logits",)
+    from_checkpoint: bool = False  # a fine-tuned head: its weights come from the file and the checkpoint
+
+
+def head_specs(num_labels: int = 3) -> dict[str, HeadSpec]:
+    return {spec.name: spec for spec in (
+        HeadSpec("RemBertModel", outputs=()),
+        HeadSpec("RemBertForMaskedLM"),
+        HeadSpec("RemBertForCausalLM", encoder=CAUSAL),
+        HeadSpec("RemBertForSequenceClassification", layer="classifier", out_features=num_labels,
+                 applies_to="pooled"),
+        HeadSpec("RemBertForMultipleChoice", layer="classifier", out_features=1, applies_to="pooled"),
+        HeadSpec("RemBertForTokenClassification", layer="classifier", out_features=num_labels,
+                 applies_to="per-token"),
+        HeadSpec("RemBertForQuestionAnswering", layer="qa_outputs", out_features=2, applies_to="per-token",
+                 outputs=("start_logits", "end_logits")),
+    )}
+
+
+HEAD_SPECS = head_specs()
+HEADS = tuple(HEAD_SPECS)
 
 
 @dataclass(frozen=True)
@@ -77,48 +122,135 @@ class ParityReport:
     inputs: dict[str, Any]
     formats: list[str]
     rows: list[ParityRow] = field(default_factory=list)
+    tensor_rows: list[TensorRow] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
-        return bool(self.rows) and all(row.passed for row in self.rows)
+        return bool(self.rows or self.tensor_rows) and not self.failures and not self.tensor_failures
 
     @property
     def failures(self) -> list[ParityRow]:
         return [row for row in self.rows if not row.passed]
 
+    @property
+    def tensor_failures(self) -> list[TensorRow]:
+        return [row for row in self.tensor_rows if not row.passed]
+
+    def worst_rows(self) -> list[ParityRow]:
+        """The row nearest to (or furthest beyond) its tolerance, per head and format."""
+        worst: dict[tuple[str, str], ParityRow] = {}
+        for row in self.rows:
+            key = (row.head, row.format)
+            if key not in worst or _severity(row) > _severity(worst[key]):
+                worst[key] = row
+        return list(worst.values())
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "functional_rows": len(self.rows), "functional_failed": len(self.failures),
+            "tensor_rows": len(self.tensor_rows), "tensor_failed": len(self.tensor_failures),
+            "worst_per_head_and_format": [
+                {"head": r.head, "format": r.format, "output": r.output, "max_abs": r.max_abs,
+                 "rel_err": r.rel_err, "tolerance": r.tolerance, "passed": r.passed} for r in self.worst_rows()],
+            "failing_tensors": [{"format": r.format, "tensor": r.tensor, "source": r.source, "check": r.check,
+                                 "detail": r.detail} for r in self.tensor_failures],
+        }
+
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["passed"] = self.passed
-        values["summary"] = {"rows": len(self.rows), "failed": len(self.failures),
-                             "worst_rel_err": max((r.rel_err for r in self.rows), default=0.0)}
+        values["summary"] = self.summary()
         return values
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2) + "\n"
+        return json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n"
 
     def to_markdown(self) -> str:
+        tol = self.tolerance
         lines = [
             f"# Parity report: {'PASSED' if self.passed else 'FAILED'}",
             "",
-            f"Weights dtype {self.dtype}, activation {self.activation}, tolerance atol {self.tolerance['atol']:g} "
-            f"+ rtol {self.tolerance['rtol']:g} x max|reference|"
-            + (" (overridden by the user)" if self.tolerance_override else "") + ".",
-            f"Inputs: {self.inputs['batch']} sequences of {self.inputs['seq']} tokens, seed {self.inputs['seed']}, "
-            "with padding. Formats: " + ", ".join(self.formats) + ".",
+            f"Weights dtype {self.dtype}, activation {self.activation}. Formats: {', '.join(self.formats)}.",
+            f"Tensors: {len(self.tensor_rows) - len(self.tensor_failures)}/{len(self.tensor_rows)} checks pass "
+            "(every value bit-identical to the source cast to the weights' dtype).",
+            f"Functional: {len(self.rows) - len(self.failures)}/{len(self.rows)} outputs within tolerance "
+            f"(atol {tol['atol']:g} + rtol {tol['rtol']:g} x max|reference|"
+            + (", overridden by the user" if self.tolerance_override else "") + ") of the float64 original graph.",
+            f"Inputs: {self.inputs.get('description', '')}",
             "",
-            "| head | format | output | reference | shape | max abs | mean abs | rel err | tolerance | pass |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "## Summary",
+            "",
+            "| head | format | worst output | max abs | rel err | tolerance | pass |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
+        for r in self.worst_rows():
+            lines.append(f"| {r.head} | {r.format} | {r.output} | {r.max_abs:.2e} | {r.rel_err:.2e} | "
+                         f"{r.tolerance:.2e} | {'yes' if r.passed else 'NO'} |")
+        if self.tensor_failures:
+            lines += ["", "Failing tensors:", ""]
+            lines += [f"- {r.format}: `{r.tensor}` ({r.check}; source `{r.source}`): {r.detail}"
+                      for r in self.tensor_failures]
+        lines += ["", "## Functional rows", "",
+                  "| head | format | output | reference | shape | max abs | mean abs | rel err | tolerance | pass |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in self.rows:
             lines.append(f"| {r.head} | {r.format} | {r.output} | {r.reference} | {list(r.shape)} | {r.max_abs:.2e} "
                          f"| {r.mean_abs:.2e} | {r.rel_err:.2e} | {r.tolerance:.2e} | {'yes' if r.passed else 'NO'} |")
+        lines += ["", "## Tensor rows", "", "| format | tensor | source | check | shape | dtype | differing | "
+                  "max abs | pass |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in self.tensor_rows:
+            lines.append(f"| {r.format} | `{r.tensor}` | `{r.source}` | {r.check} | {list(r.shape)} | {r.dtype} | "
+                         f"{r.differing} | {r.max_abs:.2e} | {'yes' if r.passed else 'NO'} |")
         return "\n".join(lines) + "\n"
+
+    def to_junit(self) -> str:
+        """JUnit XML (pytest's --junitxml shape): one testcase per row, failures carry the figures."""
+        suites = []
+        cases = [(f"tensors.{r.format}", r.tensor, None if r.passed else
+                  f"{r.check}: {r.detail or 'failed'} (source {r.source}, shape {list(r.shape)}, dtype {r.dtype}, "
+                  f"{r.differing} differing, max abs {r.max_abs:.3e})") for r in self.tensor_rows]
+        suites.append(("verify.tensors", cases))
+        cases = [(f"functional.{r.head}.{r.format}", r.output, None if r.passed else
+                  f"max abs {r.max_abs:.3e} > tolerance {r.tolerance:.3e} (mean abs {r.mean_abs:.3e}, rel err "
+                  f"{r.rel_err:.3e}, shape {list(r.shape)}, reference {r.reference})") for r in self.rows]
+        suites.append(("verify.functional", cases))
+        total = sum(len(c) for _, c in suites)
+        failed = sum(1 for _, c in suites for case in c if case[2] is not None)
+        out = ['<?xml version="1.0" encoding="utf-8"?>',
+               f'<testsuites name="convert-rembert verify" tests="{total}" failures="{failed}" errors="0">']
+        for suite, cases in suites:
+            n_failed = sum(1 for case in cases if case[2] is not None)
+            out.append(f'  <testsuite name="{suite}" tests="{len(cases)}" failures="{n_failed}" errors="0" '
+                       'skipped="0">')
+            for classname, name, failure in cases:
+                head = f"    <testcase classname={quoteattr(classname)} name={quoteattr(name)}"
+                if failure is None:
+                    out.append(head + "/>")
+                else:
+                    out += [head + ">", f"      <failure message={quoteattr(failure)}/>", "    </testcase>"]
+            out.append("  </testsuite>")
+        out.append("</testsuites>")
+        return "\n".join(out) + "\n"
 
     def write(self, directory: Path) -> list[Path]:
         paths = [directory / PARITY_JSON, directory / PARITY_MARKDOWN]
         paths[0].write_text(self.to_json(), encoding="utf-8")
         paths[1].write_text(self.to_markdown(), encoding="utf-8")
         return paths
+
+
+def _severity(row: ParityRow) -> float:
+    return row.max_abs / row.tolerance if row.tolerance > 0 else float("inf")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    raise TypeError(f"not serialisable: {type(value).__name__}")
 
 
 def compare(head: str, fmt: str, output: str, reference_name: str, ours: Any, reference: Any,
@@ -138,31 +270,98 @@ def compare(head: str, fmt: str, output: str, reference_name: str, ours: Any, re
 
 def _to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):
-        value = value.detach().float().numpy()
+        value = value.detach().double().numpy()
     elif hasattr(value, "numpy"):
         value = value.numpy()
     return np.asarray(value, dtype=np.float64)
 
 
-# -- the check ---------------------------------------------------------------------------------------------
+# -- inputs ------------------------------------------------------------------------------------------------------
 
 
 def present_formats(directory: Path) -> list[str]:
     return [fmt for fmt, names in FORMAT_FILES.items() if any((directory / n).is_file() for n in names)]
 
 
-def make_inputs(config, seed: int, batch: int, seq: int) -> dict[str, np.ndarray]:
-    """Random ids (special ids included by chance), both token types, a padded sequence."""
+def make_inputs(config, tokenizer_dir: Path | None = None, seed: int = 0) -> dict[str, Any]:
+    """Three rows: the multilingual sample, a sentence pair (token types 0 and 1), a short text padded to the
+    others' length (attention mask 0). Through the folder's tokenizer when it has tokenizer.json, else seeded
+    ids of the same shapes. Returns input_ids / token_type_ids / attention_mask arrays and a description."""
+    limit = min(MAX_PROBE_TOKENS, config.max_position_embeddings)
+    if tokenizer_dir is not None and (tokenizer_dir / "tokenizer.json").is_file():
+        from rembert_ref.tokenization import RemBertTokenizerFast
+
+        tokenizer = RemBertTokenizerFast.from_pretrained(tokenizer_dir)
+        encoded = [tokenizer(MULTILINGUAL_SAMPLE, truncation=True, max_length=limit),
+                   tokenizer(*SENTENCE_PAIR, truncation=True, max_length=limit),
+                   tokenizer(SHORT_TEXT, truncation=True, max_length=limit)]
+        rows = [(e["input_ids"], e["token_type_ids"]) for e in encoded]
+        description = (f"the folder's tokenizer on a multilingual sample, a sentence pair and a short padded text "
+                       f"({', '.join(str(len(r[0])) for r in rows)} tokens)")
+    else:
+        rng = np.random.default_rng(seed)
+        lengths = (limit // 2, limit // 2, max(2, limit // 8))
+        ids = [rng.integers(0, config.vocab_size, size=n).tolist() for n in lengths]
+        half = lengths[1] // 2
+        types = [[0] * lengths[0], [0] * half + [1] * (lengths[1] - half), [0] * lengths[2]]
+        rows = list(zip(ids, types, strict=True))
+        description = f"seeded ids (seed {seed}, no tokenizer): rows of {', '.join(map(str, lengths))} tokens"
+    T = max(len(r[0]) for r in rows)
+    if all(len(r[0]) == T for r in rows):  # make sure one row is padded
+        T += 1
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    input_ids = np.full((len(rows), T), pad, dtype=np.int64)
+    token_type_ids = np.zeros((len(rows), T), dtype=np.int64)
+    attention_mask = np.zeros((len(rows), T), dtype=np.int64)
+    for i, (ids, types) in enumerate(rows):
+        input_ids[i, :len(ids)], token_type_ids[i, :len(ids)], attention_mask[i, :len(ids)] = ids, types, 1
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask,
+            "description": description}
+
+
+def seeded_task_heads(config, specs: Mapping[str, HeadSpec], seed: int = 0) -> dict[str, tuple[np.ndarray, ...]]:
+    """(weight [out, in], bias [out]) float32 for each task head, normal(0, initializer_range) weights and
+    small nonzero biases (a zero bias would hide a dropped bias)."""
     rng = np.random.default_rng(seed)
-    seq = min(seq, config.max_position_embeddings)
-    attention_mask = np.ones((batch, seq), dtype=np.int64)
-    if batch > 1:
-        attention_mask[-1, seq // 2:] = 0
-    return {
-        "input_ids": rng.integers(0, config.vocab_size, size=(batch, seq)),
-        "token_type_ids": rng.integers(0, config.type_vocab_size, size=(batch, seq)),
-        "attention_mask": attention_mask,
-    }
+    heads = {}
+    for name, spec in specs.items():
+        if spec.layer is not None:
+            weight = rng.normal(0.0, config.initializer_range, size=(spec.out_features, config.hidden_size))
+            bias = rng.normal(0.0, 0.1, size=spec.out_features)
+            heads[name] = (weight.astype(np.float32), bias.astype(np.float32))
+    return heads
+
+
+# -- the check ---------------------------------------------------------------------------------------------
+
+
+class CheckpointWeights:
+    """The checkpoint as a `numpy_reference.WeightSource`: variables read on demand, float64, by original name."""
+
+    def __init__(self, reader):
+        self.reader = reader
+
+    def names(self) -> list[str]:
+        return list(self.reader.entries)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.reader.entries[name].shape
+
+    def read(self, name: str) -> np.ndarray:
+        from converters.writers import to_float32
+
+        entry = self.reader.entries[name]
+        return to_float32(self.reader.read(name), entry.dtype).astype(np.float64)
+
+    def row_slices(self, name: str, max_bytes: int) -> Iterator[tuple[int, np.ndarray]]:
+        from converters.writers import to_float32
+
+        entry = self.reader.entries[name]
+        start = 0
+        # The reader's slices are in the stored dtype; ask for as many rows as fit `max_bytes` in float64.
+        for chunk in self.reader.iter_rows(name, max_bytes=max(1, max_bytes * entry.itemsize // 8)):
+            yield start, to_float32(chunk, entry.dtype).astype(np.float64)
+            start += chunk.shape[0]
 
 
 def verify_conversion(
@@ -171,27 +370,42 @@ def verify_conversion(
     *,
     original_config: str | os.PathLike | None = None,
     heads: tuple[str, ...] = HEADS,
+    formats: tuple[str, ...] | None = None,
     seed: int = 0,
-    batch: int = 2,
-    seq: int = 8,
     tolerance: float | None = None,
+    tensors: bool = True,
+    functional: bool = True,
+    task_head_weights: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> ParityReport:
-    """Measure every output of every head in every format found in `converted` against its reference."""
+    """Prove `converted` against the checkpoint: every tensor of every format (tensor proof) and every head in
+    every format against the float64 original graph (functional proof)."""
     from converters.convert import find_config
-    from converters.tf1_checkpoint import resolve_checkpoint
+    from converters.tf1_checkpoint import CheckpointReader, resolve_checkpoint
     from rembert_ref.config import RemBertConfig, _read_json
+    from validation import tensor_proof
 
     converted = Path(converted)
+    if not converted.is_dir():
+        raise UserError(f"{converted} is not a directory; point at a folder written by convert-rembert")
     if not (converted / "config.json").is_file():
         raise UserError(f"{converted} has no config.json; point at a folder written by convert-rembert")
-    formats = present_formats(converted)
-    if not formats:
+    found = present_formats(converted)
+    if not found:
         raise UserError(f"{converted} holds no weights (pytorch_model.bin, model.safetensors or tf_model.h5)")
+    if formats:
+        unknown = sorted(set(formats) - set(FORMATS))
+        if unknown:
+            raise UserError(f"unknown format(s) {', '.join(unknown)}; use some of: {', '.join(FORMATS)}")
+        absent = [f for f in formats if f not in found]
+        if absent:
+            raise UserError(f"{converted} has no {', '.join(absent)} files; it holds {', '.join(found)}")
+        found = [f for f in FORMATS if f in formats]
     unknown = sorted(set(heads) - set(HEADS))
     if unknown:
         raise UserError(f"unknown head(s) {', '.join(unknown)}; use some of: {', '.join(HEADS)}")
-    if "tf2" in formats:
-        require_tensorflow(f"verifying {converted / 'tf_model.h5'}", "verify a folder without it")
+    if "tf2" in found and functional:
+        require_tensorflow(f"verifying {converted / 'tf_model.h5'}", "verify a folder without it, or --format")
     config = RemBertConfig.from_json_file(converted / "config.json")
     activation = {"gelu_new": "tanh", "gelu": "exact"}.get(config.hidden_act)
     if activation is None:
@@ -200,208 +414,406 @@ def verify_conversion(
     original = _read_json(find_config(prefix, original_config))
     dtype = config.torch_dtype if config.torch_dtype in TOLERANCES else "float32"
     atol, rtol = (tolerance, tolerance) if tolerance is not None else TOLERANCES[dtype]
-    inputs = make_inputs(config, seed, batch, seq)
-    report = ParityReport(dtype, config.hidden_act, {"atol": atol, "rtol": rtol}, tolerance is not None,
-                          {"seed": seed, "batch": int(inputs["input_ids"].shape[0]),
-                           "seq": int(inputs["input_ids"].shape[1])}, formats)
-
-    variables = _original_variables(prefix)
-    from rembert_ref.numpy_reference import original_forward
-
-    truth = original_forward(variables, original, **inputs, activation=activation)
+    mlm_head = not set(config.architectures or ()) & {"RemBertModel", *_finetuned_architectures()}
     finetuned = finetuned_head(config)
     if finetuned is not None:
-        truth["task_head"] = original_task_head_outputs(variables, finetuned, truth)
-        if heads == HEADS:  # a fine-tuned file: its own head against the original, not a seeded one
-            # Token-classification and QA files have no pooler, as transformers builds those classes;
-            # their head model's hidden states are compared instead.
-            heads = ("RemBertModel", finetuned) if finetuned == "RemBertForSequenceClassification" else (finetuned,)
-    del variables
-    with tempfile.TemporaryDirectory(prefix="rembert-parity-") as scratch:
-        views = {fmt: _format_view(converted, fmt, Path(scratch)) for fmt in formats}
-        checker = _Checker(report, config, inputs, truth, atol, rtol, views, Path(scratch))
-        for head in heads:
-            checker.check(head)
+        spec = HEAD_SPECS[finetuned]
+        spec = dataclasses.replace(spec, out_features=config.num_labels if spec.layer == "classifier" else 2,
+                                   from_checkpoint=True)
+        if heads == HEADS:  # a fine-tuned file: its own head (and the base model where it keeps the pooler)
+            heads = ("RemBertModel", finetuned) if spec.applies_to == "pooled" else (finetuned,)
+        specs = {name: (spec if name == finetuned else HEAD_SPECS[name]) for name in heads
+                 if name not in ("RemBertForMaskedLM", "RemBertForCausalLM")}
+    else:
+        specs = {name: spec for name, spec in HEAD_SPECS.items() if name in heads
+                 and (mlm_head or name not in ("RemBertForMaskedLM", "RemBertForCausalLM"))}
+    inputs = make_inputs(config, converted, seed)
+    report = ParityReport(dtype, config.hidden_act, {"atol": atol, "rtol": rtol}, tolerance is not None,
+                          {"seed": seed, "batch": int(inputs["input_ids"].shape[0]),
+                           "seq": int(inputs["input_ids"].shape[1]), "description": inputs["description"],
+                           "input_ids": inputs["input_ids"].tolist(),
+                           "token_type_ids": inputs["token_type_ids"].tolist(),
+                           "attention_mask": inputs["attention_mask"].tolist()}, found)
+    say = progress or (lambda text: None)
+    clock = time.perf_counter()
+
+    with CheckpointReader(prefix) as reader:
+        plan = tensor_proof.plan_for(reader, converted, config)
+        truth = None
+        head_weights = dict(seeded_task_heads(config, specs, seed), **(task_head_weights or {}))
+        if finetuned is not None and finetuned in specs:
+            from rembert_ref.numpy_reference import original_head_weights
+
+            _, weight, bias = original_head_weights(CheckpointWeights(reader))  # the checkpoint's own head
+            head_weights[finetuned] = (weight, bias)
+        if functional and specs:
+            say("functional: float64 reference of the original graph")
+            truth = _reference(CheckpointWeights(reader), original, inputs, activation, plan.output_embedding,
+                               specs, head_weights)
+            report.seconds["reference"] = time.perf_counter() - clock
+        digests: dict[str, dict[str, str]] = {}
+        for fmt, handle in tensor_proof.iter_formats(converted, found):
+            started = time.perf_counter()
+            if tensors:
+                rows, digests[fmt] = tensor_proof.prove_format(reader, plan, handle, fmt, dtype,
+                                                               tensor_proof.keras_root(config), say)
+                report.tensor_rows += rows
+            report.seconds[f"tensors {fmt}"] = time.perf_counter() - started
+            if truth is not None:
+                started = time.perf_counter()
+                say(f"functional: {len(specs)} heads in {fmt}")
+                checker = _Checker(report, config, inputs, truth, atol, rtol, specs, head_weights)
+                checker.run_format(fmt, handle, converted)
+                report.seconds[f"functional {fmt}"] = time.perf_counter() - started
+        if tensors:
+            report.tensor_rows += tensor_proof.agreement_rows(plan, digests)
+    report.seconds["total"] = time.perf_counter() - clock
     return report
+
+
+def _finetuned_architectures() -> set[str]:
+    from converters.mapping import HEAD_KINDS
+
+    return {kind.architecture for kind in HEAD_KINDS.values()}
 
 
 def finetuned_head(config) -> str | None:
     """The task-head class a fine-tuned conversion wrote (config.json's architectures), or None."""
-    from converters.mapping import HEAD_KINDS
-
-    classes = {kind.architecture for kind in HEAD_KINDS.values()}
-    return next((name for name in config.architectures or () if name in classes), None)
+    return next((name for name in config.architectures or () if name in _finetuned_architectures()), None)
 
 
-def original_task_head_outputs(variables, architecture: str, truth: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The fine-tuned head's outputs from the original graph's encoder outputs (numpy, float64)."""
-    from converters.mapping import HEAD_KINDS
-    from rembert_ref.numpy_reference import original_head_logits
+def _reference(weights, original: dict, inputs: dict, activation: str, output_embedding: str | None,
+               specs: Mapping[str, HeadSpec], head_weights) -> dict[str, dict[str, Any]]:
+    """Float64 outputs of the original graph per encoder: the bidirectional rows and, for the causal LM, the
+    same rows with a causal mask, in ONE pass over the weights (the mask is per row)."""
+    from rembert_ref.numpy_reference import causal_mask, head_logits, original_forward
 
-    kind = next(k for k, v in HEAD_KINDS.items() if v.architecture == architecture)
-    return original_head_logits(variables, kind, truth)
+    padding = inputs["attention_mask"]
+    B, T = padding.shape
+    causal = any(spec.encoder == CAUSAL for spec in specs.values())
+    masks = [np.broadcast_to(padding[:, None, :], (B, T, T))] + ([causal_mask(padding)] if causal else [])
+    repeat = len(masks)
+    out = original_forward(weights, original, np.concatenate([inputs["input_ids"]] * repeat),
+                           np.concatenate([inputs["token_type_ids"]] * repeat), np.concatenate(masks),
+                           activation=activation, output_embedding_name=output_embedding)
+
+    def rows(value: Any, part: int) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, list):
+            return [v[part * B:(part + 1) * B] for v in value]
+        return value[part * B:(part + 1) * B]
+
+    truth = {BIDIRECTIONAL: {k: rows(v, 0) for k, v in out.items()}}
+    if causal:
+        truth[CAUSAL] = {k: rows(v, 1) for k, v in out.items()}
+    for name, spec in specs.items():
+        if spec.layer is None:
+            continue
+        weight, bias = head_weights[name]
+        logits = head_logits(truth[spec.encoder], weight, bias, spec.applies_to)
+        if name == "RemBertForMultipleChoice":
+            truth[name] = {"logits": logits.reshape(1, B)}  # the three rows as three choices of one question
+        elif spec.outputs == ("start_logits", "end_logits"):
+            truth[name] = {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}
+        else:
+            truth[name] = {"logits": logits}
+    return truth
 
 
-def _original_variables(prefix: Path) -> dict[str, np.ndarray]:
-    """Every non-optimizer variable by its original name (the ignore rules only skip optimizer state)."""
-    from converters.mapping import ignore_reason
-    from converters.tf1_checkpoint import CheckpointReader
-    from converters.writers import to_float32
+class _SharedEncoder:
+    """Runs the wrapped encoder once per distinct call and returns that result to every head that makes the
+    same call (same inputs, same flags), so seven heads cost one encoder pass. A call is identified by the
+    values of its arguments after binding them to the encoder's signature, never by object identity."""
 
-    values = {}
-    with CheckpointReader(prefix) as reader:
-        for name, entry in reader.entries.items():
-            reason = ignore_reason(name)
-            if entry.dtype in ("float32", "float16", "bfloat16") and (reason is None or "nsp" in reason):
-                values[name] = to_float32(reader.read(name), entry.dtype)
-    return values
+    def __init__(self, encoder: Any):
+        import inspect
+
+        self.encoder = encoder
+        self.signature = inspect.signature(encoder.forward if hasattr(encoder, "forward") else encoder.__call__)
+        self.results: dict[str, Any] = {}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        bound = self.signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        if values.get("use_cache") is None:  # None and False mean the same for an encoder without a cache
+            values["use_cache"] = False
+        key = repr(sorted((k, _fingerprint(v)) for k, v in values.items()))
+        if key not in self.results:
+            self.results[key] = self.encoder(*args, **kwargs)
+        return self.results[key]
 
 
-def _format_view(converted: Path, fmt: str, scratch: Path) -> Path:
-    """A folder with config.json and only this format's files, so loaders cannot pick another one."""
-    view = scratch / f"view-{fmt}"
-    view.mkdir()
-    os.symlink((converted / "config.json").resolve(), view / "config.json")
-    for path in converted.iterdir():
-        if path.name in FORMAT_FILES[fmt] or (fmt == "safetensors" and path.name.startswith("model-")
-                                             and path.suffix == ".safetensors"):
-            os.symlink(path.resolve(), view / path.name)
-    return view
+def _torch_shared_encoder(encoder: Any) -> Any:
+    """`_SharedEncoder` as a torch module, so a head can hold it where its `rembert` module was."""
+    import torch
+
+    class SharedEncoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.shared = _SharedEncoder(encoder)
+
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            return self.shared(*args, **kwargs)
+
+    return SharedEncoder()
+
+
+def _fingerprint(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    array = value.detach().numpy() if hasattr(value, "detach") else np.asarray(value)
+    return (array.dtype.str, array.shape, array.tobytes())
 
 
 class _Checker:
-    def __init__(self, report: ParityReport, config, inputs, truth, atol, rtol, views, scratch: Path):
-        self.report, self.config, self.inputs, self.truth = report, config, inputs, truth
-        self.atol, self.rtol, self.views, self.scratch = atol, rtol, views, scratch
+    def __init__(self, report: ParityReport, config, inputs, truth, atol, rtol, specs, head_weights):
+        self.report, self.config, self.truth = report, config, truth
+        self.inputs = {k: v for k, v in inputs.items() if k != "description"}
+        self.atol, self.rtol, self.specs, self.head_weights = atol, rtol, specs, head_weights
 
-    def add(self, head: str, fmt: str, output: str, reference_name: str, ours: Any, reference: Any) -> None:
-        self.report.rows.append(compare(head, fmt, output, reference_name, ours, reference, self.atol, self.rtol))
+    def add(self, head: str, fmt: str, output: str, ours: Any, reference: Any) -> None:
+        self.report.rows.append(compare(head, fmt, output, ORIGINAL, ours, reference, self.atol, self.rtol))
 
-    def check(self, head: str) -> None:
-        if head == finetuned_head(self.config):
-            for fmt in self.views:
-                self._against_original_head(head, fmt)
-        elif head in ("RemBertModel", "RemBertForMaskedLM"):
-            for fmt in self.views:
-                self._against_original(head, fmt)
-        else:
-            self._against_pytorch(head)
+    def fail(self, head: str, fmt: str, output: str, reason: str) -> None:
+        """A head that cannot even be built from the file (a missing or misnamed weight) fails its row."""
+        self.report.rows.append(ParityRow(head, fmt, f"{output}: {reason}", ORIGINAL, (), float("inf"),
+                                          float("inf"), float("inf"), 0.0, False))
 
-    # Base and MLM: every output against the original graph.
-    def _against_original(self, head: str, fmt: str) -> None:
-        outputs = self._run(head, fmt, self._load(head, fmt), self.inputs)
-        truth = self.truth
-        for i, state in enumerate(outputs["hidden_states"]):
-            self.add(head, fmt, f"hidden_states.{i}", ORIGINAL, state, truth["hidden_states"][i])
-        if head == "RemBertModel":
-            for i, attention in enumerate(outputs["attentions"]):
-                self.add(head, fmt, f"attentions.{i}", ORIGINAL, attention, truth["attentions"][i])
-            self.add(head, fmt, "last_hidden_state", ORIGINAL, outputs["last_hidden_state"],
-                     truth["last_hidden_state"])
-            if truth["pooler_output"] is not None:
-                self.add(head, fmt, "pooler_output", ORIGINAL, outputs["pooler_output"], truth["pooler_output"])
-        else:
-            self.add(head, fmt, "logits", ORIGINAL, outputs["logits"], truth["mlm_logits"])
-
-    # A fine-tuned task head, loaded from the file (never initialised), against the original head math.
-    def _against_original_head(self, head: str, fmt: str) -> None:
-        model = self._load(head, fmt)
-        if model.loading_info["newly_initialized"]:
-            raise UserError(f"{FORMAT_FILES[fmt][0]} lacks the fine-tuned head's "
-                            f"{', '.join(model.loading_info['newly_initialized'])}; convert the checkpoint again")
-        outputs = self._run(head, fmt, model, self.inputs)
-        for i, state in enumerate(outputs["hidden_states"]):
-            self.add(head, fmt, f"hidden_states.{i}", ORIGINAL, state, self.truth["hidden_states"][i])
-        for name, expected in self.truth["task_head"].items():
-            self.add(head, fmt, name, ORIGINAL, outputs[name], expected)
-
-    # Task heads and the causal LM: PyTorch (first PyTorch file) is the reference; head weights are shared.
-    def _against_pytorch(self, head: str) -> None:
-        torch_formats = [f for f in self.views if f in ("pytorch", "safetensors")]
-        if not torch_formats:
-            return  # only tf_model.h5: nothing independent to compare a new task head with
-        config = self._head_config(head)
-        reference_fmt = torch_formats[0]
-        reference_model = self._load(head, reference_fmt, config)
-        head_dir = self.scratch / f"head-{head}"
-        reference_model.save_pretrained(head_dir)  # the seeded task head, for the other formats to share
-        inputs = self._head_inputs(head, config)
-        expected = self._run(head, reference_fmt, reference_model, inputs)
-        reference_name = f"pytorch:{FORMAT_FILES[reference_fmt][0]}"
-        for fmt in self.views:
-            if fmt == reference_fmt:
+    def run_format(self, fmt: str, handle, converted: Path) -> None:
+        models = _TorchHeads(self, handle, fmt) if fmt != "tf2" else _TFHeads(self, converted)
+        for name, spec in self.specs.items():
+            model = models.build(name, spec)
+            if model is None:
                 continue
-            model = self._load(head, fmt, config, shared_head=head_dir)
-            outputs = self._run(head, fmt, model, inputs)
-            for name, value in expected.items():
-                if isinstance(value, (list, tuple)):
-                    for i, item in enumerate(value):
-                        self.add(head, fmt, f"{name}.{i}", reference_name, outputs[name][i], item)
-                elif value is not None:
-                    self.add(head, fmt, name, reference_name, outputs[name], value)
+            outputs = models.run(model, self._inputs_for(name))
+            self._compare(name, spec, fmt, outputs)
+        models.close()
 
-    def _head_config(self, head: str):
-        config = dataclasses.replace(self.config)
-        if head == "RemBertForCausalLM":
-            config.is_decoder = True
-        if head in ("RemBertForSequenceClassification", "RemBertForTokenClassification"):
-            config.num_labels = 3
-        return config
+    def _inputs_for(self, head: str) -> dict[str, np.ndarray]:
+        if head == "RemBertForMultipleChoice":  # (1 question, 3 choices, T): the same rows as the others
+            return {k: v[None] for k, v in self.inputs.items()}
+        return dict(self.inputs)
 
-    def _head_inputs(self, head: str, config) -> dict[str, np.ndarray]:
-        inputs = dict(self.inputs)
-        rng = np.random.default_rng(1)
-        batch, seq = inputs["input_ids"].shape
-        if head == "RemBertForMultipleChoice":
-            inputs = {k: np.stack([v, v[::-1]], axis=1) for k, v in inputs.items()}  # (B, 2 choices, T)
-            inputs["labels"] = rng.integers(0, 2, size=batch)
-        elif head == "RemBertForSequenceClassification":
-            inputs["labels"] = rng.integers(0, config.num_labels, size=batch)
-        elif head == "RemBertForTokenClassification":
-            inputs["labels"] = rng.integers(0, config.num_labels, size=(batch, seq))
-        elif head == "RemBertForQuestionAnswering":
-            inputs["start_positions"] = rng.integers(0, seq, size=batch)
-            inputs["end_positions"] = rng.integers(0, seq, size=batch)
-        elif head == "RemBertForCausalLM":
-            inputs["labels"] = inputs["input_ids"]
-        return inputs
+    def _compare(self, name: str, spec: HeadSpec, fmt: str, outputs: dict[str, Any]) -> None:
+        truth = self.truth[spec.encoder]
+        for i, state in enumerate(outputs.get("hidden_states") or () if _wants_hidden_states(name, spec) else ()):
+            self.add(name, fmt, f"hidden_states.{i}", state, truth["hidden_states"][i])
+        if name == "RemBertModel":
+            for i, attention in enumerate(outputs["attentions"]):
+                self.add(name, fmt, f"attentions.{i}", attention, truth["attentions"][i])
+            self.add(name, fmt, "last_hidden_state", outputs["last_hidden_state"], truth["last_hidden_state"])
+            if truth["pooler_output"] is not None:
+                self.add(name, fmt, "pooler_output", outputs["pooler_output"], truth["pooler_output"])
+        elif spec.layer is None:  # the masked / causal LM: logits over the vocabulary
+            self.add(name, fmt, "logits", outputs["logits"], truth["mlm_logits"])
+        else:
+            for output in spec.outputs:
+                self.add(name, fmt, output, outputs[output], self.truth[name][output])
 
-    def _load(self, head: str, fmt: str, config=None, shared_head: Path | None = None):
-        view = self.views[fmt]
-        if fmt == "tf2":
-            from rembert_ref import tf_model
 
-            model = tf_model.MODEL_CLASSES[f"TF{head}"].from_pretrained(view, config=config)
-            if shared_head is not None and model.loading_info["newly_initialized"]:
-                from converters.mapping import read_torch_weights_as_tf
+def _head_config(config, spec: HeadSpec):
+    head_config = dataclasses.replace(config)
+    if spec.encoder == CAUSAL:
+        head_config.is_decoder = True
+    if spec.layer == "classifier" and spec.out_features > 1:
+        head_config.num_labels = spec.out_features
+    return head_config
 
-                values, _ = read_torch_weights_as_tf(shared_head, model.config)
-                model.assign_weights({k: values[k] for k in model.loading_info["newly_initialized"]})
-            return model
+
+def _canonical(name: str) -> str:
+    return "rembert." + name if name.startswith(("embeddings.", "encoder.", "pooler.")) else name
+
+
+def _wants_hidden_states(name: str, spec: HeadSpec | None = None) -> bool:
+    # Hidden states are compared where they differ: the base model (bidirectional) and the causal LM; the other
+    # heads share the base model's encoder result, so their hidden states would repeat its rows.
+    return name in ("RemBertModel", "RemBertForCausalLM", "RemBertForMaskedLM") or bool(spec and spec.from_checkpoint)
+
+
+class _TorchHeads:
+    """Every head class of the PyTorch reference, built on the format's memory-mapped tensors (no copy for
+    float32), loaded by Hugging Face names with torch's own strict name matching."""
+
+    def __init__(self, checker: _Checker, handle, fmt: str):
         import torch
 
+        self.torch, self.checker, self.fmt = torch, checker, fmt
+        if fmt == "pytorch":
+            state = dict(handle.state)
+        else:
+            state = {name: handle.handles[shard].get_tensor(name) for name, shard in handle.where.items()}
+        self.state = {k: (v if v.dtype == torch.float32 else v.float()) for k, v in state.items()}
+        self.encoders: dict[str, _SharedEncoder] = {}
+
+    def build(self, name: str, spec: HeadSpec):
         from rembert_ref import torch_model
 
-        torch.manual_seed(0)
-        model = torch_model.MODEL_CLASSES[head].from_pretrained(view, config=config)
-        if shared_head is not None and model.loading_info["newly_initialized"]:
-            state, _ = torch_model.read_state_dict(shared_head)
-            own = dict(model.named_parameters())
-            with torch.no_grad():
-                for name in model.loading_info["newly_initialized"]:
-                    own[name].copy_(state[name])
-        return model.float().eval()
+        torch = self.torch
+        config = _head_config(self.checker.config, spec)
+        with torch.device("meta"):  # no allocation, no random init: every tensor comes from the file
+            model = torch_model.MODEL_CLASSES[name](config)
+        tensors = self._tensors_for(model)
+        if spec.layer is not None and not spec.from_checkpoint:  # a new head: the seeded weights
+            weight, bias = self.checker.head_weights[name]
+            tensors[f"{spec.layer}.weight"] = torch.from_numpy(weight)
+            tensors[f"{spec.layer}.bias"] = torch.from_numpy(bias)
+        own = model.state_dict()
+        missing = sorted(set(own) - set(tensors))
+        if missing:
+            self.checker.fail(name, self.fmt, "load", f"the file lacks {', '.join(missing[:5])}")
+            return None
+        wrong = [k for k in own if tuple(tensors[k].shape) != tuple(own[k].shape)]
+        if wrong:
+            self.checker.fail(name, self.fmt, "load", f"wrong shape of {', '.join(wrong[:5])}")
+            return None
+        model.load_state_dict(tensors, strict=True, assign=True)
+        encoder = self.encoders.get(spec.encoder)
+        if encoder is None:
+            pooled = "rembert.pooler.dense.weight" in {_canonical(k) for k in self.state}
+            with torch.device("meta"):  # token-classification and QA files have no pooler
+                base = torch_model.RemBertModel(config, add_pooling_layer=pooled)
+            base.load_state_dict(self._tensors_for(base), strict=True, assign=True)
+            encoder = self.encoders[spec.encoder] = _torch_shared_encoder(base.eval())
+        if name == "RemBertModel":
+            return encoder  # the base model is the encoder: the same class on the same tensors
+        model.rembert = encoder  # the head's own forward runs; the encoder result is shared across heads
+        return model.eval()
 
-    def _run(self, head: str, fmt: str, model, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    def _tensors_for(self, model) -> dict[str, Any]:
+        """The file's tensors by this model's parameter names, matched as Hugging Face does: a file in the
+        bare layout (`embeddings.*`) or the prefixed one (`rembert.embeddings.*`) fits any class."""
+        by_canonical = {_canonical(k): k for k in self.state}
+        return {key: self.state[by_canonical[_canonical(key)]] for key in model.state_dict()
+                if _canonical(key) in by_canonical}
+
+    def run(self, model, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        torch = self.torch
         flags = {"output_hidden_states": True, "output_attentions": True}
-        if fmt == "tf2":
-            import tensorflow as tf
+        args = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
+        with torch.no_grad():
+            result = model(**args, **flags)
+        return {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
 
-            result = model(**{k: tf.constant(v) for k, v in inputs.items()}, **flags)
-        else:
-            import torch
+    def close(self) -> None:
+        self.state.clear()
+        self.encoders.clear()
 
-            with torch.no_grad():
-                result = model(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}, **flags)
-        return {f.name: getattr(result, f.name) for f in dataclasses.fields(result)
-                if f.name not in ("past_key_values",) and getattr(result, f.name) is not None}
+
+class _TFHeads:
+    """Every head class of the TF2 reference on one set of variables read once from tf_model.h5."""
+
+    def __init__(self, checker: _Checker, converted: Path):
+        from rembert_ref import tf_model  # first: it imports TensorFlow with its start-up notices hidden
+
+        self.tf, self.tf_model, self.checker = tf_model.tf, tf_model, checker
+        self.context = tf_model.open_h5_weights(converted / "tf_model.h5")
+        self.values = self.context.__enter__()
+        self.variables: dict[str, Any] = {}
+        self.encoders: dict[str, _SharedEncoder] = {}
+
+    def build(self, name: str, spec: HeadSpec):
+        tf_model = self.tf_model
+        config = _head_config(self.checker.config, spec)
+        cls = tf_model.MODEL_CLASSES[f"TF{name}"]
+        shared = _SharedWeights(config, cls.keras_name, self.values, self.variables)
+        model = cls(config, weights=shared)
+        new_layer = f"{spec.layer}/" if spec.layer is not None and not spec.from_checkpoint else None
+        missing = [n for n in shared.created_fresh if new_layer is None or not n.startswith(new_layer)]
+        if missing:
+            self.checker.fail(name, "tf2", "load", f"the file lacks {', '.join(sorted(missing)[:5])}")
+            return None
+        if new_layer is not None:
+            weight, bias = self.checker.head_weights[name]
+            ours = model.weights_by_name()
+            ours[f"{spec.layer}/kernel:0"].assign(weight.T)  # Keras kernels are [in, out]
+            ours[f"{spec.layer}/bias:0"].assign(bias)
+        encoder = self.encoders.get(spec.encoder)
+        if encoder is None:
+            encoder = self.encoders[spec.encoder] = _SharedEncoder(self._encoder(config))
+        model.rembert = encoder
+        return model
+
+    def _encoder(self, config):
+        shared = _SharedWeights(config, "tf_rem_bert_model", self.values, self.variables)
+        return self.tf_model.TFRemBertModel(config, weights=shared).rembert
+
+    def run(self, model, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        tf = self.tf
+        result = model(**{k: tf.constant(v) for k, v in inputs.items()}, output_hidden_states=True,
+                       output_attentions=True)
+        return {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+
+    def close(self) -> None:
+        self.encoders.clear()
+        self.variables.clear()
+        self.context.__exit__(None, None, None)
+
+
+def _tf_weights_class():
+    from rembert_ref.tf_model import Weights
+
+    return Weights
+
+
+class _SharedWeights:
+    """A `tf_model.Weights` whose variables come from the h5 datasets (read once, shared by every head);
+    names the file lacks are created fresh (seeded) and recorded."""
+
+    def __new__(cls, config, root: str, values: Mapping[str, Any], variables: dict[str, Any]):
+        base = _tf_weights_class()
+
+        class Shared(base):
+            created_fresh: list[str]
+
+            def normal(self, scope: str, shape: list[int]):
+                found = self._shared(scope, shape)
+                return found if found is not None else base.normal(self, scope, shape)
+
+            def constant(self, scope: str, shape: list[int], value: float):
+                found = self._shared(scope, shape)
+                return found if found is not None else base.constant(self, scope, shape, value)
+
+            def _shared(self, scope: str, shape: list[int]):
+                import tensorflow as tf
+
+                key = f"{scope}:0"
+                if key in variables:
+                    return variables[key]
+                if key not in values or tuple(values[key].shape) != tuple(shape):
+                    self.created_fresh.append(key)
+                    return None
+                variables[key] = tf.Variable(np.asarray(values[key], dtype=np.float32), name=f"{root}/{scope}")
+                return variables[key]
+
+        shared = Shared(config, root)
+        shared.created_fresh = []
+        return shared
+
+
+def check_junit_destination(junit_file: str | os.PathLike, inputs) -> None:
+    """Refuse, before any work, a JUnit file among the inputs (`converters.output.NamedInput`s): verify never
+    writes among the files it proves."""
+    from converters.output import overlap
+
+    path = Path(junit_file)
+    for source in inputs:
+        how = overlap(path, source.path)
+        if how is not None:
+            raise UserError(f"--junit {path} {how} the {source.what} {source.path}; inputs are never written: "
+                            "write it elsewhere")
+    if path.is_dir():
+        raise UserError(f"--junit {junit_file} is a directory; give a file name")
+
+
+def progress_printer(enabled: bool) -> Callable[[str], None] | None:
+    """One line per long step on stderr (only on a terminal)."""
+    if not enabled:
+        return None
+    started = time.perf_counter()
+
+    def say(text: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f} s] {text}", file=sys.stderr, flush=True)
+
+    return say

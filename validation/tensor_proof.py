@@ -1,0 +1,387 @@
+"""The tensor-level proof: every tensor of every converted file against its source variable, value by value.
+
+For each format present (`pytorch_model.bin` through `torch.load(mmap=True, weights_only=True)`, every
+safetensors shard through `safe_open`, `tf_model.h5` through h5py datasets) the mapping table's plan says which
+checkpoint variable each tensor holds, in which layout and dtype. The checkpoint is streamed in row slices
+(CRC-checked by the reader), cast exactly as the writers cast it (`converters.writers.cast`: float32 as is,
+float16 / bfloat16 rounded to nearest even), and compared bit for bit with the same rows of the file.
+
+One `TensorRow` per tensor and format, plus one per tensor saying whether the formats agree with each other.
+Missing, extra or duplicated tensors, a wrong shape or a wrong dtype are failures. This proof catches any
+changed value anywhere, but it trusts the mapping table; the functional proof (`validation/parity.py`), which
+runs every head against the original graph on original names, is what catches an error in the table.
+
+Formats are proved one at a time, each file mapped while it is read, so memory holds one format at most.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters.mapping import ConversionPlan, TensorMapping, plan_conversion
+from converters.tf1_checkpoint import DEFAULT_CHUNK_BYTES, CheckpointReader
+from converters.writers import cast, to_float32, transpose
+from rembert_ref.errors import UserError
+
+SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+AGREEMENT = "all formats"
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TensorRow:
+    format: str  # pytorch | safetensors | tf2 | "all formats" (do the formats agree with each other)
+    tensor: str  # the name in the file (for tf2 the dataset path in tf_model.h5)
+    source: str  # the checkpoint variable it must hold ("-" for an extra tensor)
+    check: str  # values | missing | extra | duplicate | shape | dtype | agree
+    shape: tuple[int, ...]
+    dtype: str
+    differing: int  # elements that differ from the expected bits
+    max_abs: float  # largest |file - expected| over those elements
+    first_index: tuple[int, ...] | None  # the first differing element
+    passed: bool
+    detail: str = ""
+
+
+# -- the files, as readers of row slices ----------------------------------------------------------------------
+
+
+class _TorchFile:
+    """pytorch_model.bin memory-mapped: tensors are views of the file's pages."""
+
+    def __init__(self, path: Path):
+        import torch
+
+        self.path = path
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:  # RuntimeError, UnpicklingError, ...: not a readable torch file
+            raise UserError(f"cannot read {path} ({exc}); convert the checkpoint again") from exc
+        if not isinstance(state, dict):
+            raise UserError(f"{path} holds a {type(state).__name__}, not a state dict; convert the checkpoint again")
+        self.state = state
+        self.duplicates: list[str] = []  # a pickled dict cannot hold a key twice
+
+    def tensors(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        return {name: (tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in self.state.items()}
+
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        return _numpy(self.state[name][start:stop] if self.state[name].dim() else self.state[name])
+
+    def close(self) -> None:
+        self.state = {}
+
+
+class _SafetensorsFiles:
+    """model.safetensors, or the shards an index names; each read through safe_open."""
+
+    def __init__(self, directory: Path):
+        from safetensors import safe_open
+
+        index = directory / "model.safetensors.index.json"
+        if (directory / "model.safetensors").is_file():
+            shards, weight_map = ["model.safetensors"], None
+        else:
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise UserError(f"{index} is not a valid index with a weight_map ({exc}); convert again") from exc
+            shards = sorted(set(weight_map.values()))
+        self.handles: dict[str, Any] = {}
+        self.where: dict[str, str] = {}
+        self.duplicates = []
+        self.problems: list[tuple[str, str]] = []  # (tensor, what is wrong with the index)
+        for shard in shards:
+            path = directory / shard
+            if not path.is_file():
+                raise UserError(f"{index.name} names shard {shard}, which is not in {directory}; copy it there")
+            try:
+                handle = safe_open(str(path), framework="pt")
+            except Exception as exc:  # SafetensorError: a broken header
+                raise UserError(f"cannot read {path} ({exc}); convert the checkpoint again") from exc
+            self.handles[shard] = handle
+            for name in handle.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
+                if name in self.where:
+                    self.duplicates.append(f"{name} (in {self.where[name]} and {shard})")
+                else:
+                    self.where[name] = shard
+        if weight_map is not None:
+            for name, shard in sorted(weight_map.items()):
+                if self.where.get(name, shard) != shard:
+                    self.problems.append((name, f"the index says {shard}, the tensor is in {self.where[name]}"))
+                elif name not in self.where:
+                    self.problems.append((name, f"the index names it in {shard}, which lacks it"))
+            for name in sorted(set(self.where) - set(weight_map)):
+                self.problems.append((name, f"in {self.where[name]} but not in the index"))
+
+    def tensors(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        out = {}
+        for name, shard in self.where.items():
+            piece = self.handles[shard].get_slice(name)
+            out[name] = (tuple(piece.get_shape()), SAFETENSORS_DTYPES.get(piece.get_dtype(), piece.get_dtype()))
+        return out
+
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        piece = self.handles[self.where[name]].get_slice(name)
+        return _numpy(piece[start:stop] if piece.get_shape() else piece[...])
+
+    def close(self) -> None:
+        self.handles.clear()
+
+
+class _H5File:
+    """tf_model.h5: every dataset in the file, and the weights its layer_names / weight_names attributes list."""
+
+    def __init__(self, path: Path):
+        import h5py
+
+        try:
+            self.file = h5py.File(path, "r")
+        except OSError as exc:
+            raise UserError(f"{path} is not a readable HDF5 file ({exc}); convert the checkpoint again") from exc
+        self.datasets: dict[str, Any] = {}
+        self.file.visititems(lambda name, item: self.datasets.__setitem__(name, item)
+                             if isinstance(item, h5py.Dataset) else None)
+        listed = [f"{layer}/{weight}" for layer in _h5_names(self.file, "layer_names") if layer in self.file
+                  for weight in _h5_names(self.file[layer], "weight_names")]
+        seen: set[str] = set()
+        self.duplicates = sorted({name for name in listed if name in seen or seen.add(name)})
+        self.unlisted = sorted(set(self.datasets) - set(listed))  # in the file, invisible to Keras' loader
+
+    def tensors(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        return {name: (tuple(d.shape), str(d.dtype)) for name, d in self.datasets.items()}
+
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        dataset = self.datasets[name]
+        return dataset[start:stop] if dataset.shape else dataset[()]
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _h5_names(group, attribute: str) -> list[str]:
+    chunks = [group.attrs[attribute]] if attribute in group.attrs else []
+    k = 0
+    while f"{attribute}{k}" in group.attrs:  # Keras splits long attributes into name0, name1, ...
+        chunks.append(group.attrs[f"{attribute}{k}"])
+        k += 1
+    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for chunk in chunks for n in chunk]
+
+
+def _numpy(tensor: Any) -> np.ndarray:
+    """A torch tensor as numpy without a copy; bfloat16 as its uint16 bits (numpy has no bfloat16)."""
+    import torch
+
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(np.uint16)
+    return tensor.numpy()
+
+
+def open_format(directory: Path, fmt: str):
+    if fmt == "pytorch":
+        return _TorchFile(directory / "pytorch_model.bin")
+    if fmt == "safetensors":
+        return _SafetensorsFiles(directory)
+    if fmt == "tf2":
+        return _H5File(directory / "tf_model.h5")
+    raise UserError(f"unknown format {fmt!r}; use pytorch, safetensors or tf2")
+
+
+# -- what each file must hold -----------------------------------------------------------------------------------
+
+
+def plan_for(reader: CheckpointReader, converted: Path, config) -> ConversionPlan:
+    """The conversion plan the folder was written with: what conversion_report.json says (MLM head, output
+    embedding, task head), else what config.json's architecture implies."""
+    import dataclasses
+
+    from converters.mapping import HEAD_KINDS, find_task_head
+
+    report: dict[str, Any] = {}
+    path = converted / "conversion_report.json"
+    if path.is_file():
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            report = {}
+    architectures = config.architectures or []
+    mlm_head = report.get("mlm_head", "RemBertModel" not in architectures)
+    output_embedding = (report.get("source") or {}).get("output_embedding")
+    if output_embedding not in reader.entries:
+        output_embedding = None
+    kind = ((report.get("task_head") or {}).get("kind")
+            or next((k for k, v in HEAD_KINDS.items() if v.architecture in architectures), None))
+    task_head = find_task_head(reader.variables(), kind) if kind is not None else None
+    config = dataclasses.replace(config)
+    if task_head is not None:
+        config.num_labels = task_head.num_labels
+    return plan_conversion(config, reader.variables(), mlm_head=mlm_head, output_embedding_name=output_embedding,
+                           task_head=task_head)
+
+
+def keras_root(config) -> str:
+    from converters.h5_writer import KERAS_ROOTS, ROOT_WITH_MLM_HEAD
+
+    return next((KERAS_ROOTS[a] for a in config.architectures or () if a in KERAS_ROOTS), ROOT_WITH_MLM_HEAD)
+
+
+def expected_name(mapping: TensorMapping, fmt: str, root: str) -> str:
+    if fmt != "tf2":
+        return mapping.torch_name
+    from converters.h5_writer import top_level_layer
+
+    return f"{top_level_layer(mapping.tf_name)}/{root}/{mapping.tf_name}"
+
+
+def _transposed(mapping: TensorMapping, fmt: str) -> bool:
+    """Whether this format stores the source transposed (PyTorch Linear weights; BERT's [out, in] head
+    weights in Keras' [in, out] kernel)."""
+    return mapping.tf_transpose if fmt == "tf2" else mapping.transpose
+
+
+def expected_shape(mapping: TensorMapping, fmt: str) -> tuple[int, ...]:
+    return tuple(reversed(mapping.source_shape)) if _transposed(mapping, fmt) else mapping.source_shape
+
+
+# -- the proof --------------------------------------------------------------------------------------------------
+
+
+def prove_format(reader: CheckpointReader, plan: ConversionPlan, handle, fmt: str, dtype: str, root: str,
+                 progress: Progress | None = None) -> tuple[list[TensorRow], dict[str, str]]:
+    """Rows for one open format, and for every mapped tensor a digest of its values in the TF1 layout
+    ("source" when the values are the expected ones), which `agreement_rows` compares across formats."""
+    rows: list[TensorRow] = []
+    digests: dict[str, str] = {}
+    present = handle.tensors()
+    expected = {expected_name(m, fmt, root): m for m in plan.mappings}
+    for name in sorted(set(present) - set(expected)):
+        shape, stored = present[name]
+        rows.append(TensorRow(fmt, name, "-", "extra", shape, stored, 0, 0.0, None, False,
+                              "not in the mapping table: no checkpoint variable belongs here"))
+    for duplicate in handle.duplicates:
+        rows.append(TensorRow(fmt, duplicate, "-", "duplicate", (), "-", 0, 0.0, None, False, "held twice"))
+    for name, problem in getattr(handle, "problems", []):
+        rows.append(TensorRow(fmt, name, "-", "index", (), "-", 0, 0.0, None, False, problem))
+    for name in getattr(handle, "unlisted", []):
+        if name in expected:
+            rows.append(TensorRow(fmt, name, expected[name].source, "unlisted", present[name][0], present[name][1],
+                                  0, 0.0, None, False, "not listed in weight_names: Keras' loader cannot see it"))
+    want_dtype = dtype
+    mappings = sorted(plan.mappings, key=lambda m: (reader.entries[m.source].shard, reader.entries[m.source].offset))
+    done_bytes, total_bytes = 0, sum(reader.entries[m.source].nbytes for m in mappings)
+    next_report = 0.0
+    for mapping in mappings:
+        name = expected_name(mapping, fmt, root)
+        shape = expected_shape(mapping, fmt)
+        done_bytes += reader.entries[mapping.source].nbytes
+        if progress is not None and done_bytes >= next_report:
+            progress(f"tensors {fmt}: {done_bytes / total_bytes:4.0%}")
+            next_report += total_bytes / 10
+        if name not in present:
+            rows.append(TensorRow(fmt, name, mapping.source, "missing", shape, want_dtype, 0, 0.0, None, False,
+                                  "the file lacks it"))
+            digests[name] = "missing"
+            continue
+        have_shape, have_dtype = present[name]
+        if have_shape != shape:
+            rows.append(TensorRow(fmt, name, mapping.source, "shape", have_shape, have_dtype, 0, 0.0, None, False,
+                                  f"shape {list(have_shape)}, expected {list(shape)}"))
+            digests[name] = f"shape {have_shape}"
+            continue
+        if have_dtype != want_dtype:
+            rows.append(TensorRow(fmt, name, mapping.source, "dtype", shape, have_dtype, 0, 0.0, None, False,
+                                  f"dtype {have_dtype}, expected {want_dtype}"))
+            digests[name] = f"dtype {have_dtype}"
+            continue
+        row, digest = _compare_values(reader, mapping, handle, fmt, name, shape, dtype)
+        rows.append(row)
+        digests[name] = digest
+    return rows, {m.source: digests[expected_name(m, fmt, root)] for m in plan.mappings}
+
+
+def _compare_values(reader: CheckpointReader, mapping: TensorMapping, handle, fmt: str, name: str,
+                    shape: tuple[int, ...], dtype: str) -> tuple[TensorRow, str]:
+    differing, max_abs, first = 0, 0.0, None
+    torch_layout_needed = _transposed(mapping, fmt)
+    entry = reader.entries[mapping.source]
+    # Transposed kernels (at most 21 MB at full size) are compared whole in every format, so that all formats
+    # cut a tensor into the same slices; everything else goes in row slices.
+    limit = entry.nbytes if mapping.transpose or mapping.tf_transpose else DEFAULT_CHUNK_BYTES
+    marks: list[str] = []  # per slice: "=" or a digest of what the file holds there (TF1 layout)
+    start = 0
+    for chunk in reader.iter_rows(mapping.source, max_bytes=max(limit, 1)):
+        want = cast(chunk, mapping.source_dtype, dtype)
+        rows = chunk.shape[0] if chunk.ndim else 1
+        if torch_layout_needed:
+            want = transpose(want)
+        if torch_layout_needed:  # the whole [out, in] kernel
+            have = np.asarray(handle.rows(name, 0, shape[0]))
+        else:
+            have = np.asarray(handle.rows(name, start, start + rows) if shape else handle.rows(name, 0, 0))
+        n, worst, where = _differences(have, want, dtype)
+        if n:
+            if first is None and where is not None:
+                first = tuple(int(i) for i in where)
+                if first and not torch_layout_needed:
+                    first = (first[0] + start, *first[1:])
+            differing += n
+            max_abs = max(max_abs, worst)
+            held = have.T if torch_layout_needed else have
+            marks.append(hashlib.blake2b(np.ascontiguousarray(held).tobytes(), digest_size=16).hexdigest())
+        else:
+            marks.append("=")
+        start += rows
+    passed = differing == 0
+    digest = "source" if passed else hashlib.blake2b("/".join(marks).encode(), digest_size=16).hexdigest()
+    detail = "" if passed else f"{differing} value(s) differ from the source, first at {list(first or ())}"
+    return (TensorRow(fmt, name, mapping.source, "values", shape, dtype, differing, max_abs, first, passed, detail),
+            digest)
+
+
+def _differences(have: np.ndarray, want: np.ndarray, dtype: str) -> tuple[int, float, tuple | None]:
+    """Compare bits (so -0.0 vs 0.0 and NaN payloads count); for differing elements, the largest |diff|."""
+    if have.shape != want.shape:
+        return int(max(have.size, want.size)), float("inf"), None
+    bits = {4: np.uint32, 2: np.uint16}[want.dtype.itemsize]
+    unequal = have.view(bits) != want.view(bits)
+    if not unequal.any():
+        return 0, 0.0, None
+    as_float = (lambda a: to_float32(a, "bfloat16")) if dtype == "bfloat16" else (lambda a: a.astype(np.float32))
+    diff = np.abs(as_float(have[unequal]).astype(np.float64) - as_float(want[unequal]).astype(np.float64))
+    worst = float(np.nanmax(diff)) if np.isfinite(diff).any() else float("inf")
+    if np.isnan(diff).any():
+        worst = float("inf")
+    return int(unequal.sum()), worst, tuple(np.argwhere(unequal)[0])
+
+
+def agreement_rows(plan: ConversionPlan, digests: dict[str, dict[str, str]]) -> list[TensorRow]:
+    """One row per mapped tensor: do all formats hold the same values (whatever the source says)?"""
+    if len(digests) < 2:
+        return []
+    rows = []
+    for mapping in plan.mappings:
+        held = {fmt: values[mapping.source] for fmt, values in digests.items()}
+        agree = len(set(held.values())) == 1
+        detail = "" if agree else "; ".join(
+            f"{fmt}: {'as the source' if d == 'source' else d if d in ('missing',) or ' ' in d else 'differs'}"
+            for fmt, d in held.items())
+        rows.append(TensorRow(AGREEMENT, mapping.torch_name, mapping.source, "agree", mapping.target_shape, "-",
+                              0, 0.0, None, agree, detail))
+    return rows
+
+
+def iter_formats(converted: Path, formats: list[str]) -> Iterator[tuple[str, Any]]:
+    """Open each format in turn, closing the previous one first: one format's files mapped at a time."""
+    for fmt in formats:
+        handle = open_format(converted, fmt)
+        try:
+            yield fmt, handle
+        finally:
+            handle.close()
