@@ -407,59 +407,47 @@ class SafetensorsWriter(Writer):
 # -- pytorch_model.bin ----------------------------------------------------------------------------------------
 
 
-class _Global:
-    """A module-level name (`torch FloatStorage`, `torch._utils _rebuild_tensor_v2`) pickled by reference,
-    so that writing pytorch_model.bin does not need to import torch; torch.load resolves it."""
-
-    def __init__(self, module: str, name: str):
-        self.module, self.name = module, name
-
-    def __call__(self, *args: object) -> None:  # pickle's save_reduce insists on a callable
-        raise TypeError("a pickling stand-in; torch.load resolves the real global")
-
-
 class _Storage:
+    """Where a tensor's data lives in the archive: pickled as torch.save's persistent storage reference."""
+
     def __init__(self, storage_class: str, key: str, numel: int):
         self.storage_class, self.key, self.numel = storage_class, key, numel
 
 
-class _Tensor:
+class _TensorRecord:
+    """A tensor without its data: pickles as torch.save pickles a contiguous CPU tensor."""
+
     def __init__(self, storage: _Storage, shape: tuple[int, ...]):
         self.storage, self.shape = storage, shape
 
     def __reduce__(self):
+        import collections
+
+        import torch._utils
+
         strides = tuple(int(np.prod(self.shape[i + 1:], dtype=np.int64)) for i in range(len(self.shape)))
-        return (_Global("torch._utils", "_rebuild_tensor_v2"),
-                (self.storage, 0, self.shape, strides, False, _EmptyOrderedDict()))
+        # (storage, offset, shape, strides, requires_grad, backward_hooks): the arguments torch.save records.
+        return (torch._utils._rebuild_tensor_v2,
+                (self.storage, 0, self.shape, strides, False, collections.OrderedDict()))
 
 
-class _EmptyOrderedDict:
-    """`collections.OrderedDict()`: the (empty) backward-hooks argument of _rebuild_tensor_v2."""
-
-    def __reduce__(self):
-        return (_Global("collections", "OrderedDict"), ())
-
-
-class _TorchPickler(pickle._Pickler):  # the Python pickler: the C one cannot write a global by name
-    def persistent_id(self, obj: object):
+class _TorchPickler(pickle.Pickler):
+    def persistent_id(self, obj: object) -> tuple | None:
         if isinstance(obj, _Storage):  # torch.save's storage reference
-            return ("storage", _Global("torch", obj.storage_class), obj.key, "cpu", obj.numel)
-        return None
+            import torch
 
-    def save(self, obj: object, save_persistent_id: bool = True) -> None:
-        if isinstance(obj, _Global):
-            self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode("ascii"))
-            return
-        super().save(obj, save_persistent_id)
+            return ("storage", getattr(torch, obj.storage_class), obj.key, "cpu", obj.numel)
+        return None
 
 
 def torch_data_pickle(entries: Sequence[tuple[str, str, tuple[int, ...]]]) -> bytes:
     """The `data.pkl` torch.save writes for {name: tensor}, from (name, storage class, shape) entries;
-    storage keys are the entries' positions."""
+    storage keys are the entries' positions. torch is imported for the globals the pickle names
+    (`torch FloatStorage`, `torch._utils _rebuild_tensor_v2`); no tensor is created."""
     state = {}
     for key, (name, storage_class, shape) in enumerate(entries):
         numel = int(np.prod(shape, dtype=np.int64))
-        state[name] = _Tensor(_Storage(storage_class, str(key), numel), tuple(int(d) for d in shape))
+        state[name] = _TensorRecord(_Storage(storage_class, str(key), numel), tuple(int(d) for d in shape))
     buffer = io.BytesIO()
     _TorchPickler(buffer, protocol=2).dump(state)
     return buffer.getvalue()
@@ -478,7 +466,9 @@ class TorchBinWriter(Writer):
     def __init__(self, directory: Path, mappings: Sequence[TensorMapping], dtype: str, name: str = "pytorch_model.bin"):
         super().__init__(directory, mappings, dtype)
         self.path = directory / name
-        self.zip = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        # Our own file object: its position and its raw stream's are what zipfile has written so far.
+        self.file = open(self.path, "wb")
+        self.zip = zipfile.ZipFile(self.file, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
         self.key_of = {m.torch_name: i for i, m in enumerate(self.mappings)}
         pickled = torch_data_pickle([(m.torch_name, TORCH_STORAGES[dtype], m.target_shape) for m in self.mappings])
         self._record("data.pkl", pickled)
@@ -495,7 +485,7 @@ class TorchBinWriter(Writer):
         info.file_size = size
         # Pad the local header's extra field so the record's data starts on an aligned offset.
         header_size = 30 + len(info.filename.encode()) + (20 if size > zipfile.ZIP64_LIMIT else 0)
-        start = self.zip.fp.tell() + header_size + 4
+        start = self.file.tell() + header_size + 4
         info.extra = struct.pack("<HH", 0x4246, -start % ZIP_ALIGNMENT) + b"Z" * (-start % ZIP_ALIGNMENT)
         return info
 
@@ -517,7 +507,7 @@ class TorchBinWriter(Writer):
         # before the open record's header is final.
         if self.stream is None:
             return {}
-        return {self.path: min(self.record.header_offset, self.zip.fp.raw.tell())}
+        return {self.path: min(self.record.header_offset, self.file.raw.tell())}
 
     def close(self) -> list[Path]:
         if self.stream is not None:
@@ -526,6 +516,7 @@ class TorchBinWriter(Writer):
         self._record("version", b"3\n")
         self._record(".data/serialization_id", self.serialization_id.encode())
         self.zip.close()
+        self.file.close()  # zipfile leaves a file object it was given open
         return [self.path]
 
     def abort(self) -> None:
@@ -535,3 +526,5 @@ class TorchBinWriter(Writer):
             self.zip.close()
         except Exception:  # the directory is deleted anyway; the original error matters
             pass
+        finally:
+            self.file.close()

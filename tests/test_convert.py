@@ -69,6 +69,25 @@ def test_pytorch_and_safetensors_hold_identical_tensors(converted):
     assert torch.equal(mapped["cls.predictions.decoder.weight"], state["cls.predictions.decoder.weight"])
 
 
+def test_bin_pickle_is_the_one_torch_save_writes():
+    """data.pkl is written without tensors: its bytes must be those torch.save writes for real ones."""
+    import io
+    import zipfile
+
+    from converters.writers import TORCH_STORAGES, torch_data_pickle
+
+    shapes = {"a.weight": ((2, 3), "float32"), "b.bias": ((5,), "float16"), "scalar": ((), "float32"),
+              "c.weight": ((7, 4, 1), "bfloat16")}
+    buffer = io.BytesIO()
+    torch.save({name: torch.zeros(shape, dtype=getattr(torch, dtype)) for name, (shape, dtype) in shapes.items()},
+               buffer)
+    with zipfile.ZipFile(buffer) as archive:
+        (record,) = [name for name in archive.namelist() if name.endswith("/data.pkl")]
+        expected = archive.read(record)
+    ours = torch_data_pickle([(name, TORCH_STORAGES[dtype], shape) for name, (shape, dtype) in shapes.items()])
+    assert ours == expected
+
+
 def test_config_and_report(converted):
     config = json.loads((converted / "config.json").read_text())
     assert config["model_type"] == "rembert"
