@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from interop_common import card_snippet, check, check_auto_tokenizer, failures, last_line, run_snippet  # noqa: E402
 
 from converters.convert import ConvertOptions, convert_checkpoint  # noqa: E402
 from rembert_ref import tf_model as ours  # noqa: E402
@@ -49,13 +50,6 @@ TOLERANCE = 1e-5
 POOLER = {"rembert/pooler/dense/kernel:0", "rembert/pooler/dense/bias:0"}
 TASK_HEADS = {"classifier", "qa_outputs"}
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "examples" / "tiny-rembert"
-failures: list[str] = []
-
-
-def check(ok: bool, what: str, detail: str = "") -> None:
-    print(f"{'PASS' if ok else 'FAIL'}  {what}{'  ' + detail if detail else ''}", flush=True)
-    if not ok:
-        failures.append(what)
 
 
 def allowed_leftovers(name: str) -> tuple[set[str], set[str]]:
@@ -248,11 +242,54 @@ def check_finetuned(work: Path) -> None:
               f"max abs {worst:.2e}")
 
 
+def check_bundle(bundle: Path) -> None:
+    """A bundle as a TensorFlow user of transformers 4.57 gets it: AutoTokenizer, fill-mask, the card's
+    TensorFlow snippet as written, and each workaround the card names still needed (without it, it fails)."""
+    import transformers
+
+    from validation.bundle import SAMPLE_TEXT
+
+    config = RemBertConfig.from_json_file(bundle / "config.json")
+    check_auto_tokenizer(bundle, config.max_position_embeddings)
+    fill_mask = transformers.pipeline("fill-mask", model=str(bundle), dtype=None,
+                                      model_kwargs={"use_safetensors": False})
+    best = fill_mask(SAMPLE_TEXT)[0]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(bundle)
+    encoded = tokenizer(SAMPLE_TEXT, return_tensors="np")
+    position = int(np.flatnonzero(encoded["input_ids"][0] == tokenizer.mask_token_id)[0])
+    model = ours.TFRemBertForMaskedLM.from_pretrained(bundle)
+    logits = model(**{k: tf.constant(v) for k, v in encoded.items()}).logits.numpy()[0, position]
+    probs = np.exp(logits.astype(np.float64) - logits.max())
+    probs /= probs.sum()
+    check(best["token"] == int(probs.argmax()) and abs(best["score"] - probs.max()) < TOLERANCE,
+          'pipeline("fill-mask", model=bundle) runs (TF) and its best token is ours',
+          f"token {best['token']} score {best['score']:.6f}, ours {int(probs.argmax())} {probs.max():.6f}")
+
+    code = card_snippet(bundle, "tensorflow")
+    check(code is not None, "the card has a TensorFlow usage snippet")
+    if code is None:
+        return
+    run = run_snippet(bundle, code)
+    check(run.returncode == 0, "the card's TensorFlow snippet runs as written", last_line(run))
+    workarounds = {"use_safetensors=False": ("'builtins.safe_open' object is not iterable",
+                                             code.replace(", use_safetensors=False", "")
+                                             .replace(', model_kwargs={"use_safetensors": False}', "")),
+                   "dtype=None": ("name 'torch' is not defined", code.replace(", dtype=None", ""))}
+    for name, (symptom, without) in workarounds.items():
+        if without == code:
+            continue
+        run = run_snippet(bundle, without)
+        check(run.returncode != 0 and symptom in run.stderr, f"the card's workaround {name} is needed",
+              f"without it: {last_line(run)}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
                         help="original TF1 checkpoint (prefix or directory with bert_config.json)")
     parser.add_argument("--keep", help="write the converted files here instead of a temporary directory")
+    parser.add_argument("--bundle", help="also check this bundle (made by convert-rembert bundle): tokenizer, "
+                        "fill-mask, the card's TensorFlow snippet and its workarounds")
     args = parser.parse_args()
     import transformers
 
@@ -273,6 +310,10 @@ def main() -> int:
               f"missing {info['missing_keys']}, unexpected {info['unexpected_keys']}")
         check_layout_against_transformers_writer(with_head, work)
         check_finetuned(work)
+        if args.bundle:
+            check_bundle(Path(args.bundle).resolve())
+        else:
+            print("(no --bundle given: the bundle, its card and tokenizer were not checked)")
     print(f"{'all checks passed' if not failures else f'{len(failures)} check(s) failed'}")
     return 1 if failures else 0
 

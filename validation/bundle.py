@@ -271,18 +271,22 @@ def _usage(folder: str, formats: list[str], mlm_head: bool, has_tokenizer: bool,
         ]
     if "tf2" in formats:
         tf_auto = f"TF{auto}"
+        # Workarounds for transformers 4.57 (each is checked by scripts/tf_interop_check.py):
+        # - its TF from_pretrained prefers model.safetensors and then fails on it ('builtins.safe_open' object
+        #   is not iterable); use_safetensors=False makes it read tf_model.h5;
+        # - its pipeline() refers to torch for the default dtype ("auto") and fails where torch is absent.
+        load = "use_safetensors=False" if "safetensors" in formats else ""
         code = ["import tensorflow as tf"] if not has_tokenizer else []
-        code += [f"from transformers import {tf_auto}" + (", AutoTokenizer" if has_tokenizer else ""), "",
-                 path_line]
+        code += [f"from transformers import {tf_auto}" + (", AutoTokenizer" if has_tokenizer else "")
+                 + (", pipeline" if has_tokenizer and mlm_head else ""), "", path_line]
+        if has_tokenizer and mlm_head:
+            kwargs = ', model_kwargs={"use_safetensors": False}' if load else ""
+            code += [f'fill_mask = pipeline("fill-mask", model=path, dtype=None{kwargs})',
+                     f"print(fill_mask({json.dumps(SAMPLE_TEXT)})[0])"]
         if has_tokenizer:
             code += ["tokenizer = AutoTokenizer.from_pretrained(path)"]
-        safetensors_note = ""
-        if "safetensors" in formats:
-            safetensors_note = "  # see the note below"
-            code += [f"model = {tf_auto}.from_pretrained(path, use_safetensors=False){safetensors_note}"]
-        else:
-            code += [f"model = {tf_auto}.from_pretrained(path)"]
-        code += [inputs_tf, f"print(model(**inputs).{out}.shape)"]
+        code += [f"model = {tf_auto}.from_pretrained(path{', ' + load if load else ''})", inputs_tf,
+                 f"print(model(**inputs).{out}.shape)"]
         lines += [
             "TensorFlow, with transformers 4.57 (the last release with TF classes; they need Keras 2, which "
             "`tf-keras` provides):",
@@ -296,14 +300,19 @@ def _usage(folder: str, formats: list[str], mlm_head: bool, has_tokenizer: bool,
             *code,
             "```",
             "",
+            "Workarounds this needs in transformers 4.57:",
+            "",
         ]
-        if safetensors_note:
-            lines += [
-                "`use_safetensors=False` makes transformers 4.57 read `tf_model.h5`: without it, TF "
-                "`from_pretrained` on a folder holding `model.safetensors` fails with `'builtins.safe_open' "
-                "object is not iterable` when safetensors >= 0.8 is installed.",
-                "",
-            ]
+        if load:
+            lines += ["- `use_safetensors=False`: TF `from_pretrained` prefers `model.safetensors` over "
+                      "`tf_model.h5` and fails on it with `'builtins.safe_open' object is not iterable` (seen "
+                      "with safetensors 0.7 and 0.8)."]
+        if has_tokenizer and mlm_head:
+            lines += ["- `pipeline(..., dtype=None)`: without torch installed, `pipeline()` fails with "
+                      "`NameError: name 'torch' is not defined` on its default dtype."]
+        lines += ["- In an environment that has PyTorch and TensorFlow with Keras 3 but no `tf-keras`, "
+                  "transformers 4.57's PyTorch `pipeline()` fails with \"Keras 3 is not yet supported\": set "
+                  "`USE_TF=0` in the environment.", ""]
     return lines
 
 

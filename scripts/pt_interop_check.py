@@ -1,0 +1,238 @@
+"""Interop check: a bundle in Hugging Face transformers' PyTorch classes, as a user gets it from the Auto classes.
+
+Runs against whichever transformers is installed: 5.x in its own environment (scripts/pt5_interop.sh, in CI),
+4.57 in the test environment (tests/test_bundle_interop.py). On a bundle of the shipped example it checks
+  1. AutoConfig gives a RemBertConfig; each Auto class (AutoModel, AutoModelForMaskedLM, AutoModelForCausalLM
+     and the four task heads) loads the bundle with no encoder, pooler or MLM-head weight missing and no
+     shape mismatch (only a task head may be new, only what a class has no place for may be left over);
+  2. every weight transformers loaded equals ours (`rembert_ref.torch_model`, loaded from the same folder,
+     after copying transformers' new task head into ours), and every output (hidden states, attentions,
+     pooler, logits, loss) is within 1e-5 of ours; our models are held to the float64 reference of the
+     original graph by the bundle's own parity report;
+  3. AutoTokenizer gives tokenizer.json's ids on every line of the probe corpus, SentencePiece's on as many
+     lines as the converter measured (differences only in the documented classes), and model_max_length is
+     the config's max_position_embeddings, so truncation=True gives a sequence the model takes;
+  4. pipeline("fill-mask", model=bundle) runs, and its best token and score are ours;
+  5. the card's PyTorch usage snippet runs as written (from the bundle's parent folder).
+
+    .venv-pt5-interop/bin/python scripts/pt_interop_check.py                 # bundles the example itself
+    .venv-pt5-interop/bin/python scripts/pt_interop_check.py --bundle out/tiny-rembert
+
+Exit status 0 when every check passes, 1 otherwise; one line per check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from interop_common import card_snippet, check, check_auto_tokenizer, failures, last_line, run_snippet  # noqa: E402
+
+from rembert_ref import torch_model as ours  # noqa: E402
+from rembert_ref.config import RemBertConfig  # noqa: E402
+
+TOLERANCE = 1e-5
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "examples" / "tiny-rembert"
+AUTO_CLASSES = {
+    "RemBertModel": "AutoModel",
+    "RemBertForMaskedLM": "AutoModelForMaskedLM",
+    "RemBertForCausalLM": "AutoModelForCausalLM",
+    "RemBertForSequenceClassification": "AutoModelForSequenceClassification",
+    "RemBertForMultipleChoice": "AutoModelForMultipleChoice",
+    "RemBertForTokenClassification": "AutoModelForTokenClassification",
+    "RemBertForQuestionAnswering": "AutoModelForQuestionAnswering",
+}
+TASK_HEADS = ("classifier.", "qa_outputs.")
+
+
+def make_bundle(checkpoint: str, work: Path, formats: tuple[str, ...]) -> Path:
+    """The example bundled; by default with every format this environment can verify (tf2 needs TensorFlow)."""
+    from converters.convert import ConvertOptions
+    from validation.bundle import bundle_checkpoint
+
+    formats = formats or ("pytorch", "safetensors") + (("tf2",) if importlib.util.find_spec("tensorflow") else ())
+    out = work / "tiny-rembert"
+    bundle_checkpoint(checkpoint, out, ConvertOptions(quiet=True, tokenizer=str(Path(checkpoint) /
+                                                                                "sentencepiece.model")),
+                      formats=formats)
+    return out
+
+
+def head_config(name: str, config: RemBertConfig) -> RemBertConfig:
+    if name == "RemBertForCausalLM":
+        return dataclasses.replace(config, is_decoder=True)
+    if name == "RemBertForSequenceClassification":
+        return dataclasses.replace(config, num_labels=3)
+    if name == "RemBertForTokenClassification":
+        return dataclasses.replace(config, num_labels=5)
+    return config
+
+
+def inputs_for(name: str, config: RemBertConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    batch, seq = 3, 9
+    mask = np.ones((batch, seq), np.int64)
+    mask[1, 6:] = 0
+    base = {"input_ids": rng.integers(0, config.vocab_size, (batch, seq)), "attention_mask": mask,
+            "token_type_ids": rng.integers(0, config.type_vocab_size, (batch, seq))}
+    if name in ("RemBertForMaskedLM", "RemBertForCausalLM"):
+        labels = base["input_ids"].copy()
+        labels[0, 2] = -100
+        base["labels"] = labels
+    elif name == "RemBertForSequenceClassification":
+        base["labels"] = rng.integers(0, config.num_labels, (batch,))
+    elif name == "RemBertForMultipleChoice":
+        base = {k: np.stack([np.roll(v, c, axis=1) for c in range(3)], axis=1) for k, v in base.items()}
+        base["labels"] = rng.integers(0, 3, (batch,))
+    elif name == "RemBertForTokenClassification":
+        base["labels"] = rng.integers(0, config.num_labels, (batch, seq))
+    elif name == "RemBertForQuestionAnswering":
+        base["start_positions"], base["end_positions"] = np.array([1, 2, 4]), np.array([3, 5, 8])
+    return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64)) for k, v in base.items()}
+
+
+def max_diff(a, b) -> tuple[float, int]:
+    """Max abs difference over two nested outputs, and how many tensors were compared."""
+    if a is None or b is None:
+        return (float("inf"), 0) if (a is None) != (b is None) else (0.0, 0)
+    if isinstance(a, (tuple, list)):
+        if len(a) != len(b):
+            return float("inf"), 0
+        parts = [max_diff(x, y) for x, y in zip(a, b, strict=True)]
+        return max([0.0] + [p[0] for p in parts]), sum(p[1] for p in parts)
+    a, b = a.detach().double(), b.detach().double()
+    if a.shape != b.shape:
+        return float("inf"), 0
+    return (float((a - b).abs().max()) if a.numel() else 0.0), 1
+
+
+def check_class(name: str, bundle: Path, config: RemBertConfig, rng: np.random.Generator) -> None:
+    import transformers
+
+    config = head_config(name, config)
+    values = {k: v for k, v in config.to_dict().items() if k not in ("id2label", "label2id")}
+    hf_config = transformers.RemBertConfig(**values, num_labels=config.num_labels)
+    auto = getattr(transformers, AUTO_CLASSES[name])
+    theirs, info = auto.from_pretrained(bundle, config=hf_config, output_loading_info=True)
+    theirs.eval()
+    check(type(theirs).__name__ == name, f"{AUTO_CLASSES[name]}: gives {name}", type(theirs).__name__)
+    missing = [k for k in info["missing_keys"] if not k.startswith(TASK_HEADS)]
+    check(not missing and not info["mismatched_keys"], f"{name}: nothing missing but a new task head, no "
+          f"shape mismatch", f"missing {missing}, mismatched {info['mismatched_keys']}")
+    has_pooler = name not in ("RemBertForMaskedLM", "RemBertForCausalLM", "RemBertForTokenClassification",
+                              "RemBertForQuestionAnswering")
+    has_mlm = name in ("RemBertForMaskedLM", "RemBertForCausalLM")
+    allowed = (() if has_pooler else ("rembert.pooler.",)) + (() if has_mlm else ("cls.predictions.",))
+    unexpected = [k for k in info["unexpected_keys"] if not k.startswith(allowed)]
+    check(not unexpected, f"{name}: nothing left over but what the class has no place for", f"{unexpected}")
+
+    model = ours.MODEL_CLASSES[name].from_pretrained(bundle, config=config)
+    their_state = theirs.state_dict()
+    own = dict(model.named_parameters())
+    with torch.no_grad():
+        for key in model.loading_info["newly_initialized"]:
+            own[key].copy_(their_state[key])
+    our_state = model.state_dict()
+    shared = set(their_state) & set(our_state)
+    equal = set(their_state) == set(our_state) and all(torch.equal(their_state[k], our_state[k]) for k in shared)
+    check(equal, f"{name}: transformers loaded exactly our weights, under our names",
+          f"only theirs {sorted(set(their_state) - set(our_state))[:4]}, "
+          f"only ours {sorted(set(our_state) - set(their_state))[:4]}")
+
+    inputs = inputs_for(name, config, rng)
+    flags = {"output_hidden_states": True, "output_attentions": True}
+    with torch.no_grad():
+        mine, other = model(**inputs, **flags), theirs(**inputs, **flags)
+    worst, count = 0.0, 0
+    for field in dataclasses.fields(mine):
+        if field.name == "past_key_values":
+            continue
+        diff, n = max_diff(getattr(mine, field.name), getattr(other, field.name, None))
+        worst, count = max(worst, diff), count + n
+        if diff >= TOLERANCE:
+            print(f"      {field.name}: max abs diff {diff:.3e}")
+    check(worst < TOLERANCE and count > 2 * config.num_hidden_layers, f"{name}: outputs within 1e-5 of ours",
+          f"{count} tensors, max abs diff {worst:.2e}")
+
+
+def check_truncation(bundle: Path, config: RemBertConfig) -> None:
+    import transformers
+
+    from converters.tokenizer import probe_corpus
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(bundle)
+    long = tokenizer(" ".join(probe_corpus()), truncation=True, return_tensors="pt")
+    model = transformers.AutoModelForMaskedLM.from_pretrained(bundle)
+    with torch.no_grad():
+        model(**long)
+    check(long["input_ids"].shape[1] == config.max_position_embeddings,
+          "truncation=True on a long text gives a sequence the model runs", f"{tuple(long['input_ids'].shape)}")
+
+
+def check_fill_mask(bundle: Path) -> None:
+    import transformers
+
+    from validation.bundle import SAMPLE_TEXT
+
+    fill_mask = transformers.pipeline("fill-mask", model=str(bundle))
+    best = fill_mask(SAMPLE_TEXT)[0]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(bundle)
+    encoded = tokenizer(SAMPLE_TEXT, return_tensors="pt")
+    position = int((encoded["input_ids"][0] == tokenizer.mask_token_id).nonzero()[0, 0])
+    model = ours.RemBertForMaskedLM.from_pretrained(bundle)
+    with torch.no_grad():
+        probs = model(**encoded).logits[0, position].double().softmax(-1)
+    ok = best["token"] == int(probs.argmax()) and abs(best["score"] - float(probs.max())) < TOLERANCE
+    check(ok, 'pipeline("fill-mask", model=bundle) runs and its best token is ours',
+          f"token {best['token']} score {best['score']:.6f}, ours {int(probs.argmax())} {float(probs.max()):.6f}")
+
+
+def check_card_snippet(bundle: Path) -> None:
+    code = card_snippet(bundle, "pytorch")
+    check(code is not None, "the card has a PyTorch usage snippet")
+    if code is not None:
+        run = run_snippet(bundle, code)
+        check(run.returncode == 0, "the card's PyTorch snippet runs as written", last_line(run))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
+                        help="original TF1 checkpoint directory (with bert_config.json and sentencepiece.model)")
+    parser.add_argument("--bundle", help="check this bundle instead of bundling the checkpoint")
+    parser.add_argument("--format", dest="formats", action="append", default=[],
+                        choices=["pytorch", "safetensors", "tf2"], help="formats of the bundle made (repeatable)")
+    args = parser.parse_args()
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # load reports and notes: the checks below say what matters
+    transformers.logging.disable_progress_bar()
+    print(f"transformers {transformers.__version__}, torch {torch.__version__}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        formats = tuple(args.formats)
+        bundle = Path(args.bundle).resolve() if args.bundle else make_bundle(args.checkpoint, Path(tmp), formats)
+        config = RemBertConfig.from_json_file(bundle / "config.json")
+        hf_config = transformers.AutoConfig.from_pretrained(bundle)
+        check(type(hf_config).__name__ == "RemBertConfig", "AutoConfig gives RemBertConfig", type(hf_config).__name__)
+        rng = np.random.default_rng(0)
+        for name in AUTO_CLASSES:
+            check_class(name, bundle, config, rng)
+        check_auto_tokenizer(bundle, config.max_position_embeddings)
+        check_truncation(bundle, config)
+        check_fill_mask(bundle)
+        check_card_snippet(bundle)
+    print(f"{'all checks passed' if not failures else f'{len(failures)} check(s) failed'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
