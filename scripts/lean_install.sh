@@ -32,8 +32,8 @@ for name in pytorch_model.bin model.safetensors tf_model.h5 tokenizer.json token
 done
 echo "PASS  convert writes every format without TensorFlow"
 
-"$cli" convert examples/tiny-rembert -o "$work/torch" --format pytorch --format safetensors --quiet
-"$cli" verify examples/tiny-rembert "$work/torch" > "$work/verify.log" || fail "verify: $(tail -1 "$work/verify.log")"
+"$cli" verify examples/tiny-rembert "$work/all" --format pytorch --format safetensors > "$work/verify.log" \
+    || fail "verify: $(tail -1 "$work/verify.log")"
 echo "PASS  $(tail -1 "$work/verify.log")"
 
 set +e
