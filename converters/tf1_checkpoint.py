@@ -406,10 +406,10 @@ def _read_block(data: bytes, offset: int, size: int, where: str) -> memoryview:
     if mask_crc(google_crc32c.value(data[offset:end + 1])) != stored_crc:
         raise UserError(f"{where} is corrupt (block checksum mismatch); re-download the checkpoint")
     if compression != 0:
-        block = _snappy_decompress(data[offset:end]) if compression == 1 else None
-        if block is None:
-            raise UserError(f"{where} uses unknown block compression {compression}")
-        return memoryview(block)
+        # TensorFlow's bundle writer never compresses its index (tensor_bundle.cc sets kNoCompression).
+        kind = "snappy" if compression == 1 else f"type {compression}"
+        raise UserError(f"{where} has a {kind}-compressed block, which TensorFlow's checkpoint writer never "
+                        "produces; re-save the checkpoint with TensorFlow (tf.train.Checkpoint or tf1 Saver)")
     return memoryview(data)[offset:end]
 
 
@@ -495,42 +495,3 @@ def _parse_slice(buf: bytes) -> tuple[tuple[int, int], ...]:
         fields = _parse_proto(extent)
         extents.append((_signed(_scalar(fields, 1, 0)), _signed(fields[2][-1]) if 2 in fields else -1))
     return tuple(extents)
-
-
-def _snappy_decompress(data: bytes) -> bytes:
-    """Snappy raw format: TensorFlow's table writer may compress index blocks with it."""
-    length, pos = _varint(data, 0)
-    out = bytearray()
-    while pos < len(data):
-        tag = data[pos]
-        pos += 1
-        kind = tag & 3
-        if kind == 0:  # literal
-            size = tag >> 2
-            if size >= 60:
-                extra = size - 59
-                size = int.from_bytes(data[pos:pos + extra], "little")
-                pos += extra
-            size += 1
-            out += data[pos:pos + size]
-            pos += size
-            continue
-        if kind == 1:
-            size = ((tag >> 2) & 7) + 4
-            offset = ((tag >> 5) << 8) | data[pos]
-            pos += 1
-        elif kind == 2:
-            size = (tag >> 2) + 1
-            offset = int.from_bytes(data[pos:pos + 2], "little")
-            pos += 2
-        else:
-            size = (tag >> 2) + 1
-            offset = int.from_bytes(data[pos:pos + 4], "little")
-            pos += 4
-        if offset == 0 or offset > len(out):
-            raise ValueError("bad snappy back-reference")
-        for _ in range(size):  # overlapping copies are allowed, so copy byte by byte
-            out.append(out[-offset])
-    if len(out) != length:
-        raise ValueError("snappy length mismatch")
-    return bytes(out)

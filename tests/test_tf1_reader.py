@@ -139,6 +139,29 @@ def test_corrupt_index_is_a_user_error(tiny_ckpt, tmp_path, damage):
         CheckpointReader(prefix)
 
 
+@pytest.mark.parametrize("compression", [1, 7])
+def test_compressed_index_block_is_refused(tiny_ckpt, tmp_path, compression):
+    """TensorFlow never compresses a bundle index, so the reader has no decompressor: a block marked
+    compressed (with a valid checksum) is one clear error, not garbage."""
+    import google_crc32c
+
+    from converters.tf1_checkpoint import FOOTER_SIZE, _read_handle, mask_crc
+
+    prefix = _copy(tiny_ckpt, tmp_path)
+    index = Path(f"{prefix}.index")
+    raw = bytearray(index.read_bytes())
+    footer = bytes(raw[-FOOTER_SIZE:])
+    _, pos = _read_handle(footer, 0)
+    (offset, size), _ = _read_handle(footer, pos)  # the index block: the table's last block
+    raw[offset + size] = compression
+    raw[offset + size + 1:offset + size + 5] = mask_crc(google_crc32c.value(bytes(raw[offset:offset + size + 1]))
+                                                        ).to_bytes(4, "little")
+    index.write_bytes(bytes(raw))
+    kind = "snappy" if compression == 1 else f"type {compression}"
+    with pytest.raises(UserError, match=f"checkpoint index model.ckpt-3.index has a {kind}-compressed block"):
+        CheckpointReader(prefix)
+
+
 def test_missing_data_shard(tiny_ckpt, tmp_path):
     prefix = _copy(tiny_ckpt, tmp_path)
     Path(f"{prefix}.data-00000-of-00001").unlink()
