@@ -461,3 +461,23 @@ def test_scoring_reference_candidate_pairs_with_transformers(tmp_path):
                               {"input_ids": np.array(ids), "token_type_ids": np.array(types),
                                "attention_mask": np.array(mask)})["logits"][:, 0]
     np.testing.assert_allclose(scores.double().numpy(), expected, rtol=0, atol=1e-5)
+
+
+def test_a_dense_head_on_every_token_as_question_answering(tmp_path):
+    """tf.layers.dense with 2 outputs on the sequence output is run_squad's span head in [in, out] layout:
+    --head question-answering maps it (transposed) to qa_outputs, and verify checks the span logits."""
+    from testkit.synthetic_checkpoint import write_synthetic_checkpoint
+
+    rng = np.random.default_rng(8)
+    head = {"dense/kernel": (rng.standard_normal((30, 2)) * 30**-0.5).astype(np.float32),
+            "dense/bias": (rng.standard_normal(2) * 0.1).astype(np.float32)}
+    prefix = write_synthetic_checkpoint(tmp_path / "ck", CLASSIFIER_CONFIG, optimizer_slots=False,
+                                        with_mlm_head=False, extra_variables=head)
+    out = tmp_path / "out"
+    convert_checkpoint(prefix, out, ALL, ConvertOptions(quiet=True, head="question-answering"))
+    np.testing.assert_array_equal(_state_dict(out)["qa_outputs.weight"].numpy(), head["dense/kernel"].T)
+    np.testing.assert_array_equal(_h5(out)["qa_outputs/kernel:0"], head["dense/kernel"])
+    report = verify_conversion(prefix, out)
+    assert report.passed
+    assert {(r.format, r.output) for r in _head_rows(report, "RemBertForQuestionAnswering")} == \
+        {(f, o) for f in ALL for o in ("start_logits", "end_logits")}
