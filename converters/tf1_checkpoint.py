@@ -12,6 +12,7 @@ TensorSliceProto.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
@@ -31,6 +32,7 @@ BLOCK_TRAILER_SIZE = 5  # 1-byte compression type + 4-byte masked CRC32C
 # 16 MiB slices: large enough that per-slice overheads vanish, small enough that a few of them in flight
 # (read ahead, cast, written) keep a conversion far below 1 GB.
 DEFAULT_CHUNK_BYTES = 16 << 20
+MAX_SHARDS = 99999  # the `-of-NNNNN` field of a data file's name has five digits
 
 # TensorFlow DataType enum -> numpy dtype name. bfloat16 is carried as raw uint16 bits (numpy has no bfloat16).
 TF_DTYPES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 7: "string",
@@ -65,7 +67,7 @@ class TensorEntry:
 
     @property
     def num_elements(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)  # Python ints: a corrupt index's huge dimensions must not wrap around
 
     @property
     def nbytes(self) -> int:
@@ -140,11 +142,33 @@ class CheckpointReader:
         # For every variable, its data as (region, entry) pieces: the whole tensor, or each saved slice.
         self.pieces = {name: _pieces(entry, slice_entries) for name, entry in self.entries.items()}
         self._files: dict[int, int] = {}
-        for shard in sorted({e.shard for pieces in self.pieces.values() for _, e in pieces if e.size}):
-            data = self.data_path(shard)
-            if not data.is_file():
-                raise UserError(f"checkpoint data shard {data.name} is missing next to {self.prefix.name}.index; "
-                                "copy every .data-*-of-* file of the checkpoint")
+        self._check_data_extents()
+
+    def _check_data_extents(self) -> None:
+        """Every stored block lies inside an existing data shard: checked against the files' sizes before
+        anything is read or allocated, so a corrupt index's declared offsets and sizes cost nothing."""
+        where = f"checkpoint index {self.prefix.name}.index"
+        if not 1 <= self.num_shards <= MAX_SHARDS:
+            raise UserError(f"{where} is corrupt: it declares {self.num_shards} data shards; "
+                            "re-download the checkpoint")
+        shard_sizes: dict[int, int] = {}
+        for name, pieces in self.pieces.items():
+            for _, entry in pieces:
+                if not entry.size and not entry.num_elements:
+                    continue
+                if not 0 <= entry.shard < self.num_shards or entry.offset < 0 or entry.size < 0:
+                    raise UserError(f"{where} is corrupt: {name} points at shard {entry.shard}, offset "
+                                    f"{entry.offset}, size {entry.size}; re-download the checkpoint")
+                if entry.shard not in shard_sizes:
+                    data = self.data_path(entry.shard)
+                    if not data.is_file():
+                        raise UserError(f"checkpoint data shard {data.name} is missing next to "
+                                        f"{self.prefix.name}.index; copy every .data-*-of-* file of the checkpoint")
+                    shard_sizes[entry.shard] = data.stat().st_size
+                if entry.offset + entry.size > shard_sizes[entry.shard]:
+                    raise UserError(f"checkpoint data shard {self.data_path(entry.shard).name} is truncated or its "
+                                    f"index is corrupt: {name} needs bytes {entry.offset}..{entry.offset + entry.size} "
+                                    f"of {shard_sizes[entry.shard]}; re-download the checkpoint")
 
     def data_path(self, shard: int) -> Path:
         return Path(f"{self.prefix}.data-{shard:05d}-of-{self.num_shards:05d}")
@@ -191,7 +215,7 @@ class CheckpointReader:
         shape = entry.shape
         rows = shape[0] if shape else 1
         row_shape = shape[1:] if shape else ()
-        row_bytes = entry.itemsize * int(np.prod(row_shape, dtype=np.int64))
+        row_bytes = entry.itemsize * math.prod(row_shape)
         rows_per_chunk = max(1, max_bytes // max(row_bytes, 1))
         pieces = [_Piece(region, piece, shape) for region, piece in self.pieces[name]]
         for piece in pieces:
@@ -266,7 +290,7 @@ class _Piece:
         self.region, self.entry = region, entry  # region: where the block sits in the full tensor
         self.shape = tuple(r.stop - r.start for r in region) or (1,)  # a scalar is one row
         self.rows = region[0] if region else slice(0, 1)
-        self.row_bytes = entry.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
+        self.row_bytes = entry.itemsize * math.prod(self.shape[1:])
         self.whole_rows = self.shape[1:] == tuple(full_shape[1:])  # its rows are whole rows of the tensor
         self.crc = 0
 
@@ -303,7 +327,7 @@ def _pieces(entry: TensorEntry, slice_entries: dict[bytes, TensorEntry]
         pieces.append((region, TensorEntry(f"{entry.name}[{_slice_spec(extents)}]", piece.dtype, piece.shape,
                                            piece.shard, piece.offset, piece.size, piece.crc32c)))
     # Exactly once: the volumes add up and no two slices overlap.
-    volume = sum(int(np.prod([r.stop - r.start for r in region], dtype=np.int64)) for region, _ in pieces)
+    volume = sum(math.prod(r.stop - r.start for r in region) for region, _ in pieces)
     overlap = any(all(a.start < b.stop and b.start < a.stop for a, b in zip(first, second, strict=True))
                   for i, (first, _) in enumerate(pieces) for second, _ in pieces[i + 1:])
     if overlap or volume != entry.num_elements:

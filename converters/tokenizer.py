@@ -41,6 +41,7 @@ import sentencepiece as spm
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
 
 from converters.output import check_output, inputs_of, staged_output
+from rembert_ref.errors import UserError
 from rembert_ref.tokenization import (
     CLS,
     MASK,
@@ -182,7 +183,11 @@ def build_normalizer(info: SpmInfo, compose_first: bool | None = None) -> normal
         return normalizers.Sequence(whitespace_steps(spec))
     if compose_first is None:
         compose_first = nfc_helps(info)
-    charsmap = [normalizers.Precompiled(spec.precompiled_charsmap)]
+    try:
+        charsmap = [normalizers.Precompiled(spec.precompiled_charsmap)]
+    except Exception as exc:  # tokenizers raises a bare Exception for a charsmap it cannot parse
+        raise UserError(f"the SentencePiece model's precompiled_charsmap is corrupt ({str(exc)[:120]}); pass the "
+                        ".model file that was trained with the checkpoint") from None
     return normalizers.Sequence([normalizers.NFC()] * compose_first + charsmap + whitespace_steps(spec))
 
 

@@ -62,6 +62,14 @@ class RemBertConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # A config is an input like any other: a wrong type or an absurd size is one line, not a crash later.
+        for name, high in SIZE_LIMITS.items():
+            _check_whole(name, getattr(self, name), high)
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob",
+                     "initializer_range", "layer_norm_eps"):
+            _check_number(name, getattr(self, name))
+        if not isinstance(self.hidden_act, str):
+            raise UserError(f"config: hidden_act must be a string, not {self.hidden_act!r}; fix the config")
         if self.hidden_size % self.num_attention_heads:
             raise UserError(
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
@@ -145,25 +153,36 @@ class RemBertConfig:
             raise UserError(
                 f"original config has hidden_act {act!r}; only 'gelu' RemBERT checkpoints are supported"
             )
-        return cls(
-            vocab_size=int(values["vocab_size"]),
-            hidden_size=int(values["hidden_size"]),
-            num_hidden_layers=int(values["num_hidden_layers"]),
-            num_attention_heads=int(values["num_attention_heads"]),
-            input_embedding_size=int(values["input_embedding_size"]),
-            output_embedding_size=int(values["output_embedding_size"]),
-            intermediate_size=int(values["intermediate_size"]),
-            hidden_act=ACTIVATION_TO_HF[activation],
-            hidden_dropout_prob=float(values.get("hidden_dropout_prob", 0.0)),
-            attention_probs_dropout_prob=float(values.get("attention_probs_dropout_prob", 0.0)),
-            max_position_embeddings=int(values["max_position_embeddings"]),
-            type_vocab_size=int(values["type_vocab_size"]),
-            initializer_range=float(values.get("initializer_range", 0.02)),
-        )
+        sizes = {name: _check_whole(name, values[name], SIZE_LIMITS[name])
+                 for name in (*ORIGINAL_REQUIRED_KEYS, "input_embedding_size")}
+        numbers = {name: float(_check_number(name, values.get(name, default))) for name, default in
+                   (("hidden_dropout_prob", 0.0), ("attention_probs_dropout_prob", 0.0), ("initializer_range", 0.02))}
+        return cls(**sizes, **numbers, hidden_act=ACTIVATION_TO_HF[activation])
 
     @classmethod
     def from_original_json_file(cls, path: str | os.PathLike, activation: str = "tanh") -> RemBertConfig:
         return cls.from_original(_read_json(path), activation=activation)
+
+
+# Sizes are whole numbers in [1, limit]: far above any RemBERT (32 layers, vocabulary 250,300), low enough
+# that a corrupt value cannot make the converter loop or allocate without end.
+SIZE_LIMITS = {"vocab_size": 2**31 - 1, "hidden_size": 2**31 - 1, "num_hidden_layers": 1024,
+               "num_attention_heads": 2**31 - 1, "input_embedding_size": 2**31 - 1,
+               "output_embedding_size": 2**31 - 1, "intermediate_size": 2**31 - 1,
+               "max_position_embeddings": 2**31 - 1, "type_vocab_size": 2**31 - 1, "num_labels": 2**31 - 1}
+
+
+def _check_whole(name: str, value: Any, high: int) -> int:
+    whole = isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer()
+    if not whole or not 1 <= value <= high:
+        raise UserError(f"config: {name} must be a whole number from 1 to {high}, not {value!r}; fix the config")
+    return int(value)
+
+
+def _check_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+        raise UserError(f"config: {name} must be a finite number, not {value!r}; fix the config")
+    return value
 
 
 def is_original_config(values: dict[str, Any]) -> bool:
