@@ -238,13 +238,15 @@ class TFRemBertSelfAttention(tf.Module):
         return y, att, (k, v)
 
 
-class TFRemBertSelfOutput(tf.Module):
-    """Attention output projection, dropout, residual, LayerNorm (post-LN, like BERT)."""
+class TFRemBertOutput(tf.Module):
+    """Output projection from `in_size`, dropout, residual, LayerNorm (post-LN, like BERT): after attention
+    (PyTorch's RemBertSelfOutput, from the hidden size) and after the feed-forward (RemBertOutput, from the
+    intermediate size)."""
 
-    def __init__(self, w: Weights, scope: str):
+    def __init__(self, w: Weights, scope: str, in_size: int):
         super().__init__()
         c = w.config
-        self.dense = Dense(w, f"{scope}/dense", c.hidden_size, c.hidden_size)
+        self.dense = Dense(w, f"{scope}/dense", in_size, c.hidden_size)
         self.LayerNorm = LayerNorm(w, f"{scope}/LayerNorm", c.hidden_size)
         self.dropout_rate = c.hidden_dropout_prob
 
@@ -256,7 +258,7 @@ class TFRemBertAttention(tf.Module):
     def __init__(self, w: Weights, scope: str):
         super().__init__()
         self.self = TFRemBertSelfAttention(w, f"{scope}/self")
-        self.output = TFRemBertSelfOutput(w, f"{scope}/output")
+        self.output = TFRemBertOutput(w, f"{scope}/output", w.config.hidden_size)
 
     def __call__(self, x, mask, head_mask=None, kv_states=None, past_kv=None, training: bool = False):
         y, att, kv = self.self(x, mask, head_mask, kv_states, past_kv, training)
@@ -273,18 +275,6 @@ class TFRemBertIntermediate(tf.Module):
         return self.act(self.dense(x))  # (B, T, I)
 
 
-class TFRemBertOutput(tf.Module):
-    def __init__(self, w: Weights, scope: str):
-        super().__init__()
-        c = w.config
-        self.dense = Dense(w, f"{scope}/dense", c.intermediate_size, c.hidden_size)
-        self.LayerNorm = LayerNorm(w, f"{scope}/LayerNorm", c.hidden_size)
-        self.dropout_rate = c.hidden_dropout_prob
-
-    def __call__(self, h: tf.Tensor, residual: tf.Tensor, training: bool = False) -> tf.Tensor:
-        return self.LayerNorm(dropout(self.dense(h), self.dropout_rate, training) + residual)  # (B, T, H)
-
-
 class TFRemBertLayer(tf.Module):
     """Self-attention, then (decoders with add_cross_attention) cross-attention, then the feed-forward."""
 
@@ -294,7 +284,7 @@ class TFRemBertLayer(tf.Module):
         if w.config.add_cross_attention:
             self.crossattention = TFRemBertAttention(w, f"{scope}/crossattention")
         self.intermediate = TFRemBertIntermediate(w, f"{scope}/intermediate")
-        self.output = TFRemBertOutput(w, f"{scope}/output")
+        self.output = TFRemBertOutput(w, f"{scope}/output", w.config.intermediate_size)
 
     def __call__(self, x, mask, head_mask=None, encoder_hidden_states=None, encoder_mask=None, past=None,
                  training: bool = False):
@@ -615,14 +605,9 @@ class TFRemBertForMaskedLM(TFRemBertPreTrainedModel):
         # Hugging Face's TF port names PyTorch's `cls` module `mlm___cls`; the attribute keeps PyTorch's name.
         self.cls = TFRemBertOnlyMLMHead(w, "mlm___cls")
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 head_mask=None, inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None,
-                 labels=None, output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-                 return_dict: bool | None = None, training: bool = False) -> MaskedLMOutput | tuple:
-        out = self.rembert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                           encoder_hidden_states, encoder_attention_mask, use_cache=False,
-                           output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                           training=training)
+    def forward(self, input_ids=None, attention_mask=None, *, labels=None, return_dict: bool | None = None,
+                training: bool = False, **inputs: Any) -> MaskedLMOutput | tuple:
+        out = self.rembert(input_ids, attention_mask, use_cache=False, training=training, **inputs)
         logits = self.cls(out.last_hidden_state)  # (B, T, V)
         loss = cross_entropy(logits, labels) if labels is not None else None  # labels (B, T), -100 = not scored
         return _finish(MaskedLMOutput(loss, logits, out.hidden_states, out.attentions), return_dict)
@@ -639,14 +624,9 @@ class TFRemBertForCausalLM(TFRemBertPreTrainedModel):
                             "pass dataclasses.replace(config, is_decoder=True)")
         self.cls = TFRemBertOnlyMLMHead(w, "mlm___cls")
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 head_mask=None, inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None,
-                 past_key_values=None, labels=None, use_cache: bool | None = None,
-                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-                 return_dict: bool | None = None, training: bool = False) -> CausalLMOutput | tuple:
-        out = self.rembert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                           encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache,
-                           output_attentions, output_hidden_states, training=training)
+    def forward(self, input_ids=None, attention_mask=None, *, labels=None, return_dict: bool | None = None,
+                training: bool = False, **inputs: Any) -> CausalLMOutput | tuple:
+        out = self.rembert(input_ids, attention_mask, training=training, **inputs)
         logits = self.cls(out.last_hidden_state)  # (B, T, V)
         loss = None
         if labels is not None:  # labels are the inputs themselves: position t predicts token t + 1
@@ -662,13 +642,9 @@ class TFRemBertForSequenceClassification(TFRemBertPreTrainedModel):
         self.dropout_rate = self.config.classifier_dropout_prob
         self.classifier = Dense(w, "classifier", self.config.hidden_size, self.config.num_labels)
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 head_mask=None, inputs_embeds=None, labels=None, output_attentions: bool | None = None,
-                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
-                 training: bool = False) -> ClassifierOutput | tuple:
-        out = self.rembert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                           output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                           training=training)
+    def forward(self, input_ids=None, attention_mask=None, *, labels=None, return_dict: bool | None = None,
+                training: bool = False, **inputs: Any) -> ClassifierOutput | tuple:
+        out = self.rembert(input_ids, attention_mask, training=training, **inputs)
         logits = self.classifier(dropout(out.pooler_output, self.dropout_rate, training))  # (B, num_labels)
         loss = sequence_classification_loss(logits, tf.convert_to_tensor(labels), self.config) \
             if labels is not None else None
@@ -708,12 +684,10 @@ class TFRemBertForMultipleChoice(TFRemBertPreTrainedModel):
         self.dropout_rate = self.config.classifier_dropout_prob
         self.classifier = Dense(w, "classifier", self.config.hidden_size, 1)
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 head_mask=None, inputs_embeds=None, labels=None, output_attentions: bool | None = None,
-                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
-                 training: bool = False) -> ClassifierOutput | tuple:
+    def forward(self, input_ids=None, attention_mask=None, *, labels=None, return_dict: bool | None = None,
+                training: bool = False, **inputs: Any) -> ClassifierOutput | tuple:
         # input_ids (B, C, T), inputs_embeds (B, C, T, E); labels (B,) index of the right choice
-        leading = tf.convert_to_tensor(input_ids if input_ids is not None else inputs_embeds)
+        leading = tf.convert_to_tensor(input_ids if input_ids is not None else inputs["inputs_embeds"])
         n_choices = tf.shape(leading)[1]
 
         def flat(t):  # (B, C, T, ...) -> (B * C, T, ...)
@@ -722,9 +696,9 @@ class TFRemBertForMultipleChoice(TFRemBertPreTrainedModel):
             t = tf.convert_to_tensor(t)
             return tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], axis=0))
 
-        out = self.rembert(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
-                           head_mask, flat(inputs_embeds), output_attentions=output_attentions,
-                           output_hidden_states=output_hidden_states, training=training)
+        per_token = ("token_type_ids", "position_ids", "inputs_embeds")
+        inputs = {k: flat(v) if k in per_token else v for k, v in inputs.items()}
+        out = self.rembert(flat(input_ids), flat(attention_mask), training=training, **inputs)
         logits = tf.reshape(self.classifier(dropout(out.pooler_output, self.dropout_rate, training)),
                             [-1, n_choices])  # (B, C)
         loss = cross_entropy(logits, labels) if labels is not None else None
@@ -740,13 +714,9 @@ class TFRemBertForTokenClassification(TFRemBertPreTrainedModel):
         self.dropout_rate = self.config.classifier_dropout_prob
         self.classifier = Dense(w, "classifier", self.config.hidden_size, self.config.num_labels)
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 head_mask=None, inputs_embeds=None, labels=None, output_attentions: bool | None = None,
-                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
-                 training: bool = False) -> ClassifierOutput | tuple:
-        out = self.rembert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                           output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                           training=training)
+    def forward(self, input_ids=None, attention_mask=None, *, labels=None, return_dict: bool | None = None,
+                training: bool = False, **inputs: Any) -> ClassifierOutput | tuple:
+        out = self.rembert(input_ids, attention_mask, training=training, **inputs)
         logits = self.classifier(dropout(out.last_hidden_state, self.dropout_rate, training))  # (B, T, num_labels)
         loss = cross_entropy(logits, labels) if labels is not None else None  # labels (B, T), -100 = not scored
         return _finish(ClassifierOutput(loss, logits, out.hidden_states, out.attentions), return_dict)
@@ -759,13 +729,10 @@ class TFRemBertForQuestionAnswering(TFRemBertPreTrainedModel):
     def build_head(self, w: Weights) -> None:
         self.qa_outputs = Dense(w, "qa_outputs", self.config.hidden_size, 2)  # start and end scores
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 head_mask=None, inputs_embeds=None, start_positions=None, end_positions=None,
-                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-                 return_dict: bool | None = None, training: bool = False) -> QuestionAnsweringOutput | tuple:
-        out = self.rembert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                           output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                           training=training)
+    def forward(self, input_ids=None, attention_mask=None, *, start_positions=None, end_positions=None,
+                return_dict: bool | None = None, training: bool = False,
+                **inputs: Any) -> QuestionAnsweringOutput | tuple:
+        out = self.rembert(input_ids, attention_mask, training=training, **inputs)
         logits = self.qa_outputs(out.last_hidden_state)  # (B, T, 2)
         start_logits, end_logits = logits[..., 0], logits[..., 1]  # (B, T) each
         loss = None

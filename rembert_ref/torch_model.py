@@ -26,6 +26,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -464,30 +465,12 @@ class RemBertForMaskedLM(RemBertPreTrainedModel):
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        head_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        encoder_hidden_states: torch.Tensor | None = None,
-        encoder_attention_mask: torch.Tensor | None = None,
+        *,
         labels: torch.Tensor | None = None,  # (B, T), -100 = not scored
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        **inputs: Any,  # RemBertModel.forward's other arguments, passed through
     ) -> MaskedLMOutput | tuple:
-        out = self.rembert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            head_mask,
-            inputs_embeds,
-            encoder_hidden_states,
-            encoder_attention_mask,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
+        out = self.rembert(input_ids, attention_mask, use_cache=False, **inputs)
         logits = self.cls(out.last_hidden_state)  # (B, T, V)
         loss = None
         if labels is not None:
@@ -512,33 +495,12 @@ class RemBertForCausalLM(RemBertPreTrainedModel):
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        head_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        encoder_hidden_states: torch.Tensor | None = None,
-        encoder_attention_mask: torch.Tensor | None = None,
-        past_key_values: PastKeyValues | None = None,
+        *,
         labels: torch.Tensor | None = None,  # (B, T), the inputs themselves; shifted here, -100 = not scored
-        use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        **inputs: Any,  # RemBertModel.forward's other arguments (past_key_values, use_cache...), passed through
     ) -> CausalLMOutput | tuple:
-        out = self.rembert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            head_mask,
-            inputs_embeds,
-            encoder_hidden_states,
-            encoder_attention_mask,
-            past_key_values,
-            use_cache,
-            output_attentions,
-            output_hidden_states,
-        )
+        out = self.rembert(input_ids, attention_mask, **inputs)
         logits = self.cls(out.last_hidden_state)  # (B, T, V)
         loss = None
         if labels is not None:  # position t predicts token t + 1
@@ -562,25 +524,12 @@ class RemBertForSequenceClassification(RemBertPreTrainedModel):
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        head_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
+        *,
         labels: torch.Tensor | None = None,  # (B,) class ids, (B,) or (B, 1) targets, or (B, num_labels) 0/1
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        **inputs: Any,  # RemBertModel.forward's other arguments, passed through
     ) -> ClassifierOutput | tuple:
-        out = self.rembert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            head_mask,
-            inputs_embeds,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
+        out = self.rembert(input_ids, attention_mask, **inputs)
         logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
         loss = None
         if labels is not None:
@@ -623,30 +572,19 @@ class RemBertForMultipleChoice(RemBertPreTrainedModel):
         self,
         input_ids: torch.Tensor | None = None,  # (B, n_choices, T)
         attention_mask: torch.Tensor | None = None,  # (B, n_choices, T)
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        head_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,  # (B, n_choices, T, E)
+        *,
         labels: torch.Tensor | None = None,  # (B,) index of the right choice
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        **inputs: Any,  # RemBertModel.forward's other arguments, (B, n_choices, ...) where per token
     ) -> ClassifierOutput | tuple:
-        n_choices = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        n_choices = (input_ids if input_ids is not None else inputs["inputs_embeds"]).shape[1]
 
         def flat(t: torch.Tensor | None) -> torch.Tensor | None:  # (B, n_choices, T, ...) -> (B * n_choices, T, ...)
             return t.flatten(0, 1) if t is not None else None
 
-        out = self.rembert(
-            flat(input_ids),
-            flat(attention_mask),
-            flat(token_type_ids),
-            flat(position_ids),
-            head_mask,
-            flat(inputs_embeds),
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
+        per_token = ("token_type_ids", "position_ids", "inputs_embeds")
+        inputs = {k: flat(v) if k in per_token else v for k, v in inputs.items()}
+        out = self.rembert(flat(input_ids), flat(attention_mask), **inputs)
         logits = self.classifier(self.dropout(out.pooler_output)).view(-1, n_choices)  # (B, n_choices)
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         return _finish(ClassifierOutput(loss, logits, out.hidden_states, out.attentions), return_dict)
@@ -664,25 +602,12 @@ class RemBertForTokenClassification(RemBertPreTrainedModel):
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        head_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
+        *,
         labels: torch.Tensor | None = None,  # (B, T), -100 = not scored
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        **inputs: Any,  # RemBertModel.forward's other arguments, passed through
     ) -> ClassifierOutput | tuple:
-        out = self.rembert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            head_mask,
-            inputs_embeds,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
+        out = self.rembert(input_ids, attention_mask, **inputs)
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, T, num_labels)
         loss = None
         if labels is not None:
@@ -701,26 +626,13 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        head_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
+        *,
         start_positions: torch.Tensor | None = None,  # (B,) or (B, 1)
         end_positions: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        **inputs: Any,  # RemBertModel.forward's other arguments, passed through
     ) -> QuestionAnsweringOutput | tuple:
-        out = self.rembert(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            head_mask,
-            inputs_embeds,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
+        out = self.rembert(input_ids, attention_mask, **inputs)
         logits = self.qa_outputs(out.last_hidden_state)  # (B, T, 2)
         start_logits, end_logits = logits[..., 0].contiguous(), logits[..., 1].contiguous()  # (B, T) each
         loss = None

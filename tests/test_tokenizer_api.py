@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from rembert_ref.errors import UserError
@@ -52,18 +51,6 @@ def test_single_pair_and_batch_with_padding_and_truncation(pair) -> None:
     single = fast("hello world")
     assert single["input_ids"][0] == fast.cls_token_id and single["input_ids"][-1] == fast.sep_token_id
     assert fast.encode("hello world") == single["input_ids"]
-
-
-@pytest.mark.parametrize("kind", ["np"])  # "pt" and "tf" in test_tokenizer_frameworks.py
-def test_return_tensors(pair, kind: str) -> None:
-    slow, fast = pair
-    a = slow(["one", "two three four"], padding=True, return_tensors=kind)
-    b = fast(["one", "two three four"], padding=True, return_tensors=kind)
-    for key in ("input_ids", "token_type_ids", "attention_mask"):
-        assert np.array_equal(np.asarray(a[key]), np.asarray(b[key]))
-        assert tuple(np.asarray(b[key]).shape) == (2, len(fast("two three four")["input_ids"]))
-    with pytest.raises(UserError, match="padding=True"):
-        fast(["one", "two three four"], return_tensors=kind)
 
 
 def test_special_token_helpers(pair) -> None:

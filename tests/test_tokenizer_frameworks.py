@@ -14,7 +14,7 @@ from testkit.spm_models import probe_corpus
 LINES = probe_corpus(150, seed=7)
 
 
-@pytest.mark.parametrize("kind", ["pt", "tf"])
+@pytest.mark.parametrize("kind", ["np", "pt", "tf"])
 def test_return_tensors(pair, kind: str) -> None:
     slow, fast = pair
     a = slow(["one", "two three four"], padding=True, return_tensors=kind)
