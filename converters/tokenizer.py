@@ -354,6 +354,9 @@ def tokenizer_config(info: SpmInfo, tokenizer: Tokenizer, model_max_length: int 
         "mask_token": MASK if MASK in info.special_ids else None,
         # The model's max_position_embeddings: truncation=True must never make a sequence the model cannot take.
         "model_max_length": model_max_length,
+        # transformers 5.x's generic fast class returns only input_ids and attention_mask unless told: RemBERT
+        # reads token types (a pair is [CLS] A [SEP] B [SEP] with types 0/1, as BLEURT scores it).
+        "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
         "pad_token": PAD if PAD in info.special_ids else None,
         "remove_space": False,
         "sep_token": SEP,

@@ -13,7 +13,10 @@ Runs against whichever transformers is installed: 5.x in its own environment (sc
      lines as the converter measured (differences only in the documented classes), and model_max_length is
      the config's max_position_embeddings, so truncation=True gives a sequence the model takes;
   4. pipeline("fill-mask", model=bundle) runs, and its best token and score are ours;
-  5. the card's PyTorch usage snippet runs as written (from the bundle's parent folder).
+  5. the card's PyTorch usage snippet runs as written (from the bundle's parent folder);
+  6. fine-tuned heads (`check_finetuned`): the shipped BLEURT-shaped SavedModel examples/tiny-bleurt and any
+     --finetuned checkpoint convert and load as their head class, with logits within 1e-5 of the original
+     head on the float64 original graph, and BLEURT's (reference, candidate) pairs encode as it builds them.
 
     .venv-pt5-interop/bin/python scripts/pt_interop_check.py                 # bundles the example itself
     .venv-pt5-interop/bin/python scripts/pt_interop_check.py --bundle out/tiny-rembert
@@ -203,6 +206,70 @@ def check_card_snippet(bundle: Path) -> None:
         check(run.returncode == 0, "the card's PyTorch snippet runs as written", last_line(run))
 
 
+FINETUNED_EXAMPLE = DEFAULT_CHECKPOINT.parent / "tiny-bleurt"
+
+
+def check_finetuned(spec: str, work: Path) -> None:
+    """A fine-tuned checkpoint or SavedModel (`PATH` or `PATH=HEAD`, HEAD a --head value), converted here:
+    its Auto class loads it with nothing missing, left over or mismatched, and its logits are within 1e-5 of
+    the original head on the float64 original graph. With a tokenizer (BLEURT's sent_piece.model), a
+    (reference, candidate) pair encodes as [CLS] reference [SEP] candidate [SEP] with token types 0/1 and
+    scores like the reference on those ids (the README's BLEURT recipe)."""
+    import json
+
+    import transformers
+
+    from converters.convert import ConvertOptions, convert_checkpoint, find_config, find_sentencepiece
+    from converters.tf1_checkpoint import CheckpointReader, resolve_checkpoint
+    from rembert_ref.numpy_reference import original_forward, original_head_logits
+
+    path, _, head = spec.partition("=")
+    name = Path(path).name
+    out = work / f"finetuned-{name}"
+    tokenizer = find_sentencepiece(resolve_checkpoint(path))  # BLEURT's sent_piece.model, if beside it
+    convert_checkpoint(path, out, ["pytorch", "safetensors"],
+                       ConvertOptions(quiet=True, force=True, head=head or None, tokenizer=tokenizer))
+    report = json.loads((out / "conversion_report.json").read_text(encoding="utf-8"))
+    architecture, kind = report["task_head"]["architecture"], report["task_head"]["kind"]
+    auto = AUTO_CLASSES[architecture]
+    model, info = getattr(transformers, auto).from_pretrained(out, output_loading_info=True)
+    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    check(type(model).__name__ == architecture and not problems,
+          f"fine-tuned {name}: {auto} gives {architecture} with nothing missing, left over or mismatched",
+          f"{type(model).__name__} {problems}")
+    with CheckpointReader(path) as reader:
+        variables = {n: reader.read(n) for n, e in reader.entries.items()
+                     if e.dtype == "float32" and "/adam_" not in n}
+        original = json.loads(find_config(reader.prefix, None).read_text(encoding="utf-8"))
+    if (out / "tokenizer.json").is_file():
+        tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+        references, candidates = ["The cat sat on the mat.", "It is raining today."], ["A cat sat.", "It rains."]
+        batch = tokenizer(references, candidates, padding=True, truncation=True, max_length=512)
+        pieces = [(tokenizer(r, add_special_tokens=False)["input_ids"], tokenizer(c, add_special_tokens=False)
+                   ["input_ids"]) for r, c in zip(references, candidates, strict=True)]
+        ids = [[tokenizer.cls_token_id, *a, tokenizer.sep_token_id, *b, tokenizer.sep_token_id] for a, b in pieces]
+        types = [[0] * (len(a) + 2) + [1] * (len(b) + 1) for a, b in pieces]
+        width = max(map(len, ids))
+        given_types = batch.get("token_type_ids", [[]] * len(ids))  # 5.x gives them only when configured to
+        check([row[:len(i)] for row, i in zip(batch["input_ids"], ids, strict=True)] == ids
+              and [row[:len(t)] for row, t in zip(given_types, types, strict=True)] == types,
+              f"fine-tuned {name}: a pair encodes as [CLS] reference [SEP] candidate [SEP], token types 0/1",
+              f"AutoTokenizer returns {sorted(batch.keys())}")
+        inputs = {k: np.array(v) for k, v in batch.items() if k in ("input_ids", "token_type_ids", "attention_mask")}
+        assert inputs["input_ids"].shape[1] == width
+    else:
+        rng = np.random.default_rng(13)
+        inputs = {"input_ids": rng.integers(0, original["vocab_size"], (2, 9)),
+                  "token_type_ids": np.array([[0] * 5 + [1] * 4, [0] * 3 + [1] * 6]),
+                  "attention_mask": np.array([[1] * 9, [1] * 6 + [0] * 3])}
+    expected = original_head_logits(variables, kind, original_forward(variables, original, **inputs))
+    with torch.no_grad():
+        result = model.eval()(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+    worst = max(float(np.max(np.abs(getattr(result, k).double().numpy() - v))) for k, v in expected.items())
+    check(worst <= TOLERANCE, f"fine-tuned {name}: {'/'.join(expected)} within 1e-5 of the original head in "
+          "float64", f"max abs {worst:.2e}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
@@ -210,6 +277,9 @@ def main() -> int:
     parser.add_argument("--bundle", help="check this bundle instead of bundling the checkpoint")
     parser.add_argument("--format", dest="formats", action="append", default=[],
                         choices=["pytorch", "safetensors", "tf2"], help="formats of the bundle made (repeatable)")
+    parser.add_argument("--finetuned", action="append", default=[str(FINETUNED_EXAMPLE)], metavar="PATH[=HEAD]",
+                        help="also check this fine-tuned checkpoint or SavedModel, with --head HEAD if given "
+                             "(repeatable; the shipped examples/tiny-bleurt always)")
     args = parser.parse_args()
     import transformers
 
@@ -229,6 +299,8 @@ def main() -> int:
         check_truncation(bundle, config)
         check_fill_mask(bundle)
         check_card_snippet(bundle)
+        for spec in dict.fromkeys(args.finetuned):
+            check_finetuned(spec, Path(tmp))
     print(f"{'all checks passed' if not failures else f'{len(failures)} check(s) failed'}")
     return 1 if failures else 0
 

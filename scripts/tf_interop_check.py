@@ -191,11 +191,6 @@ def check_layout_against_transformers_writer(directory: Path, work: Path) -> Non
           f"only ours {sorted(ours_names - theirs)[:3]}, only theirs {sorted(theirs - ours_names)[:3]}")
 
 
-FINETUNED_CONFIG = {"vocab_size": 89, "hidden_size": 30, "num_hidden_layers": 2, "num_attention_heads": 5,
-                    "intermediate_size": 41, "hidden_act": "gelu", "max_position_embeddings": 28,
-                    "type_vocab_size": 2, "input_embedding_size": 14, "output_embedding_size": 26}
-
-
 def check_finetuned(work: Path) -> None:
     """Fine-tuned task heads: the shipped BLEURT-shaped SavedModel and run_classifier- / run_squad-style
     checkpoints (written by TensorFlow through testkit.finetuned), converted to tf_model.h5, load into
@@ -208,14 +203,14 @@ def check_finetuned(work: Path) -> None:
     from converters.convert import find_config
     from converters.tf1_checkpoint import CheckpointReader
     from rembert_ref.numpy_reference import original_forward, original_head_logits
-    from testkit.finetuned import write_finetuned_checkpoint
+    from testkit.finetuned import PRESET_CONFIGS, write_finetuned_checkpoint
 
+    classifier = write_finetuned_checkpoint(work / "run_classifier-ckpt", PRESET_CONFIGS["run_classifier"],
+                                            "run_classifier", num_labels=3)
+    squad = write_finetuned_checkpoint(work / "run_squad-ckpt", PRESET_CONFIGS["squad"], "squad")
     cases = [("tiny-bleurt", DEFAULT_CHECKPOINT.parent / "tiny-bleurt", None, "sequence-classification"),
-             ("run_classifier", write_finetuned_checkpoint(work / "run_classifier-ckpt", FINETUNED_CONFIG,
-                                                           "run_classifier", num_labels=3), "sequence-classification",
-              "sequence-classification"),
-             ("run_squad", write_finetuned_checkpoint(work / "run_squad-ckpt", FINETUNED_CONFIG, "squad"), None,
-              "question-answering")]
+             ("run_classifier", classifier, "sequence-classification", "sequence-classification"),
+             ("run_squad", squad, None, "question-answering")]
     for name, ckpt, head, kind in cases:
         out = work / f"tf2-{name}"
         convert_checkpoint(ckpt, out, ["tf2"], ConvertOptions(quiet=True, force=True, head=head))

@@ -17,7 +17,8 @@ same way. The SavedModel's graph holds every variable (restored by TensorFlow's 
 signature that applies the head to a pooled / sequence output fed in: the encoder itself is not rebuilt in
 TensorFlow ops (the numpy float64 reference implements it, and the converter reads only the variables).
 
-    python -m testkit.finetuned OUT --style bleurt --saved-model
+    python -m testkit.finetuned OUT --style bleurt --saved-model        # a preset tiny config
+    python -m testkit.finetuned OUT --style run_classifier --config bert_config.json --num-labels 3
 """
 
 from __future__ import annotations
@@ -40,6 +41,20 @@ HEAD_NAMES = {  # (kernel, bias, kernel is [hidden, n], reads the pooled output)
     "bleurt": ("dense/kernel", "dense/bias", True, True),
     "run_classifier": ("output_weights", "output_bias", False, True),
     "squad": ("cls/squad/output_weights", "cls/squad/output_bias", False, False),
+}
+# Tiny configs per style, sizes distinct within and across them. BLEURT's is distilled-shaped: its own layer
+# count and embedding size, no output_embedding_size (no MLM head), the input size spelled embedding_size.
+PRESET_CONFIGS: dict[str, dict[str, Any]] = {
+    "bleurt": {"vocab_size": 97, "hidden_size": 36, "num_hidden_layers": 2, "num_attention_heads": 3,
+               "intermediate_size": 44, "hidden_act": "gelu", "max_position_embeddings": 24, "type_vocab_size": 2,
+               "embedding_size": 20, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+               "initializer_range": 0.02},
+    "run_classifier": {"vocab_size": 89, "hidden_size": 30, "num_hidden_layers": 2, "num_attention_heads": 5,
+                       "intermediate_size": 41, "hidden_act": "gelu", "max_position_embeddings": 28,
+                       "type_vocab_size": 2, "input_embedding_size": 14, "output_embedding_size": 26},
+    "squad": {"vocab_size": 83, "hidden_size": 28, "num_hidden_layers": 3, "num_attention_heads": 4,
+              "intermediate_size": 33, "hidden_act": "gelu", "max_position_embeddings": 36, "type_vocab_size": 2,
+              "input_embedding_size": 16, "output_embedding_size": 23},
 }
 # BLEURT's own settings file; the converter only looks for its presence (BLEURT scores the pooled output).
 BLEURT_CONFIG = {"name": "tiny-bleurt", "max_seq_length": 64, "vocab_file": None, "do_lower_case": None,
@@ -160,19 +175,21 @@ def _write_json(path: pathlib.Path, values: Mapping[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m testkit.finetuned OUT --config bert_config.json --style bleurt [--saved-model]`"""
+    """`python -m testkit.finetuned OUT --style bleurt|run_classifier|squad [--config FILE] [--saved-model]`"""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m testkit.finetuned", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output", type=pathlib.Path)
-    parser.add_argument("--config", type=pathlib.Path, required=True, help="an original bert_config.json")
+    parser.add_argument("--config", type=pathlib.Path, help="an original bert_config.json (default: the style's "
+                        "tiny preset, PRESET_CONFIGS)")
     parser.add_argument("--style", choices=STYLES, required=True)
     parser.add_argument("--num-labels", type=int, default=3, help="run_classifier's number of labels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--saved-model", action="store_true", help="write a TF1 SavedModel, not a checkpoint")
     args = parser.parse_args(argv)
-    config = json.loads(args.config.read_text(encoding="utf-8"))
+    config = (json.loads(args.config.read_text(encoding="utf-8")) if args.config is not None
+              else PRESET_CONFIGS[args.style])
     if args.saved_model:
         path = write_tf1_saved_model(args.output, config, args.style, num_labels=args.num_labels, seed=args.seed)
     else:

@@ -19,6 +19,7 @@ from converters.tf1_checkpoint import resolve_checkpoint
 from rembert_convert.cli import main
 from rembert_ref.errors import UserError
 from testkit.finetuned import (
+    PRESET_CONFIGS,
     finetuned_variables,
     head_variables,
     write_finetuned_checkpoint,
@@ -27,18 +28,9 @@ from testkit.finetuned import (
 )
 from validation.parity import ORIGINAL, verify_conversion
 
-# Distilled-BLEURT shape: fewer layers, its own embedding size; no output_embedding_size (no MLM head), the
-# alias embedding_size as BERT configs spell it. Sizes differ from each other and from the other fixtures.
-BLEURT_CONFIG = {"vocab_size": 97, "hidden_size": 36, "num_hidden_layers": 2, "num_attention_heads": 3,
-                 "intermediate_size": 44, "hidden_act": "gelu", "max_position_embeddings": 24,
-                 "type_vocab_size": 2, "embedding_size": 20, "hidden_dropout_prob": 0.1,
-                 "attention_probs_dropout_prob": 0.1, "initializer_range": 0.02}
-CLASSIFIER_CONFIG = {"vocab_size": 89, "hidden_size": 30, "num_hidden_layers": 2, "num_attention_heads": 5,
-                     "intermediate_size": 41, "hidden_act": "gelu", "max_position_embeddings": 28,
-                     "type_vocab_size": 2, "input_embedding_size": 14, "output_embedding_size": 26}
-SQUAD_CONFIG = {"vocab_size": 83, "hidden_size": 28, "num_hidden_layers": 3, "num_attention_heads": 4,
-                "intermediate_size": 33, "hidden_act": "gelu", "max_position_embeddings": 36,
-                "type_vocab_size": 2, "input_embedding_size": 16, "output_embedding_size": 23}
+BLEURT_CONFIG = PRESET_CONFIGS["bleurt"]  # distilled-shaped, no output_embedding_size, embedding_size alias
+CLASSIFIER_CONFIG = PRESET_CONFIGS["run_classifier"]
+SQUAD_CONFIG = PRESET_CONFIGS["squad"]
 NUM_LABELS = 3
 ALL = ["pytorch", "safetensors", "tf2"]
 
