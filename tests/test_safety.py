@@ -374,6 +374,7 @@ def test_a_config_mismatch_names_the_count_the_first_three_and_inspect(work):
     config = json.loads(config_path.read_text())
     config["intermediate_size"] += 1  # both dense layers around the intermediate now disagree, in every layer
     config_path.write_text(json.dumps(config))
+    corrupt_data(work / "ckpt")  # shapes are checked before any weight is read
     line = one_error_line(run("pytorch", work / "ckpt", "-o", work / "out"))
     count = int(line.split("disagree on ")[1].split(" ")[0])
     assert count > 3
@@ -396,7 +397,7 @@ def test_verify_on_a_missing_folder_says_it_does_not_exist(tmp_path):
     assert f"{tmp_path / 'nowhere'} does not exist" in line
 
 
-@pytest.mark.parametrize("command", ["pytorch", "safetensors", "tf2", "convert"])
+@pytest.mark.parametrize("command", ["pytorch", "safetensors", "tf2", "convert", "bundle"])
 def test_converting_commands_name_the_checkpoint_they_read(tmp_path, command):
     result = run(command, EXAMPLE, "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
