@@ -63,6 +63,9 @@ def handle_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # Click >= 8.2
+
+
 class OneLineErrorGroup(click.Group):
     """Click's own usage errors get the same one-line `error: ` form as ours (Click prints a usage block and
     `Error:`); the exit code stays Click's (2)."""
@@ -74,6 +77,9 @@ class OneLineErrorGroup(click.Group):
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.ClickException as exc:
+            if isinstance(exc, NO_ARGS_IS_HELP):  # no command given: the help, as Click shows it
+                exc.show()
+                sys.exit(exc.exit_code)
             context = getattr(exc, "ctx", None)
             hint = f" (see `{context.command_path} --help`)" if context is not None else ""
             click.echo(f"error: {exc.format_message()}{hint}", err=True)

@@ -415,3 +415,8 @@ def test_internal_errors_keep_their_own_exit_code(tmp_path, monkeypatch):
     monkeypatch.setattr(converters.convert, "plan_conversion", broken)
     line = one_error_line(run("pytorch", EXAMPLE, "-o", tmp_path / "out"), code=3)
     assert line == "error: internal error RuntimeError: a bug (rerun with --debug for the traceback)"
+
+
+def test_no_command_shows_the_help_not_an_error():
+    result = run()
+    assert result.output.startswith("Usage: convert-rembert [OPTIONS] COMMAND") and "error:" not in result.output
