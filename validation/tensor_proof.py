@@ -95,6 +95,7 @@ class _SafetensorsFiles:
                 raise UserError(f"{index} is not a valid index with a weight_map ({exc}); convert again") from exc
             shards = sorted(set(weight_map.values()))
         self.handles: dict[str, Any] = {}
+        self.loaded: dict[str, Any] = {}
         self.where: dict[str, str] = {}
         self.duplicates = []
         self.problems: list[tuple[str, str]] = []  # (tensor, what is wrong with the index)
@@ -128,11 +129,19 @@ class _SafetensorsFiles:
             out[name] = (tuple(piece.get_shape()), SAFETENSORS_DTYPES.get(piece.get_dtype(), piece.get_dtype()))
         return out
 
+    def tensor(self, name: str):
+        """The whole tensor as safe_open gives it: backed by the file's mapping, so the rows this proof reads
+        and the model the functional proof builds share the same pages (one copy in memory, not two)."""
+        if name not in self.loaded:
+            self.loaded[name] = self.handles[self.where[name]].get_tensor(name)
+        return self.loaded[name]
+
     def rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        piece = self.handles[self.where[name]].get_slice(name)
-        return _numpy(piece[start:stop] if piece.get_shape() else piece[...])
+        tensor = self.tensor(name)
+        return _numpy(tensor[start:stop] if tensor.dim() else tensor)
 
     def close(self) -> None:
+        self.loaded.clear()
         self.handles.clear()
 
 

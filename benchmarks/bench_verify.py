@@ -1,0 +1,155 @@
+"""Benchmark: `verify` and `bundle` of the full-size RemBERT checkpoint, beside Hugging Face's conversion.
+
+One run measures, each in a subprocess (wall, CPU, peak RSS, bytes read), from a warm page cache:
+- the yardstick: Hugging Face's official conversion path (`RemBertModel(config)`, `load_tf_weights_in_rembert`,
+  `torch.save`; encoder only, no proof), the script `bench_convert.py` runs;
+- the floor: reading each format once (`cat` of pytorch_model.bin, model.safetensors, tf_model.h5 and of the
+  checkpoint's data, which verify reads too);
+- `convert-rembert verify` of a folder holding the three formats (every tensor bit for bit, 7 heads x 3
+  formats against the float64 original graph);
+- `convert-rembert bundle` with a SentencePiece model of the full vocabulary (convert + tokenizer + verify).
+
+Targets (PASS/FAIL): verify wall <= the Hugging Face path's wall; bundle wall <= 1.5x that; peak RSS of each
+<= 5 GiB. The SentencePiece model is handmade (testkit.spm_models.handmade_unigram_model): 250,300 pieces,
+single characters of many scripts with and without the word-start mark, then filler pieces; its tokenizer is
+what the bundle converts and what verify's probe text goes through.
+
+    .venv/bin/python benchmarks/make_full_checkpoint.py ../bench-data/full
+    flock /work/bench.lock .venv/bin/python benchmarks/bench_verify.py --data ../bench-data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import unicodedata
+from dataclasses import asdict
+from pathlib import Path
+
+from bench_convert import HF_SCRIPT, PYTHON, REPO, Run, data_file, hf_available, measure, remove, warm
+
+RSS_TARGET = 5 << 30
+VERIFY_VS_HF, BUNDLE_VS_HF = 1.0, 1.5
+VOCAB = 250300
+SCRIPT_RANGES = [(0x21, 0x7E), (0xA1, 0x24F), (0x370, 0x3FF), (0x400, 0x4FF), (0x590, 0x6FF), (0x900, 0x97F),
+                 (0xE00, 0xE7F), (0x3040, 0x30FF), (0x4E00, 0x9FFF), (0xAC00, 0xD7A3), (0x1F300, 0x1F64F)]
+
+
+def full_vocab_sentencepiece(path: Path) -> Path:
+    """A unigram model with exactly VOCAB pieces: characters of many scripts, then fillers."""
+    sys.path.insert(0, str(REPO))
+    from testkit.spm_models import REMBERT_SPECIAL_PIECES, handmade_unigram_model
+
+    chars = [chr(c) for lo, hi in SCRIPT_RANGES for c in range(lo, hi + 1)
+             if not unicodedata.category(chr(c)).startswith(("C", "Z"))]
+    pieces: dict[str, float] = {}
+    for c in chars:
+        pieces.setdefault("\u2581" + c, -9.0)
+        pieces.setdefault(c, -10.0)
+    wanted = VOCAB - 2 - len(REMBERT_SPECIAL_PIECES)
+    k = 0
+    while len(pieces) < wanted:
+        pieces.setdefault(f"\u2581filler{k}", -20.0)
+        k += 1
+    return handmade_unigram_model(path, list(pieces.items())[:wanted])
+
+
+def cli(*args: str) -> list[str]:
+    return [str(PYTHON), "-m", "rembert_convert.cli", *args]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("../bench-data"), help="holds full/; outputs go here")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="also write every run here")
+    args = parser.parse_args()
+    full = args.data / "full"
+    if not (full / "bert_config.json").is_file():
+        sys.exit(f"error: no checkpoint in {full}; make it with benchmarks/make_full_checkpoint.py {full}")
+    os.environ["PYTHONPATH"] = str(REPO)
+    work = args.data / "verify-bench"
+    remove(work)
+    work.mkdir(parents=True)
+    spm = full_vocab_sentencepiece(work / "sentencepiece.model")
+    converted, bundled = work / "converted", work / "bundle"
+    print("# converting the three formats once (the folder verify checks)", file=sys.stderr)
+    subprocess.run(cli("convert", str(full), "-o", str(converted), "-q", "--no-tokenizer"), check=True)
+    hf_version = hf_available()
+    if hf_version is None:
+        sys.exit("error: the yardstick needs transformers<5 (load_tf_weights_in_rembert)")
+    script = work / "hf_convert.py"
+    script.write_text(HF_SCRIPT)
+    hf_out = work / "hf_pytorch_model.bin"
+    format_files = [converted / "pytorch_model.bin", converted / "model.safetensors", converted / "tf_model.h5"]
+
+    runs: list[Run] = []
+    for repeat in range(args.repeats):
+        print(f"# repeat {repeat + 1}/{args.repeats} (load {os.getloadavg()[0]:.2f})", file=sys.stderr)
+        warm(full)
+        remove(hf_out)
+        runs.append(measure(f"Hugging Face {hf_version} convert (encoder only)",
+                            [str(PYTHON), str(script), str(full / "model.ckpt-0"), str(full / "bert_config.json"),
+                             str(hf_out)], hf_out))
+        remove(hf_out)
+        for path in [data_file(full), *format_files]:
+            runs.append(measure(f"floor: cat {path.name}", ["cat", str(path)]))
+        warm(full)
+        runs.append(measure("verify (3 formats x 7 heads)", cli("verify", str(full), str(converted), "-q"),
+                            stdout=work / "verify.txt"))
+        remove(bundled)
+        warm(full)
+        runs.append(measure("bundle (convert + tokenizer + verify)",
+                            cli("bundle", str(full), "-o", str(bundled), "-q", "--tokenizer", str(spm)), bundled))
+        remove(bundled)
+        for run in runs[-7:]:
+            print(f"  {run.name}: {run.wall:.2f} s, {run.rss / 2**30:.2f} GiB", file=sys.stderr)
+        if args.json:
+            args.json.write_text(json.dumps([asdict(r) for r in runs], indent=2))
+    report(runs, args)
+
+
+def median(runs: list[Run], name: str, field: str) -> float:
+    return statistics.median(getattr(r, field) for r in runs if r.name == name)
+
+
+def report(runs: list[Run], args: argparse.Namespace) -> None:
+    names = list(dict.fromkeys(r.name for r in runs))
+    hf = next(n for n in names if n.startswith("Hugging Face"))
+    verify, bundle = "verify (3 formats x 7 heads)", "bundle (convert + tokenizer + verify)"
+    floor = sum(median(runs, n, "wall") for n in names if n.startswith("floor"))
+    load = os.getloadavg()
+    print(f"\n{platform.node()}: {os.cpu_count()} cores, "
+          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
+          f"medians of {args.repeats} run(s)\n")
+    header = f"| {'run':42} | wall s | CPU s | peak RSS GiB | read GB |"
+    print(header)
+    print("|" + "|".join("-" * len(part) for part in header.split("|")[1:-1]) + "|")
+    for name in names:
+        print(f"| {name:42} | {median(runs, name, 'wall'):6.2f} | {median(runs, name, 'cpu'):5.1f} | "
+              f"{median(runs, name, 'rss') / 2**30:12.2f} | {median(runs, name, 'read') / 1e9:7.2f} |")
+    hf_wall = median(runs, hf, "wall")
+    print(f"\nfloor (reading the checkpoint and each format once): {floor:.2f} s")
+    print("targets:")
+    checks = [
+        (f"verify {median(runs, verify, 'wall'):.1f} s <= Hugging Face convert {hf_wall:.1f} s",
+         median(runs, verify, "wall") <= VERIFY_VS_HF * hf_wall),
+        (f"bundle {median(runs, bundle, 'wall'):.1f} s <= {BUNDLE_VS_HF}x Hugging Face convert "
+         f"{BUNDLE_VS_HF * hf_wall:.1f} s", median(runs, bundle, "wall") <= BUNDLE_VS_HF * hf_wall),
+    ]
+    for name in (verify, bundle):
+        rss = median(runs, name, "rss")
+        checks.append((f"{name.split(' ')[0]} peak RSS {rss / 2**30:.2f} GiB <= 5 GiB", rss <= RSS_TARGET))
+    for text, ok in checks:
+        print(f"  {'PASS' if ok else 'FAIL'}  {text}")
+
+
+if __name__ == "__main__":
+    main()
