@@ -16,6 +16,7 @@ Formats are proved one at a time, each file mapped while it is read, so memory h
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 from collections.abc import Callable, Iterator
@@ -394,3 +395,7 @@ def iter_formats(converted: Path, formats: list[str]) -> Iterator[tuple[str, Any
             yield fmt, handle
         finally:
             handle.close()
+            del handle
+            # The file stays mapped (and its pages count as ours) until the last tensor viewing it is freed;
+            # models built on it hold reference cycles, so collect them before the next format is mapped.
+            gc.collect()
