@@ -361,7 +361,9 @@ def conversion_report(prefix: Path, plan: ConversionPlan, options: ConvertOption
     """What was converted, ignored and absent, and the files' sha256 (unless `options.checksums` is off):
     deterministic, no timestamps."""
     return {
-        "source": {"checkpoint": prefix.name, "output_embedding": plan.output_embedding},
+        "source": {"checkpoint": prefix.name, "output_embedding": plan.output_embedding,
+                   **({"saved_model": checkpoint_home(prefix).name} if checkpoint_home(prefix) != prefix.parent
+                      else {})},
         "activation": {"hidden_act": plan.config.hidden_act,
                        "meaning": "tanh approximation (TF1 BERT gelu)" if plan.config.hidden_act == "gelu_new"
                        else "exact erf gelu" if plan.config.hidden_act == "gelu" else plan.config.hidden_act},

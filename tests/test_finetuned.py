@@ -473,3 +473,24 @@ def test_a_dense_head_on_every_token_as_question_answering(tmp_path):
     assert report.passed
     assert {(r.format, r.output) for r in _head_rows(report, "RemBertForQuestionAnswering")} == \
         {(f, o) for f in ALL for o in ("start_logits", "end_logits")}
+
+
+@pytest.mark.interop
+def test_a_bleurt_bundle_card_names_the_head_and_its_snippet_runs(tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("transformers")
+    from validation.bundle import card_snippets
+
+    out = tmp_path / "tiny-bleurt"
+    result = CliRunner().invoke(main, ["bundle", str(EXAMPLE), "-o", str(out), "--format", "safetensors", "-q"])
+    assert result.exit_code == 0, result.output
+    card = (out / "README.md").read_text()
+    assert "pipeline_tag: text-classification" in card
+    assert "task head `RemBertForSequenceClassification` (regression)" in card and "`tiny-bleurt`" in card
+    code = card_snippets(card)["pytorch"]
+    assert "AutoModelForSequenceClassification" in code
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "torch.Size([1, 1])"

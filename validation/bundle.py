@@ -154,8 +154,16 @@ def _yaml_list(key: str, values: list[str]) -> list[str]:
     return [f"{key}:"] + [f"- {json.dumps(v, ensure_ascii=False)}" for v in values]
 
 
-def front_matter(card: CardOptions, mlm_head: bool, formats: list[str]) -> list[str]:
+TASK_PIPELINES = {  # a fine-tuned head's Auto class, pipeline tag and main output, by its --head kind
+    "sequence-classification": ("AutoModelForSequenceClassification", "text-classification", "logits"),
+    "token-classification": ("AutoModelForTokenClassification", "token-classification", "logits"),
+    "question-answering": ("AutoModelForQuestionAnswering", "question-answering", "start_logits"),
+}
+
+
+def front_matter(card: CardOptions, mlm_head: bool, formats: list[str], task_kind: str | None = None) -> list[str]:
     """The YAML metadata a hub reads: license, language, library_name, pipeline_tag, tags."""
+    pipeline_tag = TASK_PIPELINES[task_kind][1] if task_kind else "fill-mask" if mlm_head else "feature-extraction"
     tags = ["rembert", *(["safetensors"] if "safetensors" in formats else []),
             *(["pytorch"] if "pytorch" in formats else []), *(["tf"] if "tf2" in formats else []),
             "converted", "rembert-convert", *card.tags]
@@ -164,7 +172,7 @@ def front_matter(card: CardOptions, mlm_head: bool, formats: list[str]) -> list[
         f"license: {json.dumps(card.license)}",
         *_yaml_list("language", list(card.languages)),
         "library_name: transformers",
-        f"pipeline_tag: {'fill-mask' if mlm_head else 'feature-extraction'}",
+        f"pipeline_tag: {pipeline_tag}",
         *_yaml_list("tags", list(dict.fromkeys(tags))),
         "---",
     ]
@@ -178,11 +186,19 @@ def model_card(staged: ConversionResult, parity: ParityReport, card: CardOptions
     files = sorted(p.name for p in staged.output_dir.iterdir() if p.is_file())
     formats = list(parity.formats)
     mlm_head = bool(report["mlm_head"])
+    task_head = report.get("task_head")
+    task_kind = task_head["kind"] if task_head else None
     act = "tanh approximation of gelu (as the original TF1 graph)" if config.hidden_act == "gelu_new" \
         else "exact erf gelu"
-    checkpoint = Path(report["source"]["checkpoint"]).name
+    checkpoint = report["source"].get("saved_model") or Path(report["source"]["checkpoint"]).name
+    if task_head:
+        what = "regression" if task_head["problem_type"] == "regression" else f"{task_head['num_labels']} outputs"
+        head_line = (f"- task head `{task_head['architecture']}` ({what}), from the checkpoint's "
+                     f"`{'`, `'.join(task_head['variables'])}` ({task_head['origin']}); no masked-LM head")
+    else:
+        head_line = f"- masked-LM head {'included' if mlm_head else 'not included'}"
     lines = [
-        *front_matter(card, mlm_head, formats),
+        *front_matter(card, mlm_head, formats, task_kind),
         "",
         f"# {card.name}",
         "",
@@ -194,14 +210,15 @@ def model_card(staged: ConversionResult, parity: ParityReport, card: CardOptions
         "",
         f"- {config.num_hidden_layers} layers, hidden {config.hidden_size}, {config.num_attention_heads} heads, "
         f"intermediate {config.intermediate_size}, {config.max_position_embeddings} positions",
-        f"- vocabulary {config.vocab_size}, input embedding {config.input_embedding_size}, output embedding "
-        f"{config.output_embedding_size}",
+        f"- vocabulary {config.vocab_size}, input embedding {config.input_embedding_size}"
+        + ("" if task_head else f", output embedding {config.output_embedding_size}"),
         f"- activation `{config.hidden_act}`: {act}",
-        f"- weights dtype {report['dtype']}; masked-LM head {'included' if mlm_head else 'not included'}",
+        f"- weights dtype {report['dtype']}",
+        head_line,
         f"- {len(report['mapped'])} tensors converted; {len(report['ignored'])} checkpoint variables ignored "
         "(optimizer state, global_step, next-sentence head): see `conversion_report.json`",
         "",
-        *_usage(folder, formats, mlm_head, tokenizer is not None, config),
+        *_usage(folder, formats, mlm_head, tokenizer is not None, config, task_kind),
         *_tokenizer_section(tokenizer),
         *_parity_section(parity),
         "## How it was made",
@@ -233,12 +250,15 @@ def model_card(staged: ConversionResult, parity: ParityReport, card: CardOptions
     return "\n".join(lines)
 
 
-def _usage(folder: str, formats: list[str], mlm_head: bool, has_tokenizer: bool, config) -> list[str]:
+def _usage(folder: str, formats: list[str], mlm_head: bool, has_tokenizer: bool, config,
+           task_kind: str | None = None) -> list[str]:
     lines = ["## Use", ""]
     path_line = f"path = {json.dumps(folder)}  # this folder, or its id once uploaded to a hub"
     torch_formats = [f for f in formats if f in ("pytorch", "safetensors")]
     auto = "AutoModelForMaskedLM" if mlm_head else "AutoModel"
     out = "logits" if mlm_head else "last_hidden_state"
+    if task_kind is not None:
+        auto, _, out = TASK_PIPELINES[task_kind]
     if has_tokenizer:
         inputs_pt = 'inputs = tokenizer("Hello world", return_tensors="pt")'
         inputs_tf = 'inputs = tokenizer("Hello world", return_tensors="tf")'
