@@ -207,8 +207,8 @@ class DirectFile:
     its own, optionally computing its sha256 on the way.
 
     Why: on small VMs, putting 4 GB of new data into the page cache costs far more CPU than the disk write
-    (measured here: 183 MB/s buffered, 666 MB/s direct, with 1/15 of the system time), and a converted model
-    is rarely read back at once. Where O_DIRECT is not supported (tmpfs, some network file systems) this is an
+    (the benchmark's `dd` rows compare both: benchmarks/README.md), and a converted model is rarely read back
+    at once. Where O_DIRECT is not supported (tmpfs, some network file systems) this is an
     ordinary buffered file. The final partial block is written padded, then the file is truncated to size.
     """
 
