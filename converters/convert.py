@@ -292,6 +292,8 @@ def _stream(reader: CheckpointReader, mappings: Sequence[TensorMapping], writers
     progress = _progress(total, options.quiet)
     # Every slice is read into one of a few buffers allocated here, and cast and transposed into three more
     # (see converters/pipeline.py): memory stays bounded by design, whatever the model.
+    # One slice being converted here, READ_AHEAD_SLICES queued, one being read: with that many buffers the
+    # reader never waits for a buffer, only for room in the queue.
     buffers = BufferPool(READ_AHEAD_SLICES + 2, max((_slice_bytes(reader, m, options) for m in mappings), default=0))
     cast_out, transposed_out, tf_out = ScratchArray(), ScratchArray(), ScratchArray()
     target = storage_dtype(options.dtype)
