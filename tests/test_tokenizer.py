@@ -38,7 +38,7 @@ MODELS = {
     "bpe-nfkc-bytes": dict(model_type="bpe", vocab_size=811, byte_fallback=True),
     "bpe-identity": dict(model_type="bpe", vocab_size=523, normalization="identity"),
     "bpe-nfkc-user": dict(model_type="bpe", vocab_size=529, user_defined_symbols=("[CLS]", "[SEP]", "[MASK]",
-                                                                                    "<url>")),
+                                                                                    "<url>", "\u2581\"")),
 }
 LINES = probe_corpus(400)
 
@@ -211,6 +211,22 @@ def test_bpe_user_defined_class_reproducer(models: dict[str, Path]) -> None:
     # The symbol itself stays whole; the text on each side is encoded as a sentence of its own.
     url = sp.piece_to_id("<url>")
     assert tokenizer.encode("a<url>b", add_special_tokens=False).ids == sp.encode("a") + [url] + sp.encode("b")
+
+
+def test_bpe_user_defined_piece_beginning_with_space_symbol_is_exact(models: dict[str, Path], tmp_path) -> None:
+    """'▁"' (a quote after a space) is matched in the normalized text, as SentencePiece matches it: exact, and
+    so flagged in both files (transformers 4.57 reads the flag from tokenizer.json, 5.x from tokenizer_config)."""
+    info, tokenizer, sp = _load(models["bpe-nfkc-user"])
+    quote = sp.piece_to_id("\u2581\"")
+    for text in ['he said "no"', '"yes" and "no"', 'a  "b"', 'x"y']:
+        assert tokenizer.encode(text, add_special_tokens=False).ids == sp.encode(text), text
+    assert quote in sp.encode('he said "no"')
+    flags = {t.content: t.normalized for t in tokenizer.get_added_tokens_decoder().values() if not t.special}
+    assert flags == {"\u2581\"": True, "<url>": False}
+    convert_tokenizer(models["bpe-nfkc-user"], tmp_path / "t", probe_lines=5)
+    config = json.loads((tmp_path / "t" / "tokenizer_config.json").read_text())
+    assert config["added_tokens_decoder"][str(quote)]["normalized"] is True
+    assert config["added_tokens_decoder"][str(sp.piece_to_id("<url>"))]["normalized"] is False
 
 
 # -- files, errors, CLI -----------------------------------------------------------------------------------
