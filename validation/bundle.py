@@ -104,7 +104,7 @@ def bundle_checkpoint(
         report.write(staged.output_dir)
         write_checksums(staged.output_dir)  # before the card: it leaves the card out
         tokenizer = _tokenizer_agreement(staged.output_dir)
-        text = model_card(staged, report, card, tokenizer, folder=Path(output_dir).name)
+        text = model_card(staged, report, card, tokenizer, folder=Path(output_dir).resolve().name)
         (staged.output_dir / MODEL_CARD_NAME).write_text(text, encoding="utf-8")
 
     conversion = convert_checkpoint(ckpt, output_dir, list(formats), options, before_commit=verify_and_describe)
