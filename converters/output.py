@@ -12,8 +12,8 @@ by a complete new one, and an interrupted or killed run leaves nothing that the 
   back afterwards), so the staging directory is removed and the CLI exits 128 + the signal number.
 - Directories left by a killed run are recognised by their marker (written by this module, naming a process
   that no longer runs on this host and the output it was for) and removed, or, when the old output had been
-  set aside and the new one not yet renamed in, renamed back. A directory without a valid marker is never
-  deleted, whatever its name.
+  set aside and nothing took its place, renamed back (if something did, both stay). A directory without a
+  valid marker is never deleted, whatever its name.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ from pathlib import Path
 from rembert_ref.errors import UserError
 
 MARKER_NAME = ".rembert-convert-partial"
-STAGING_KIND, ASIDE_KIND = "staging", "aside"
+# staging: a new output being written; aside: an old output moved out of the way while the new one goes in;
+# replaced: an old output whose replacement is in place (safe to delete).
+STAGING_KIND, ASIDE_KIND, REPLACED_KIND = "staging", "aside", "replaced"
 HANDLED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
@@ -163,7 +165,8 @@ def _read_marker(directory: Path) -> dict | None:
         return None
     keys = {"tool", "kind", "pid", "host", "token", "target"}
     if not isinstance(marker, dict) or set(marker) != keys or marker["tool"] != "rembert-convert" or \
-            marker["kind"] not in (STAGING_KIND, ASIDE_KIND) or not isinstance(marker["pid"], int):
+            marker["kind"] not in (STAGING_KIND, ASIDE_KIND, REPLACED_KIND) or not isinstance(marker["pid"], int) or \
+            isinstance(marker["pid"], bool) or marker["pid"] <= 0:
         return None
     return marker
 
@@ -199,7 +202,11 @@ def recover_leftovers(real: Path) -> list[Path]:
             continue
         if marker["kind"] == ASIDE_KIND:
             old = candidate / "old"
-            if old.is_dir() and not os.path.lexists(real):
+            if os.path.lexists(real):
+                # Killed between renaming the new output in and marking the old one replaced, or something
+                # else appeared at the output since: which one the user wants is unknown, so both stay.
+                continue
+            if old.is_dir():
                 os.rename(old, real)  # the killed run had moved the old output aside: put it back
         shutil.rmtree(candidate)
         handled.append(candidate)
@@ -290,6 +297,7 @@ def _commit(staging: Path, real: Path, aside_prefix: str) -> None:
         os.rename(holder / "old", real)
         shutil.rmtree(holder, ignore_errors=True)
         raise
+    _write_marker(holder, REPLACED_KIND, real)  # from here on the old output may go, even if we are killed
     shutil.rmtree(holder, ignore_errors=True)
 
 

@@ -420,3 +420,21 @@ def test_internal_errors_keep_their_own_exit_code(tmp_path, monkeypatch):
 def test_no_command_shows_the_help_not_an_error():
     result = run()
     assert result.output.startswith("Usage: convert-rembert [OPTIONS] COMMAND") and "error:" not in result.output
+
+
+def test_an_old_output_set_aside_stays_when_something_took_its_place(work, tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    dead_pid = int(finished.stdout)
+    parent = tmp_path / "outs"
+    out = old_output(parent)  # something the user made after the killed run
+    aside = parent / ".out.old-killed"
+    (aside / "old").mkdir(parents=True)
+    (aside / "old" / "weights.bin").write_bytes(b"the output the killed run was replacing")
+    (aside / ".rembert-convert-partial").write_text(json.dumps(
+        {"tool": "rembert-convert", "kind": "aside", "pid": dead_pid, "host": os.uname().nodename,
+         "token": "1" * 32, "target": str(out.resolve())}) + "\n")
+    before = snapshot(parent)
+    line = one_error_line(run("pytorch", work / "ckpt", "-o", out))
+    assert "is not empty; pass --force" in line
+    assert snapshot(parent) == before  # neither the set-aside output nor the new one is deleted
