@@ -153,6 +153,8 @@ def inspect_checkpoint(ckpt: str | os.PathLike, options: ConvertOptions | None =
         config, note = None, str(exc)
     else:
         note = None
+    # Not a head problem: nothing in such a checkpoint can be matched, so it is refused outright.
+    refuse_object_graph_checkpoint(reader.variables(), str(checkpoint_home(reader.prefix)))
     try:
         task_head, head_problem = detect_task_head(reader, options), None
     except UserError as exc:

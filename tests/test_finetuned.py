@@ -114,6 +114,10 @@ def test_a_tf2_object_graph_saved_model_is_refused(tmp_path):
         convert_checkpoint(directory, out, ["safetensors"], ConvertOptions(quiet=True, config=_config(tmp_path)))
     assert "\n" not in str(info.value)
     assert not out.exists()
+    shutil.copy(_config(tmp_path), directory / "bert_config.json")
+    inspected = CliRunner().invoke(main, ["inspect", str(directory)])
+    assert inspected.exit_code == 2 and "TF2 object-graph SavedModel" in inspected.output
+    assert "missing" not in inspected.output  # refused outright, not matched row by row
 
 
 def _config(tmp_path: Path) -> Path:
