@@ -157,6 +157,7 @@ class _H5File:
         except OSError as exc:
             raise UserError(f"{path} is not a readable HDF5 file ({exc}); convert the checkpoint again") from exc
         self.datasets: dict[str, Any] = {}
+        self.loaded: dict[str, np.ndarray] = {}
         self.file.visititems(lambda name, item: self.datasets.__setitem__(name, item)
                              if isinstance(item, h5py.Dataset) else None)
         listed = [f"{layer}/{weight}" for layer in _h5_names(self.file, "layer_names") if layer in self.file
@@ -168,12 +169,34 @@ class _H5File:
     def tensors(self) -> dict[str, tuple[tuple[int, ...], str]]:
         return {name: (tuple(d.shape), str(d.dtype)) for name, d in self.datasets.items()}
 
+    def array(self, name: str) -> np.ndarray:
+        """The whole dataset, read once into a 64-byte aligned array and kept: the functional proof hands the
+        same arrays to TensorFlow (`validation.parity`), so the file is read once for both proofs."""
+        if name not in self.loaded:
+            dataset = self.datasets[name]
+            array = aligned_empty(dataset.shape, dataset.dtype)
+            if array.size:
+                dataset.read_direct(array)
+            self.loaded[name] = array
+        return self.loaded[name]
+
     def rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        dataset = self.datasets[name]
-        return dataset[start:stop] if dataset.shape else dataset[()]
+        array = self.array(name)
+        return array[start:stop] if array.ndim else array
 
     def close(self) -> None:
+        self.loaded.clear()
         self.file.close()
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any, alignment: int = 64) -> np.ndarray:
+    """An uninitialised array whose data starts on an `alignment`-byte boundary (TensorFlow's requirement for
+    taking numpy memory over without a copy)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + alignment, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % alignment
+    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
 
 
 def _h5_names(group, attribute: str) -> list[str]:
@@ -359,16 +382,24 @@ def _differences(have: np.ndarray, want: np.ndarray, dtype: str) -> tuple[int, f
     """Compare bits (so -0.0 vs 0.0 and NaN payloads count); for differing elements, the largest |diff|."""
     if have.shape != want.shape:
         return int(max(have.size, want.size)), float("inf"), None
+    if _same_bytes(have, want):
+        return 0, 0.0, None
     bits = {4: np.uint32, 2: np.uint16}[want.dtype.itemsize]
     unequal = have.view(bits) != want.view(bits)
-    if not unequal.any():
-        return 0, 0.0, None
     as_float = (lambda a: to_float32(a, "bfloat16")) if dtype == "bfloat16" else (lambda a: a.astype(np.float32))
     diff = np.abs(as_float(have[unequal]).astype(np.float64) - as_float(want[unequal]).astype(np.float64))
     worst = float(np.nanmax(diff)) if np.isfinite(diff).any() else float("inf")
     if np.isnan(diff).any():
         worst = float("inf")
     return int(unequal.sum()), worst, tuple(np.argwhere(unequal)[0])
+
+
+def _same_bytes(have: np.ndarray, want: np.ndarray) -> bool:
+    """Bit equality, compared 8 bytes at a time where the layout allows (half the work of 4-byte words)."""
+    have, want = np.ascontiguousarray(have), np.ascontiguousarray(want)
+    if have.nbytes % 8 == 0 and have.ctypes.data % 8 == 0 and want.ctypes.data % 8 == 0:
+        return bool(np.array_equal(have.reshape(-1).view(np.uint64), want.reshape(-1).view(np.uint64)))
+    return bool(np.array_equal(have.reshape(-1).view(np.uint8), want.reshape(-1).view(np.uint8)))
 
 
 def agreement_rows(plan: ConversionPlan, digests: dict[str, dict[str, str]]) -> list[TensorRow]:
