@@ -47,3 +47,19 @@ def test_the_cards_use_tf_workaround_is_needed(tmp_path):
     fixed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                            env={**env, "USE_TF": "0"})
     assert fixed.returncode == 0, fixed.stderr[-2000:]
+
+
+def test_the_card_snippet_of_a_bundle_without_tokenizer_runs(tiny_ckpt, tmp_path):
+    """vocab 99 here: the snippet's ids must come from the vocabulary, not from the full model's specials."""
+    pytest.importorskip("transformers")
+    from converters.convert import ConvertOptions
+    from validation.bundle import bundle_checkpoint, card_snippets
+
+    out = tmp_path / "no-tokenizer"
+    bundle_checkpoint(tiny_ckpt.prefix, out, ConvertOptions(quiet=True), formats=("safetensors",),
+                      heads=("RemBertModel", "RemBertForMaskedLM"))
+    code = card_snippets((out / "README.md").read_text())["pytorch"]
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "USE_TF": "0"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().endswith(f"{tiny_ckpt.config['vocab_size']}])")

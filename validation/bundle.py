@@ -263,7 +263,7 @@ def _usage(folder: str, formats: list[str], mlm_head: bool, has_tokenizer: bool,
         inputs_pt = 'inputs = tokenizer("Hello world", return_tensors="pt")'
         inputs_tf = 'inputs = tokenizer("Hello world", return_tensors="tf")'
     else:
-        ids = [config.bos_token_id, 5, 6, config.eos_token_id]
+        ids = [i % config.vocab_size for i in (5, 6, 7, 8)]  # any ids the vocabulary holds
         inputs_pt = f"inputs = {{\"input_ids\": torch.tensor([{ids}])}}"
         inputs_tf = f"inputs = {{\"input_ids\": tf.constant([{ids}])}}"
     if torch_formats:
