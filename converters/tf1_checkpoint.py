@@ -29,6 +29,7 @@ from rembert_ref.errors import UserError
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48  # two block handles padded to 40 bytes + 8-byte magic
 BLOCK_TRAILER_SIZE = 5  # 1-byte compression type + 4-byte masked CRC32C
+SNAPPY_COMPRESSION = 1  # the compression byte of a snappy block (tensorflow/core/lib/io/table_options.h)
 # 16 MiB slices: large enough that per-slice overheads vanish, small enough that a few of them in flight
 # (read ahead, cast, written) keep a conversion far below 1 GB.
 DEFAULT_CHUNK_BYTES = 16 << 20
@@ -405,12 +406,12 @@ def _read_index(path: Path) -> tuple[int, dict[str, TensorEntry], dict[bytes, Te
                 else:
                     name = bytes(key).decode("utf-8")
                     entries[name] = _parse_entry(name, _parse_proto(value))
+        if header is None:
+            raise UserError(f"{where} has no bundle header; it is not a TF2-style (V2) checkpoint index")
+        num_shards, endianness = _scalar(header, 1, 1), _scalar(header, 2, 0)
     except (IndexError, struct.error, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"{where} is corrupt ({exc}); re-download the checkpoint") from None
-    if header is None:
-        raise UserError(f"{where} has no bundle header; it is not a TF2-style (V2) checkpoint index")
-    num_shards = _scalar(header, 1, 1)
-    if _scalar(header, 2, 0) != 0:
+    if endianness != 0:
         raise UserError(f"{where} was written on a big-endian machine; convert it on that machine to little-endian")
     return num_shards, entries, slice_entries
 
@@ -429,11 +430,13 @@ def _read_block(data: bytes, offset: int, size: int, where: str) -> memoryview:
     stored_crc = struct.unpack_from("<I", data, end + 1)[0]
     if mask_crc(google_crc32c.value(data[offset:end + 1])) != stored_crc:
         raise UserError(f"{where} is corrupt (block checksum mismatch); re-download the checkpoint")
+    if compression == SNAPPY_COMPRESSION:
+        # TensorFlow's table format allows snappy blocks, and real indexes have them: Google's BLEURT test
+        # SavedModel (tests/data/bleurt_test_checkpoint) does, although TensorFlow 1.2+ writes uncompressed.
+        return memoryview(snappy_decompress(data[offset:end]))
     if compression != 0:
-        # TensorFlow's bundle writer never compresses its index (tensor_bundle.cc sets kNoCompression).
-        kind = "snappy" if compression == 1 else f"type {compression}"
-        raise UserError(f"{where} has a {kind}-compressed block, which TensorFlow's checkpoint writer never "
-                        "produces; re-save the checkpoint with TensorFlow (tf.train.Checkpoint or tf1 Saver)")
+        raise UserError(f"{where} has a block of unknown compression type {compression} (TensorFlow writes 0, "
+                        "none, or 1, snappy); the file is corrupt or not a TF checkpoint index: re-download it")
     return memoryview(data)[offset:end]
 
 
@@ -488,7 +491,17 @@ def _parse_proto(buf: memoryview | bytes) -> dict[int, list]:
 
 
 def _scalar(fields: dict[int, list], number: int, default: int) -> int:
-    return fields.get(number, [default])[-1]
+    value = fields.get(number, [default])[-1]
+    if not isinstance(value, int):  # a corrupt index can give any field any wire type
+        raise ValueError(f"protobuf field {number} holds bytes where a number belongs")
+    return value
+
+
+def _messages(fields: dict[int, list], number: int) -> list[bytes]:
+    values = fields.get(number, [])
+    if any(not isinstance(value, bytes) for value in values):
+        raise ValueError(f"protobuf field {number} holds a number where a message belongs")
+    return values
 
 
 def _signed(value: int) -> int:
@@ -500,22 +513,87 @@ def _parse_entry(name: str, fields: dict[int, list]) -> TensorEntry:
     if dtype_code not in TF_DTYPES:
         raise ValueError(f"{name} has unsupported TensorFlow dtype code {dtype_code}")
     shape: list[int] = []
-    for shape_bytes in fields.get(2, []):
-        for dim in _parse_proto(shape_bytes).get(2, []):
+    for shape_bytes in _messages(fields, 2):
+        for dim in _messages(_parse_proto(shape_bytes), 2):
             shape.append(_signed(_scalar(_parse_proto(dim), 1, 0)))
     if any(d < 0 for d in shape):
         raise ValueError(f"{name} has a negative dimension {shape}")
     return TensorEntry(
         name=name, dtype=TF_DTYPES[dtype_code], shape=tuple(shape), shard=_scalar(fields, 3, 0),
         offset=_signed(_scalar(fields, 4, 0)), size=_signed(_scalar(fields, 5, 0)), crc32c=_scalar(fields, 6, 0),
-        slices=tuple(_parse_slice(buf) for buf in fields.get(7, [])),
+        slices=tuple(_parse_slice(buf) for buf in _messages(fields, 7)),
     )
 
 
 def _parse_slice(buf: bytes) -> tuple[tuple[int, int], ...]:
     """TensorSliceProto: one Extent {start, length} per dimension; an empty Extent is the whole dimension."""
     extents = []
-    for extent in _parse_proto(buf).get(1, []):
+    for extent in _messages(_parse_proto(buf), 1):
         fields = _parse_proto(extent)
-        extents.append((_signed(_scalar(fields, 1, 0)), _signed(fields[2][-1]) if 2 in fields else -1))
+        extents.append((_signed(_scalar(fields, 1, 0)), _signed(_scalar(fields, 2, 0)) if 2 in fields else -1))
     return tuple(extents)
+
+
+# -- snappy ---------------------------------------------------------------------------------------------------
+
+# The most a snappy stream can expand: a 3-byte copy element emits at most 64 bytes (a literal emits less than
+# it holds), so a declared length above 64/3 of the stream is corrupt and is refused before anything is allocated.
+SNAPPY_MOST_OUT, SNAPPY_PER_IN = 64, 3
+
+
+def snappy_decompress(data: bytes | memoryview) -> bytes:
+    """Snappy's raw format (github.com/google/snappy, format_description.txt), as TensorFlow's table writer
+    compresses blocks: the uncompressed length as a varint, then literal and copy elements. Any malformed input
+    raises ValueError (the index reader turns it into a UserError); every step consumes input or is bounded by
+    the declared length, so nothing can loop or grow without bound."""
+    data = bytes(data)
+    try:
+        length, pos = _varint(data, 0)
+    except IndexError:
+        raise ValueError("snappy block ends inside its length") from None
+    if length * SNAPPY_PER_IN > SNAPPY_MOST_OUT * (len(data) - pos):
+        raise ValueError(f"snappy block declares {length} bytes, more than its {len(data)} bytes can hold")
+    out = bytearray(length)
+    filled = 0
+    while pos < len(data):
+        tag = data[pos]
+        pos += 1
+        kind = tag & 3
+        if kind == 0:  # literal: its length - 1 in the tag, or in the next 1-4 bytes
+            size = tag >> 2
+            if size >= 60:
+                extra = size - 59
+                if pos + extra > len(data):
+                    raise ValueError("snappy literal length runs past the block")
+                size = int.from_bytes(data[pos:pos + extra], "little")
+                pos += extra
+            size += 1
+            if pos + size > len(data) or filled + size > length:
+                raise ValueError("snappy literal runs past the block or the declared length")
+            out[filled:filled + size] = data[pos:pos + size]
+            pos += size
+            filled += size
+            continue
+        if kind == 1:  # copy with a 1-byte offset: 3 high offset bits and length - 4 in the tag
+            size, extra = ((tag >> 2) & 7) + 4, 1
+            if pos + extra > len(data):
+                raise ValueError("snappy copy runs past the block")
+            back = ((tag >> 5) << 8) | data[pos]
+        else:  # copy with a 2- or 4-byte offset, length - 1 in the tag
+            size, extra = (tag >> 2) + 1, 2 if kind == 2 else 4
+            if pos + extra > len(data):
+                raise ValueError("snappy copy runs past the block")
+            back = int.from_bytes(data[pos:pos + extra], "little")
+        pos += extra
+        if back == 0 or back > filled or filled + size > length:
+            raise ValueError("snappy copy points outside the bytes decoded so far or past the declared length")
+        source = filled - back
+        if back >= size:
+            out[filled:filled + size] = out[source:source + size]
+        else:  # an overlapping copy repeats the last `back` bytes
+            pattern = bytes(out[source:filled])
+            out[filled:filled + size] = (pattern * (size // back + 1))[:size]
+        filled += size
+    if filled != length:
+        raise ValueError(f"snappy block holds {filled} bytes, not the {length} it declares")
+    return bytes(out)

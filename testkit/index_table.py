@@ -148,3 +148,56 @@ def write_index(path: Path, entries: list[tuple[bytes, bytes]]) -> None:
     index_handle = add_block(_block([(last_key + b"\xff", data_handle)]))
     footer = (meta_handle + index_handle).ljust(FOOTER - 8, b"\x00") + struct.pack("<Q", MAGIC)
     path.write_bytes(bytes(out + footer))
+
+
+def _footer_handles(data: bytes) -> tuple[tuple[int, int], tuple[int, int]]:
+    footer = data[-FOOTER:]
+    meta_offset, meta_size, pos = _handle(footer, 0)
+    index_offset, index_size, _ = _handle(footer, pos)
+    return (meta_offset, meta_size), (index_offset, index_size)
+
+
+def _uncompressed_index_block(data: bytes) -> list[tuple[bytes, bytes]]:
+    _, (offset, size) = _footer_handles(data)
+    if data[offset + size] != 0:
+        raise ValueError("the index block itself is compressed; this helper reads plain index blocks only")
+    return _block_entries(data[offset:offset + size])
+
+
+def data_block_compressions(path: Path) -> list[int]:
+    """The compression byte of every data block (0 none, 1 snappy), read from the block trailers."""
+    data = path.read_bytes()
+    compressions = []
+    for _, handle in _uncompressed_index_block(data):
+        offset, size, _ = _handle(handle, 0)
+        compressions.append(data[offset + size])
+    return compressions
+
+
+def compress_data_blocks(path: Path, compress) -> list[tuple[int, int]]:
+    """Rewrite an uncompressed index with each data block replaced by `compress(block)` and marked snappy
+    (compression byte 1), with valid checksums; the blocks' contents stay exactly as their writer made them.
+    Returns (plain size, compressed size) per block."""
+    data = path.read_bytes()
+    (meta_offset, meta_size), _ = _footer_handles(data)
+    out = bytearray()
+
+    def add_block(contents: bytes, compression: int) -> bytes:
+        handle = varint(len(out)) + varint(len(contents))
+        trailer = bytes([compression])
+        out.extend(contents + trailer + struct.pack("<I", masked_crc(contents + trailer)))
+        return handle
+
+    sizes, index_entries = [], []
+    for key, handle in _uncompressed_index_block(data):
+        offset, size, _ = _handle(handle, 0)
+        if data[offset + size] != 0:
+            raise ValueError("a data block is compressed already")
+        packed = bytes(compress(data[offset:offset + size]))
+        sizes.append((size, len(packed)))
+        index_entries.append((key, add_block(packed, 1)))
+    meta_handle = add_block(data[meta_offset:meta_offset + meta_size], data[meta_offset + meta_size])
+    index_handle = add_block(_block(index_entries), 0)
+    footer = (meta_handle + index_handle).ljust(FOOTER - 8, b"\x00") + struct.pack("<Q", MAGIC)
+    path.write_bytes(bytes(out + footer))
+    return sizes
