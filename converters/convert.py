@@ -41,7 +41,6 @@ from converters.writers import (
     Writer,
     cast,
     parse_size,
-    prepare_cast,
     storage_dtype,
     torch_layout,
     transpose,
@@ -219,7 +218,6 @@ def convert_checkpoint(
     output_dir = Path(output_dir)
     factories = _writer_factories(formats, options)
     labels = read_labels(options.labels) if options.labels is not None else None
-    prepare_cast(options.dtype)
     with CheckpointReader(prefix) as reader:
         config = load_config(reader.prefix, options)
         task_head = detect_task_head(reader, options)
@@ -292,31 +290,47 @@ def _stream(reader: CheckpointReader, mappings: Sequence[TensorMapping], writers
             options: ConvertOptions, hasher: FileHasher | None = None) -> None:
     total = sum(reader.entries[m.source].nbytes for m in mappings)
     progress = _progress(total, options.quiet)
-    # Every slice is read into one of a few buffers allocated here, and cast and transposed into three more
-    # (see converters/pipeline.py): memory stays bounded by design, whatever the model.
+    # Every slice is read into one of a few buffers allocated here, cast into one of a few more, and
+    # transposed into two more (see converters/pipeline.py): memory stays bounded by design, whatever the model.
     # One slice being converted here, READ_AHEAD_SLICES queued, one being read: with that many buffers the
     # reader never waits for a buffer, only for room in the queue.
-    buffers = BufferPool(READ_AHEAD_SLICES + 2, max((_slice_bytes(reader, m, options) for m in mappings), default=0))
-    cast_out, transposed_out, tf_out = ScratchArray(), ScratchArray(), ScratchArray()
+    largest = max((_slice_bytes(reader, m, options) for m in mappings), default=0)
+    buffers = BufferPool(READ_AHEAD_SLICES + 2, largest)
     target = storage_dtype(options.dtype)
-    try:
-        # Reading and CRC checks run a few slices ahead in a thread of their own (see converters/pipeline.py);
-        # this thread casts, transposes and writes. On two cores that split balances the work best.
-        layouts = {writer.layout for writer in writers}
-        for mapping, chunk in read_ahead(_slices(reader, mappings, options, buffers), depth=READ_AHEAD_SLICES):
-            out = cast_out.array(chunk.shape, target) if mapping.source_dtype != options.dtype else None
+    cast_bytes = max((_slice_bytes(reader, m, options) // _source_itemsize(m) * target.itemsize
+                      for m in mappings if m.source_dtype != options.dtype), default=0)
+    cast_buffers = BufferPool(READ_AHEAD_SLICES + 2, cast_bytes)
+    transposed_out, tf_out = ScratchArray(), ScratchArray()
+
+    def read_and_cast() -> Iterator[tuple[TensorMapping, np.ndarray, int]]:
+        """(mapping, slice in the target dtype, its size in the checkpoint), read, checked and cast in the
+        read-ahead thread: the casts (float16's costs as much CPU as reading, checking and writing the slice)
+        run on one core while this thread transposes and writes on the other."""
+        for mapping, chunk in _slices(reader, mappings, options, buffers):
+            if mapping.source_dtype == options.dtype:
+                yield mapping, chunk, chunk.nbytes
+                continue
+            out = cast_buffers.take(chunk.size * target.itemsize).view(target).reshape(chunk.shape)
             converted = cast(chunk, mapping.source_dtype, options.dtype, out)
-            out = tf_out.array(chunk.shape[::-1], target) if mapping.tf_transpose else None
+            buffers.give_back(chunk)
+            yield mapping, converted, chunk.nbytes
+
+    try:
+        # Reading, CRC checks and casts run a few slices ahead in a thread of their own (see
+        # converters/pipeline.py); this thread transposes and writes (the writers' own threads do the I/O).
+        layouts = {writer.layout for writer in writers}
+        for mapping, converted, source_bytes in read_ahead(read_and_cast(), depth=READ_AHEAD_SLICES):
+            out = tf_out.array(converted.shape[::-1], target) if mapping.tf_transpose else None
             arrays = {"tf": tf_layout(mapping, converted, out)}
             if "torch" in layouts:
-                out = transposed_out.array(chunk.shape[::-1], target) if mapping.transpose else None
+                out = transposed_out.array(converted.shape[::-1], target) if mapping.transpose else None
                 arrays["torch"] = torch_layout(mapping, converted, out)
             for writer in writers:
                 writer.add(mapping, arrays[writer.layout])
-            buffers.give_back(chunk)
+            (buffers if mapping.source_dtype == options.dtype else cast_buffers).give_back(converted)
             if hasher is not None:
                 hasher.advance({path: n for writer in writers for path, n in writer.finished_bytes().items()})
-            progress.update(chunk.nbytes)
+            progress.update(source_bytes)
     finally:
         progress.close()
 
@@ -325,6 +339,10 @@ def tf_layout(mapping: TensorMapping, chunk: np.ndarray, out: np.ndarray | None 
     """Keras kernels are [in, out] like TF1's: only BERT's [out, in] output_weights (read whole) turn,
     into `out` (shape reversed) if given."""
     return transpose(chunk, out) if mapping.tf_transpose else chunk
+
+
+def _source_itemsize(mapping: TensorMapping) -> int:
+    return 2 if mapping.source_dtype == "bfloat16" else np.dtype(mapping.source_dtype).itemsize
 
 
 def _read_whole(mapping: TensorMapping) -> bool:
