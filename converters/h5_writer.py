@@ -81,7 +81,9 @@ class H5Writer(Writer):
         self.path = Path(directory) / TF_WEIGHTS_NAME
         ordered = sorted(self.mappings, key=keras_order)
         self.layers = list(dict.fromkeys(top_level_layer(m.tf_name) for m in ordered))
-        self.file = h5py.File(self.path, "w", track_order=False)
+        # Every dataset starts on a 64-byte boundary in the file, so verify can map it and hand the mapping to
+        # TensorFlow without a copy (TensorFlow requires 64-byte aligned buffers); Keras reads it as usual.
+        self.file = h5py.File(self.path, "w", track_order=False, alignment_threshold=1, alignment_interval=64)
         save_attribute(self.file, "layer_names", [name.encode("utf-8") for name in self.layers])
         self.file.attrs["backend"] = b"tensorflow"
         for layer in self.layers:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +157,8 @@ class _H5File:
             self.file = h5py.File(path, "r")
         except OSError as exc:
             raise UserError(f"{path} is not a readable HDF5 file ({exc}); convert the checkpoint again") from exc
+        self.path = path
+        self.lock = threading.Lock()
         self.datasets: dict[str, Any] = {}
         self.loaded: dict[str, np.ndarray] = {}
         self.file.visititems(lambda name, item: self.datasets.__setitem__(name, item)
@@ -170,15 +173,29 @@ class _H5File:
         return {name: (tuple(d.shape), str(d.dtype)) for name, d in self.datasets.items()}
 
     def array(self, name: str) -> np.ndarray:
-        """The whole dataset, read once into a 64-byte aligned array and kept: the functional proof hands the
-        same arrays to TensorFlow (`validation.parity`), so the file is read once for both proofs."""
-        if name not in self.loaded:
-            dataset = self.datasets[name]
-            array = aligned_empty(dataset.shape, dataset.dtype)
-            if array.size:
-                dataset.read_direct(array)
-            self.loaded[name] = array
-        return self.loaded[name]
+        """The whole dataset as a 64-byte aligned array, kept: the functional proof hands the same arrays to
+        TensorFlow (`validation.parity`), so the file is read once for both proofs. A contiguous, uncompressed
+        dataset on a 64-byte boundary (what convert writes) is memory-mapped copy-on-write (nothing ever writes
+        to it): no copy, no read call, the page cache's pages themselves; any other is read into memory."""
+        with self.lock:  # the tensor proof and the functional proof may ask for the same dataset at once
+            if name not in self.loaded:
+                mapped = self._map(self.datasets[name])
+                self.loaded[name] = mapped if mapped is not None else self._read(self.datasets[name])
+            return self.loaded[name]
+
+    def _map(self, dataset) -> np.ndarray | None:
+        offset = dataset.id.get_offset()
+        if (dataset.chunks is not None or dataset.compression is not None or offset is None or offset % 64
+                or dataset.size == 0 or dataset.dtype.kind != "f" or not dataset.dtype.isnative):
+            return None
+        return np.memmap(self.path, dtype=dataset.dtype, mode="c", offset=offset, shape=dataset.shape)
+
+    @staticmethod
+    def _read(dataset) -> np.ndarray:
+        array = aligned_empty(dataset.shape, dataset.dtype)
+        if array.size:
+            dataset.read_direct(array)
+        return array
 
     def rows(self, name: str, start: int, stop: int) -> np.ndarray:
         array = self.array(name)
