@@ -16,6 +16,7 @@ import math
 import os
 import re
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +144,7 @@ class CheckpointReader:
         # For every variable, its data as (region, entry) pieces: the whole tensor, or each saved slice.
         self.pieces = {name: _pieces(entry, slice_entries) for name, entry in self.entries.items()}
         self._files: dict[int, int] = {}
+        self._files_lock = threading.Lock()  # verify reads from two threads (the reference, the tensor proof)
         self._check_data_extents()
 
     def _check_data_extents(self) -> None:
@@ -189,9 +191,10 @@ class CheckpointReader:
         self.close()
 
     def _fd(self, shard: int) -> int:
-        if shard not in self._files:
-            self._files[shard] = os.open(self.data_path(shard), os.O_RDONLY)
-        return self._files[shard]
+        with self._files_lock:
+            if shard not in self._files:
+                self._files[shard] = os.open(self.data_path(shard), os.O_RDONLY)
+            return self._files[shard]
 
     def read(self, name: str) -> np.ndarray:
         """The whole tensor (CRC checked). For big tensors prefer `iter_rows`."""

@@ -31,7 +31,9 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
@@ -442,32 +444,47 @@ def verify_conversion(
 
     with CheckpointReader(prefix) as reader:
         plan = tensor_proof.plan_for(reader, converted, config)
-        truth = None
         head_weights = dict(seeded_task_heads(config, specs, seed), **(task_head_weights or {}))
         if finetuned is not None and finetuned in specs:
             from rembert_ref.numpy_reference import original_head_weights
 
             _, weight, bias = original_head_weights(CheckpointWeights(reader))  # the checkpoint's own head
             head_weights[finetuned] = (weight, bias)
-        if functional and specs:
-            say("functional: float64 reference of the original graph")
-            truth = _reference(CheckpointWeights(reader), original, inputs, activation, plan.output_embedding,
-                               specs, head_weights)
-            report.seconds["reference"] = time.perf_counter() - clock
-        digests: dict[str, dict[str, str]] = {}
-        for fmt, handle in tensor_proof.iter_formats(converted, found):
+        root = tensor_proof.keras_root(config)
+
+        def timed(key: str, work: Callable[[], Any]) -> Any:
             started = time.perf_counter()
-            if tensors:
-                rows, digests[fmt] = tensor_proof.prove_format(reader, plan, handle, fmt, dtype,
-                                                               tensor_proof.keras_root(config), say)
-                report.tensor_rows += rows
-            report.seconds[f"tensors {fmt}"] = time.perf_counter() - started
-            if truth is not None:
-                started = time.perf_counter()
-                say(f"functional: {len(specs)} heads in {fmt}")
-                checker = _Checker(report, config, inputs, truth, atol, rtol, specs, head_weights)
-                checker.run_format(fmt, handle, converted)
-                report.seconds[f"functional {fmt}"] = time.perf_counter() - started
+            result = work()
+            report.seconds[key] = time.perf_counter() - started
+            return result
+
+        digests: dict[str, dict[str, str]] = {}
+        # Two plain threads, so both cores work: the tensor proof of a format runs beside the functional proof
+        # of the same format (the same mapped files, so still one format in memory), and the float64 reference
+        # beside the first format's tensor proof. The heavy parts (reads, numpy, torch, TensorFlow) release the
+        # GIL; each thread's results are collected here, in order, so the report is the same as one thread's.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify") as helpers:
+            truth_job = None
+            if functional and specs:
+                say("functional: float64 reference of the original graph")
+                truth_job = helpers.submit(timed, "reference", lambda: _reference(
+                    CheckpointWeights(reader), original, inputs, activation, plan.output_embedding, specs,
+                    head_weights))
+            for fmt, handle in tensor_proof.iter_formats(converted, found):
+                tensor_job = None
+                if tensors:
+                    tensor_job = helpers.submit(timed, f"tensors {fmt}", partial(
+                        tensor_proof.prove_format, reader, plan, handle, fmt, dtype, root, say))
+                try:
+                    if truth_job is not None:
+                        truth = truth_job.result()
+                        say(f"functional: {len(specs)} heads in {fmt}")
+                        checker = _Checker(report, config, inputs, truth, atol, rtol, specs, head_weights)
+                        timed(f"functional {fmt}", partial(checker.run_format, fmt, handle, converted))
+                finally:  # the format is closed after this: its tensor proof must be done with it first
+                    if tensor_job is not None:
+                        rows, digests[fmt] = tensor_job.result()
+                        report.tensor_rows += rows
         if tensors:
             report.tensor_rows += tensor_proof.agreement_rows(plan, digests)
     report.seconds["total"] = time.perf_counter() - clock

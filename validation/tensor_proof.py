@@ -97,6 +97,7 @@ class _SafetensorsFiles:
                 raise UserError(f"{index} is not a valid index with a weight_map ({exc}); convert again") from exc
             shards = sorted(set(weight_map.values()))
         self.handles: dict[str, Any] = {}
+        self.lock = threading.Lock()
         self.loaded: dict[str, Any] = {}
         self.where: dict[str, str] = {}
         self.duplicates = []
@@ -134,9 +135,10 @@ class _SafetensorsFiles:
     def tensor(self, name: str):
         """The whole tensor as safe_open gives it: backed by the file's mapping, so the rows this proof reads
         and the model the functional proof builds share the same pages (one copy in memory, not two)."""
-        if name not in self.loaded:
-            self.loaded[name] = self.handles[self.where[name]].get_tensor(name)
-        return self.loaded[name]
+        with self.lock:  # the two proofs may ask for the same tensor at once: one mapping, not two
+            if name not in self.loaded:
+                self.loaded[name] = self.handles[self.where[name]].get_tensor(name)
+            return self.loaded[name]
 
     def rows(self, name: str, start: int, stop: int) -> np.ndarray:
         tensor = self.tensor(name)
