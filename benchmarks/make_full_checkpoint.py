@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import struct
 import sys
 import time
 from collections.abc import Iterator
@@ -31,8 +30,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
+from testkit.index_table import encode_proto, index_bytes, shape_proto  # noqa: E402
 from testkit.synthetic_checkpoint import SLOTS, VariableSpec, _generator, variable_groups  # noqa: E402
-from converters.tf1_checkpoint import TABLE_MAGIC, mask_crc  # noqa: E402
+from converters.tf1_checkpoint import mask_crc  # noqa: E402
 from converters.writers import cast  # noqa: E402
 
 # Google's released RemBERT bert_config.json.
@@ -56,77 +56,29 @@ STEP = 0  # writes model.ckpt-0
 INDEX_BLOCK_BYTES = 16 << 10  # TensorFlow's table blocks are small too; several blocks exercise the index
 
 
-# -- protobuf and table encoding (the inverse of converters/tf1_checkpoint.py's parser) ----------------------
+# -- the index: protobuf messages in testkit's table writer ---------------------------------------------------
 
 
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1  # negative int64 fields are 10-byte varints
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _field_varint(number: int, value: int) -> bytes:
-    return _varint(number << 3) + _varint(value) if value else b""  # proto3 leaves zeros out
-
-
-def _field_bytes(number: int, value: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(value)) + value
+def _proto(*fields: tuple[int, int, int | bytes]) -> bytes:
+    """Fields of one message, zeros left out as proto3 leaves them out."""
+    return encode_proto([field for field in fields if field[2]])
 
 
 def bundle_header(num_shards: int = 1) -> bytes:
     """BundleHeaderProto: num_shards, endianness LITTLE (0, omitted), version {producer: 1}."""
-    return _field_varint(1, num_shards) + _field_bytes(3, _field_varint(1, 1))
+    return _proto((1, 0, num_shards), (3, 2, _proto((1, 0, 1))))
 
 
 def bundle_entry(dtype: str, shape: tuple[int, ...], shard: int, offset: int, size: int,
                  crc32c: int) -> bytes:
     """BundleEntryProto: dtype, shape (TensorShapeProto of dims), shard_id, offset, size, masked crc32c."""
-    dims = b"".join(_field_bytes(2, _field_varint(1, d)) for d in shape)
-    return (_field_varint(1, TF_DTYPE_CODES[dtype]) + _field_bytes(2, dims) + _field_varint(3, shard)
-            + _field_varint(4, offset) + _field_varint(5, size)
-            + _varint(6 << 3 | 5) + struct.pack("<I", crc32c))
-
-
-def _block(entries: list[tuple[bytes, bytes]]) -> bytes:
-    """A table block with every entry a restart point (no key sharing): simple and valid for every reader."""
-    body, restarts = bytearray(), []
-    for key, value in entries:
-        restarts.append(len(body))
-        body += _varint(0) + _varint(len(key)) + _varint(len(value)) + key + value
-    body += b"".join(struct.pack("<I", r) for r in restarts or [0]) + struct.pack("<I", len(restarts or [0]))
-    return bytes(body)
-
-
-def _append_block(out: bytearray, block: bytes) -> bytes:
-    """Append block + trailer (no compression, masked CRC32C of block and type byte); return its handle."""
-    handle = _varint(len(out)) + _varint(len(block))
-    out += block + b"\x00" + struct.pack("<I", mask_crc(google_crc32c.value(block + b"\x00")))
-    return handle
+    return encode_proto([(1, 0, TF_DTYPE_CODES[dtype]), (2, 2, shape_proto(list(shape)))]) + _proto(
+        (3, 0, shard), (4, 0, offset), (5, 0, size)) + encode_proto([(6, 5, crc32c)])
 
 
 def index_table(entries: dict[bytes, bytes]) -> bytes:
     """The `.index` file: sorted entries in data blocks, an index block, an empty metaindex, the footer."""
-    out = bytearray()
-    index_entries, block, block_bytes = [], [], 0
-    for key in sorted(entries):
-        block.append((key, entries[key]))
-        block_bytes += len(key) + len(entries[key])
-        if block_bytes >= INDEX_BLOCK_BYTES:
-            index_entries.append((key, _append_block(out, _block(block))))  # the block's last key separates
-            block, block_bytes = [], 0
-    if block:
-        index_entries.append((block[-1][0], _append_block(out, _block(block))))
-    meta_handle = _append_block(out, _block([]))
-    index_handle = _append_block(out, _block(index_entries))
-    footer = (meta_handle + index_handle).ljust(40, b"\x00") + struct.pack("<Q", TABLE_MAGIC)
-    return bytes(out + footer)
+    return index_bytes(sorted(entries.items()), INDEX_BLOCK_BYTES)
 
 
 # -- values, in row slices -----------------------------------------------------------------------------------

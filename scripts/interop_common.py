@@ -3,9 +3,12 @@ lines, the tokenizer as transformers' AutoTokenizer gives it, and running the ca
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 failures: list[str] = []
 
@@ -61,3 +64,36 @@ def card_snippet(bundle: Path, name: str) -> str | None:
 def last_line(run: subprocess.CompletedProcess) -> str:
     text = (run.stdout if run.returncode == 0 else run.stderr).strip()
     return text.splitlines()[-1][-300:] if text else ""
+
+
+TOLERANCE = 1e-5
+
+
+def max_diff(a, b) -> tuple[float, int]:
+    """Max abs difference over two nested outputs (torch or TensorFlow tensors, arrays), and how many tensors
+    were compared."""
+    if a is None or b is None:
+        return (float("inf"), 0) if (a is None) != (b is None) else (0.0, 0)
+    if isinstance(a, (tuple, list)):
+        if len(a) != len(b):
+            return float("inf"), 0
+        parts = [max_diff(x, y) for x, y in zip(a, b, strict=True)]
+        return max([0.0] + [p[0] for p in parts]), sum(p[1] for p in parts)
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return float("inf"), 0
+    return (float(np.max(np.abs(a - b))) if a.size else 0.0), 1
+
+
+def check_outputs(name: str, mine, theirs, skip: str, num_layers: int, what: str) -> None:
+    """Every output field of our model's result against transformers' (fields named `skip` aside)."""
+    worst, count = 0.0, 0
+    for field in dataclasses.fields(mine):
+        if field.name == skip:
+            continue
+        diff, n = max_diff(getattr(mine, field.name), getattr(theirs, field.name, None))
+        worst, count = max(worst, diff), count + n
+        if diff >= TOLERANCE:
+            print(f"      {field.name}: max abs diff {diff:.3e}")
+    check(worst < TOLERANCE and count > 2 * num_layers, f"{name}: {what}",
+          f"{count} tensors, max abs diff {worst:.2e}")

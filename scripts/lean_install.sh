@@ -6,16 +6,11 @@
 #   LEAN_VENV=/tmp/venv-lean bash scripts/lean_install.sh      # default .venv-lean (gitignored)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/venv.sh
 VENV="${LEAN_VENV:-.venv-lean}"
-PYTHON="${PYTHON:-python3}"
-if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv "$VENV"
-fi
-if [ -n "${TORCH_INDEX_URL:-}" ]; then
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints.txt torch \
-        --index-url "$TORCH_INDEX_URL"
-fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints.txt .
+make_venv "$VENV"
+venv_torch "$VENV"
+venv_pip "$VENV" .
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cli="$VENV/bin/convert-rembert"

@@ -10,16 +10,10 @@
 #   PT5_INTEROP_VENV=/tmp/venv bash scripts/pt5_interop.sh --bundle out/tiny-rembert
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/venv.sh
 VENV="${PT5_INTEROP_VENV:-.venv-pt5-interop}"
-PYTHON="${PYTHON:-python3}"
-
-if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv "$VENV"
-fi
-if [ -n "${TORCH_INDEX_URL:-}" ]; then
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints.txt torch \
-        --index-url "$TORCH_INDEX_URL"
-fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints.txt . "transformers>=5,<6"
+make_venv "$VENV"
+venv_torch "$VENV"
+venv_pip "$VENV" . "transformers>=5,<6"
 # From the repository root, so that the check bundles with this checkout's code.
 "$VENV/bin/python" scripts/pt_interop_check.py "$@"

@@ -38,12 +38,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from interop_common import card_snippet, check, check_auto_tokenizer, failures, last_line, run_snippet  # noqa: E402
+from interop_common import (  # noqa: E402
+    TOLERANCE,
+    card_snippet,
+    check,
+    check_auto_tokenizer,
+    check_outputs,
+    failures,
+    last_line,
+    run_snippet,
+)  # noqa: E402
 
 from rembert_ref import torch_model as ours  # noqa: E402
 from rembert_ref.config import RemBertConfig  # noqa: E402
 
-TOLERANCE = 1e-5
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "examples" / "tiny-rembert"
 AUTO_CLASSES = {
     "RemBertModel": "AutoModel",
@@ -102,21 +110,6 @@ def inputs_for(name: str, config: RemBertConfig, rng: np.random.Generator) -> di
     return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64)) for k, v in base.items()}
 
 
-def max_diff(a, b) -> tuple[float, int]:
-    """Max abs difference over two nested outputs, and how many tensors were compared."""
-    if a is None or b is None:
-        return (float("inf"), 0) if (a is None) != (b is None) else (0.0, 0)
-    if isinstance(a, (tuple, list)):
-        if len(a) != len(b):
-            return float("inf"), 0
-        parts = [max_diff(x, y) for x, y in zip(a, b, strict=True)]
-        return max([0.0] + [p[0] for p in parts]), sum(p[1] for p in parts)
-    a, b = a.detach().double(), b.detach().double()
-    if a.shape != b.shape:
-        return float("inf"), 0
-    return (float((a - b).abs().max()) if a.numel() else 0.0), 1
-
-
 def check_class(name: str, bundle: Path, config: RemBertConfig, rng: np.random.Generator) -> None:
     import transformers
 
@@ -154,16 +147,7 @@ def check_class(name: str, bundle: Path, config: RemBertConfig, rng: np.random.G
     flags = {"output_hidden_states": True, "output_attentions": True}
     with torch.no_grad():
         mine, other = model(**inputs, **flags), theirs(**inputs, **flags)
-    worst, count = 0.0, 0
-    for field in dataclasses.fields(mine):
-        if field.name == "past_key_values":
-            continue
-        diff, n = max_diff(getattr(mine, field.name), getattr(other, field.name, None))
-        worst, count = max(worst, diff), count + n
-        if diff >= TOLERANCE:
-            print(f"      {field.name}: max abs diff {diff:.3e}")
-    check(worst < TOLERANCE and count > 2 * config.num_hidden_layers, f"{name}: outputs within 1e-5 of ours",
-          f"{count} tensors, max abs diff {worst:.2e}")
+    check_outputs(name, mine, other, "past_key_values", config.num_hidden_layers, "outputs within 1e-5 of ours")
 
 
 def check_truncation(bundle: Path, config: RemBertConfig) -> None:

@@ -11,15 +11,11 @@
 #   TF_INTEROP_VENV=/tmp/venv bash scripts/tf_interop.sh --keep out/interop
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/venv.sh
 VENV="${TF_INTEROP_VENV:-.venv-tf-interop}"
-PYTHON="${PYTHON:-python3}"
-
-if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv "$VENV"
-fi
+make_venv "$VENV"
 # tf-keras must have the same minor version as TensorFlow.
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "tensorflow-cpu==2.21.*" "transformers==4.57.*" "h5py>=3.10" "numpy>=1.26" "google-crc32c>=1.5" \
+venv_pip "$VENV" "tensorflow-cpu==2.21.*" "transformers==4.57.*" "h5py>=3.10" "numpy>=1.26" "google-crc32c>=1.5" \
     "tqdm>=4.66" "click>=8.1" "sentencepiece>=0.2" "protobuf>=3.20"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "tf-keras==2.21.*"
+venv_pip "$VENV" --no-deps "tf-keras==2.21.*"
 TF_CPP_MIN_LOG_LEVEL=2 PYTHONPATH=. "$VENV/bin/python" scripts/tf_interop_check.py "$@"

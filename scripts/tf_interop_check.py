@@ -39,14 +39,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from interop_common import card_snippet, check, check_auto_tokenizer, failures, last_line, run_snippet  # noqa: E402
+from interop_common import (  # noqa: E402
+    TOLERANCE,
+    card_snippet,
+    check,
+    check_auto_tokenizer,
+    check_outputs,
+    failures,
+    last_line,
+    run_snippet,
+)  # noqa: E402
 
 from converters.convert import ConvertOptions, convert_checkpoint  # noqa: E402
 from rembert_ref import tf_model as ours  # noqa: E402
 from rembert_ref.config import RemBertConfig  # noqa: E402
 from rembert_ref.tf_model import _h5_attribute  # noqa: E402
 
-TOLERANCE = 1e-5
 POOLER = {"rembert/pooler/dense/kernel:0", "rembert/pooler/dense/bias:0"}
 TASK_HEADS = {"classifier", "qa_outputs"}
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "examples" / "tiny-rembert"
@@ -97,23 +105,6 @@ def to_transformers(config: RemBertConfig):
     return transformers.RemBertConfig(**values, num_labels=config.num_labels)
 
 
-def max_diff(a, b) -> tuple[float, int]:
-    """Max abs difference over two nested outputs, and how many tensors were compared."""
-    if a is None or b is None:
-        if (a is None) != (b is None):
-            return float("inf"), 0
-        return 0.0, 0
-    if isinstance(a, (tuple, list)):
-        if len(a) != len(b):
-            return float("inf"), 0
-        parts = [max_diff(x, y) for x, y in zip(a, b, strict=True)]
-        return max([0.0] + [p[0] for p in parts]), sum(p[1] for p in parts)
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape:
-        return float("inf"), 0
-    return (float(np.max(np.abs(a - b))) if a.size else 0.0), 1
-
-
 def check_class(name: str, directory: Path, base_config: RemBertConfig, rng: np.random.Generator) -> None:
     import transformers
 
@@ -151,16 +142,7 @@ def check_class(name: str, directory: Path, base_config: RemBertConfig, rng: np.
         flags["use_cache"] = True
     theirs = hf_model({k: tf.constant(v) for k, v in inputs.items()}, training=False, **flags)
     mine = model(**{k: tf.constant(v) for k, v in inputs.items()}, **flags)
-    worst, count = 0.0, 0
-    for field in dataclasses.fields(mine):
-        if field.name == "loss":
-            continue
-        diff, n = max_diff(getattr(mine, field.name), getattr(theirs, field.name, None))
-        worst, count = max(worst, diff), count + n
-        if diff >= TOLERANCE:
-            print(f"      {field.name}: max abs diff {diff:.3e}")
-    check(worst < TOLERANCE and count > 2 * config.num_hidden_layers, f"{name}: outputs match ours",
-          f"{count} tensors, max abs diff {worst:.2e}")
+    check_outputs(name, mine, theirs, "loss", config.num_hidden_layers, "outputs match ours")
     if "labels" in inputs or "start_positions" in inputs:
         diff = abs(float(mine.loss) - float(np.mean(theirs.loss)))
         check(diff < TOLERANCE, f"{name}: loss matches ours", f"ours {float(mine.loss):.6f}, "

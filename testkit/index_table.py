@@ -133,8 +133,9 @@ def _block(entries: list[tuple[bytes, bytes]]) -> bytes:
     return bytes(out + struct.pack("<II", 0, 1))
 
 
-def write_index(path: Path, entries: list[tuple[bytes, bytes]]) -> None:
-    """An index file holding `entries` in one data block, with valid checksums."""
+def index_bytes(entries: list[tuple[bytes, bytes]], block_bytes: int = 1 << 62) -> bytes:
+    """A whole index file holding `entries` in the order given (a valid table needs them sorted), in data
+    blocks of about `block_bytes`, with valid checksums; each block's last key separates it in the index."""
     out = bytearray()
 
     def add_block(contents: bytes) -> bytes:
@@ -142,12 +143,24 @@ def write_index(path: Path, entries: list[tuple[bytes, bytes]]) -> None:
         out.extend(contents + b"\x00" + struct.pack("<I", masked_crc(contents + b"\x00")))
         return handle
 
-    data_handle = add_block(_block(entries))
+    index_entries, block, size = [], [], 0
+    for key, value in entries:
+        block.append((key, value))
+        size += len(key) + len(value)
+        if size >= block_bytes:
+            index_entries.append((key, add_block(_block(block))))
+            block, size = [], 0
+    if block or not index_entries:
+        index_entries.append((block[-1][0] if block else b"", add_block(_block(block))))
     meta_handle = add_block(_block([]))
-    last_key = max((key for key, _ in entries), default=b"")
-    index_handle = add_block(_block([(last_key + b"\xff", data_handle)]))
+    index_handle = add_block(_block(index_entries))
     footer = (meta_handle + index_handle).ljust(FOOTER - 8, b"\x00") + struct.pack("<Q", MAGIC)
-    path.write_bytes(bytes(out + footer))
+    return bytes(out + footer)
+
+
+def write_index(path: Path, entries: list[tuple[bytes, bytes]]) -> None:
+    """An index file holding `entries` in one data block, with valid checksums."""
+    path.write_bytes(index_bytes(entries))
 
 
 def _footer_handles(data: bytes) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -412,10 +412,10 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny-bleurt"
 def test_the_shipped_bleurt_example_is_what_its_script_writes(tmp_path):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("make_bleurt_example", EXAMPLE.parent / "make_bleurt_example.py")
+    spec = importlib.util.spec_from_file_location("make_examples", EXAMPLE.parent / "make_examples.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    fresh = write_tf1_saved_model(tmp_path / "fresh", script.EXAMPLE_CONFIG, "bleurt", seed=2020,
+    fresh = write_tf1_saved_model(tmp_path / "fresh", script.BLEURT_CONFIG, "bleurt", seed=script.BLEURT_SEED,
                                   spm_model=EXAMPLE / "sent_piece.model")
     for name in ("variables/variables.index", "variables/variables.data-00000-of-00001", "bert_config.json",
                  "bleurt_config.json"):
