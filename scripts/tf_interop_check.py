@@ -39,16 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from interop_common import (  # noqa: E402
-    TOLERANCE,
-    card_snippet,
-    check,
-    check_auto_tokenizer,
-    check_outputs,
-    failures,
-    last_line,
-    run_snippet,
-)  # noqa: E402
+from interop_common import TOLERANCE, card_snippet, check, check_auto_tokenizer, check_outputs  # noqa: E402
+from interop_common import failures, last_line, run_snippet  # noqa: E402
 
 from converters.convert import ConvertOptions, convert_checkpoint  # noqa: E402
 from rembert_ref import tf_model as ours  # noqa: E402

@@ -184,44 +184,29 @@ def config_declaration(draw):
 # -- the properties ------------------------------------------------------------------------------------------------
 
 
-@settings(FUZZ_SETTINGS, max_examples=70)
-@given(mutate=byte_mutation())
-def fuzz_index_bytes(mutate):
-    run_case(INDEX, mutate)
+def fuzz_property(name: str, target: str, strategy, max_examples: int):
+    """A hypothesis property: `strategy`'s mutations of the example's `target` file, each one run_case."""
+
+    @settings(FUZZ_SETTINGS, max_examples=max_examples)
+    @given(mutate=strategy())
+    def fuzz(mutate):
+        run_case(target, mutate)
+
+    fuzz.__name__ = name
+    return fuzz
 
 
-@settings(FUZZ_SETTINGS, max_examples=110)
-@given(mutate=index_declaration())
-def fuzz_index_declarations(mutate):
-    run_case(INDEX, mutate)
+PROPERTIES = [
+    fuzz_property("fuzz_index_bytes", INDEX, byte_mutation, 70),
+    fuzz_property("fuzz_index_declarations", INDEX, index_declaration, 110),
+    fuzz_property("fuzz_data_bytes", DATA, byte_mutation, 50),
+    fuzz_property("fuzz_config_bytes", CONFIG, byte_mutation, 40),
+    fuzz_property("fuzz_config_values", CONFIG, config_declaration, 80),
+    fuzz_property("fuzz_sentencepiece_bytes", SPM, byte_mutation, 60),
+]
 
 
-@settings(FUZZ_SETTINGS, max_examples=50)
-@given(mutate=byte_mutation())
-def fuzz_data_bytes(mutate):
-    run_case(DATA, mutate)
-
-
-@settings(FUZZ_SETTINGS, max_examples=40)
-@given(mutate=byte_mutation())
-def fuzz_config_bytes(mutate):
-    run_case(CONFIG, mutate)
-
-
-@settings(FUZZ_SETTINGS, max_examples=80)
-@given(mutate=config_declaration())
-def fuzz_config_values(mutate):
-    run_case(CONFIG, mutate)
-
-
-@settings(FUZZ_SETTINGS, max_examples=60)
-@given(mutate=byte_mutation())
-def fuzz_sentencepiece_bytes(mutate):
-    run_case(SPM, mutate)
-
-
-@pytest.mark.parametrize("fuzz", [fuzz_index_bytes, fuzz_index_declarations, fuzz_data_bytes, fuzz_config_bytes,
-                                  fuzz_config_values, fuzz_sentencepiece_bytes], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("fuzz", PROPERTIES, ids=lambda f: f.__name__)
 def test_bad_bytes_never_crash(fuzz, capsys):
     tried_before, outcomes_before = sum(TRIED.values()), Counter(OUTCOMES)
     fuzz()
