@@ -402,3 +402,48 @@ def test_bf16_tensors_are_cast_exact(tiny_ckpt, tmp_path):
                                                                                           dtype="bfloat16"))
     report = verify_conversion(tiny_ckpt.prefix, out, heads=BASE_HEADS)
     assert report.passed and {r.dtype for r in report.tensor_rows if r.check == "values"} == {"bfloat16"}
+
+
+def test_h5_datasets_are_mapped_when_aligned_and_read_otherwise(tiny_ckpt, tmp_path):
+    """convert aligns tf_model.h5's datasets so verify maps them (no copy for TensorFlow); a file whose datasets
+    are not aligned (h5py's default layout) is read into memory instead, and both prove the same."""
+    import h5py
+
+    from validation.tensor_proof import open_format
+
+    out = tmp_path / "h5"
+    convert_checkpoint(tiny_ckpt.prefix, out, ["tf2"], ConvertOptions(quiet=True))
+    unaligned = tmp_path / "unaligned"
+    shutil.copytree(out, unaligned)
+    (unaligned / "tf_model.h5").unlink()
+    with h5py.File(out / "tf_model.h5", "r") as source, h5py.File(unaligned / "tf_model.h5", "w") as copy:
+        for key, value in source.attrs.items():
+            copy.attrs[key] = value
+        for name in source:
+            source.copy(source[name], copy, name=name)
+    arrays = {}
+    for folder, mapped in ((out, True), (unaligned, False)):
+        handle = open_format(folder, "tf2")
+        with h5py.File(folder / "tf_model.h5", "r") as plain:
+            for name in handle.datasets:
+                array = handle.array(name)
+                on_boundary = plain[name].id.get_offset() % 64 == 0
+                assert on_boundary or not mapped  # convert aligns every dataset
+                assert isinstance(array, np.memmap) == on_boundary, (folder.name, name)
+                assert array.ctypes.data % 64 == 0
+                np.testing.assert_array_equal(array, plain[name][()])
+                arrays.setdefault(name, []).append(np.array(array))
+        handle.close()
+        report = verify_conversion(tiny_ckpt.prefix, folder, heads=BASE_HEADS)
+        assert report.passed and report.formats == ["tf2"], folder.name
+    unaligned_offsets = [ds.id.get_offset() % 64 for ds in _datasets(unaligned / "tf_model.h5")]
+    assert any(unaligned_offsets)  # the copy really is unaligned, so the read path ran
+
+
+def _datasets(path: Path) -> list:
+    import h5py
+
+    found = []
+    file = h5py.File(path, "r")
+    file.visititems(lambda name, item: found.append(item) if isinstance(item, h5py.Dataset) else None)
+    return found

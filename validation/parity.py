@@ -14,7 +14,8 @@ the same in every format and in the float64 reference; a head the checkpoint pro
 `HEAD_SPECS` with its weights passed in `task_head_weights`.
 
 Cost at full size: one format's model is in memory at a time, memory-mapped (pytorch_model.bin, safetensors)
-or read once into TF variables (tf_model.h5); the reference reads one layer's weights at a time. Every head of a
+or, for tf_model.h5, each dataset mapped and handed to TensorFlow through DLPack (convert aligns them; other
+files are read once into memory); the reference reads one layer's weights at a time. Every head of a
 format shares one copy of the weights, and the heads that run the same encoder on the same inputs share its
 result (`_SharedEncoder`): each head's own forward still runs (its loading, reshaping, pooling and head layers),
 the 32-layer encoder runs once per format for the bidirectional heads and once for the causal LM.
