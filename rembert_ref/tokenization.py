@@ -82,6 +82,10 @@ def read_sentencepiece(path: str | Path) -> SpmInfo:
         raise UserError(f"{path} uses treat_whitespace_as_suffix, which tokenizers cannot express; "
                         "retrain without it")
     pieces = [(p.piece, float(p.score), int(p.type)) for p in proto.pieces]
+    broken = next((i for i, (piece, _, _) in enumerate(pieces) if not isinstance(piece, str)), None)
+    if broken is not None:  # protobuf hands a string field that is not UTF-8 back as bytes
+        raise UserError(f"{path} is not a valid SentencePiece model (piece {broken} is not UTF-8 text); pass the "
+                        ".model file the checkpoint was trained with")
     ids = {piece: i for i, (piece, _, _) in enumerate(pieces)}
     unk_ids = [i for i, (_, _, t) in enumerate(pieces) if t == UNKNOWN]
     missing = [s for s in REQUIRED_SPECIALS if s not in ids]

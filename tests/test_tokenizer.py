@@ -293,3 +293,13 @@ def test_reference_ids_split_special_strings(models: dict[str, Path]) -> None:
     _, _, sp = _load(models["unigram-nfkc"])
     mask = sp.piece_to_id("[MASK]")
     assert reference_ids(sp, "a [MASK]b", ["[MASK]"]) == sp.encode("a") + [mask] + sp.encode("b")
+
+
+def test_a_piece_that_is_not_utf8_is_one_line_error(tmp_path):
+    """protobuf returns a non-UTF-8 string field as bytes; that is a bad model (exit 2), not a crash."""
+    data = (Path(__file__).parent.parent / "examples" / "tiny-rembert" / "sentencepiece.model").read_bytes()
+    at = data.index("\u2581".encode())  # the first piece text holding the word-start mark: 3 bytes
+    broken = tmp_path / "broken.model"
+    broken.write_bytes(data[:at] + b"\xff\xfe\xfd" + data[at + 3:])
+    with pytest.raises(UserError, match=r"piece \d+ is not UTF-8 text"):
+        read_sentencepiece(broken)
