@@ -2,13 +2,12 @@
 
 Run them with `pytest -m large` after making the checkpoint with `benchmarks/make_full_checkpoint.py`
 (REMBERT_FULL_CHECKPOINT names another place than ../bench-data/full). Speed is measured by
-benchmarks/bench_convert.py, not here.
+benchmarks/bench_convert.py, not here, and so is peak memory.
 """
 
 from __future__ import annotations
 
 import os
-import resource
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +33,6 @@ def test_full_size_safetensors_holds_every_source_tensor_bit_for_bit(full_checkp
     from safetensors import safe_open
 
     result = convert_checkpoint(full_checkpoint, tmp_path / "out", ["safetensors"], ConvertOptions(quiet=True))
-    # Peak RSS of this process so far: the conversion, plus whatever pytest loaded before it.
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 < 1 << 30
     with CheckpointReader(full_checkpoint) as reader, \
             safe_open(tmp_path / "out" / "model.safetensors", "np") as converted:
         assert set(converted.keys()) == {m.torch_name for m in result.plan.mappings}
