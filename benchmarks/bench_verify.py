@@ -15,7 +15,7 @@ single characters of many scripts with and without the word-start mark, then fil
 what the bundle converts and what verify's probe text goes through.
 
     .venv/bin/python benchmarks/make_full_checkpoint.py ../bench-data/full
-    flock /work/bench.lock .venv/bin/python benchmarks/bench_verify.py --data ../bench-data
+    .venv/bin/python benchmarks/bench_verify.py --data ../bench-data
 """
 
 from __future__ import annotations
