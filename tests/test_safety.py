@@ -49,7 +49,7 @@ def one_error_line(result, code: int = 2) -> str:
 
 @pytest.fixture
 def work(tmp_path: Path) -> Path:
-    """tmp/work/ckpt: a copy of the shipped example checkpoint (with its config and SentencePiece model)."""
+    """`tmp_path / "work" / "ckpt"`: a copy of the shipped example checkpoint (with config and SentencePiece model)."""
     shutil.copytree(EXAMPLE, tmp_path / "work" / "ckpt")
     return tmp_path / "work"
 
