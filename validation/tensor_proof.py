@@ -325,7 +325,6 @@ def prove_format(reader: CheckpointReader, plan: ConversionPlan, handle, fmt: st
         if name in expected:
             rows.append(TensorRow(fmt, name, expected[name].source, "unlisted", present[name][0], present[name][1],
                                   0, 0.0, None, False, "not listed in weight_names: Keras' loader cannot see it"))
-    want_dtype = dtype
     mappings = sorted(plan.mappings, key=lambda m: (reader.entries[m.source].shard, reader.entries[m.source].offset))
     done_bytes, total_bytes = 0, sum(reader.entries[m.source].nbytes for m in mappings)
     next_report = 0.0
@@ -337,7 +336,7 @@ def prove_format(reader: CheckpointReader, plan: ConversionPlan, handle, fmt: st
             progress(f"tensors {fmt}: {done_bytes / total_bytes:4.0%}")
             next_report += total_bytes / 10
         if name not in present:
-            rows.append(TensorRow(fmt, name, mapping.source, "missing", shape, want_dtype, 0, 0.0, None, False,
+            rows.append(TensorRow(fmt, name, mapping.source, "missing", shape, dtype, 0, 0.0, None, False,
                                   "the file lacks it"))
             digests[name] = "missing"
             continue
@@ -347,9 +346,9 @@ def prove_format(reader: CheckpointReader, plan: ConversionPlan, handle, fmt: st
                                   f"shape {list(have_shape)}, expected {list(shape)}"))
             digests[name] = f"shape {have_shape}"
             continue
-        if have_dtype != want_dtype:
+        if have_dtype != dtype:
             rows.append(TensorRow(fmt, name, mapping.source, "dtype", shape, have_dtype, 0, 0.0, None, False,
-                                  f"dtype {have_dtype}, expected {want_dtype}"))
+                                  f"dtype {have_dtype}, expected {dtype}"))
             digests[name] = f"dtype {have_dtype}"
             continue
         row, digest = _compare_values(reader, mapping, handle, fmt, name, shape, dtype)
@@ -371,9 +370,8 @@ def _compare_values(reader: CheckpointReader, mapping: TensorMapping, handle, fm
     for chunk in reader.iter_rows(mapping.source, max_bytes=max(limit, 1)):
         want = cast(chunk, mapping.source_dtype, dtype)
         rows = chunk.shape[0] if chunk.ndim else 1
-        if torch_layout_needed:
-            want = transpose(want)
         if torch_layout_needed:  # the whole [out, in] kernel
+            want = transpose(want)
             have = np.asarray(handle.rows(name, 0, shape[0]))
         else:
             have = np.asarray(handle.rows(name, start, start + rows) if shape else handle.rows(name, 0, 0))
