@@ -254,10 +254,11 @@ def plan_for(reader: CheckpointReader, converted: Path, config) -> ConversionPla
     embedding, task head), else what config.json's architecture implies."""
     import dataclasses
 
+    from converters.convert import REPORT_NAME
     from converters.mapping import HEAD_KINDS, find_task_head
 
     report: dict[str, Any] = {}
-    path = converted / "conversion_report.json"
+    path = converted / REPORT_NAME
     if path.is_file():
         try:
             report = json.loads(path.read_text(encoding="utf-8"))
