@@ -543,21 +543,6 @@ def torch_to_tf_name(torch_name: str, config: RemBertConfig) -> tuple[str, bool]
     return None
 
 
-def tf_to_torch_name(tf_name: str, config: RemBertConfig, mlm_head: bool) -> tuple[str, bool] | None:
-    """The inverse of `torch_to_tf_name`, in the file layout `torch_prefix` gives."""
-    if "/crossattention/" in tf_name:
-        found = tf_to_torch_name(tf_name.replace("/crossattention/", "/attention/"), config, mlm_head)
-        return (found[0].replace(".attention.", ".crossattention."), found[1]) if found else None
-    for rule in RULES:
-        for _, torch, tf in expand(rule, config):
-            if tf == tf_name:
-                return torch_prefix(rule.part, mlm_head) + torch, rule.transpose
-    head, _, kind = tf_name.rpartition("/")
-    if head in TASK_HEAD_LINEARS and kind in ("kernel:0", "bias:0"):
-        return (f"{head}.weight", True) if kind == "kernel:0" else (f"{head}.bias", False)
-    return None
-
-
 @functools.lru_cache(maxsize=8)
 def _torch_to_tf_table(num_layers: int) -> dict[str, tuple[str, bool]]:
     # Names depend on the config only through the layer count; a stand-in config keeps the cache key small.
