@@ -10,7 +10,8 @@ Keras 2's `save_weights` layout, which `transformers.modeling_tf_utils.load_tf_w
 One group per top-level Keras layer; each stored weight name starts with the model's root scope, which the
 loader drops, so the same file loads into every TFRemBert* class (`tf_rem_bert_model` is the root with
 --no-mlm-head). Names below the root come from the mapping table (`rule.tf`). Kernels stay [in, out] as in
-the TF1 checkpoint, so no tensor is transposed and every tensor streams in row slices.
+the TF1 checkpoint, so they stream in row slices untransposed; the one exception is a run_classifier head's
+`output_weights` [num_labels, hidden] (`tf_transpose` in the table), which Keras' Dense needs as [hidden, num_labels].
 
 Deterministic bytes: no timestamps (track_times=False), no creation-order tracking, names in table order.
 """

@@ -90,7 +90,8 @@ class BufferPool:
 
 class ScratchArray:
     """One buffer reused by every slice of a conversion, for a result that lives until the next slice
-    (a cast, a transposed kernel). It grows to the largest slice and stays there."""
+    (a transposed kernel; casts go to the read-ahead thread's BufferPool). It grows to the largest slice
+    and stays there."""
 
     def __init__(self) -> None:
         self._buffer = np.empty(0, dtype=np.uint8)
