@@ -399,8 +399,6 @@ class RemBertTokenizer(_RemBertTokenizerBase):
     """The slow tokenizer: SentencePiece on the text between special tokens."""
 
     def __init__(self, vocab_file: str | Path, model_max_length: int = 512) -> None:
-        import sentencepiece as spm
-
         self.vocab_file = Path(vocab_file)
         self._info = read_sentencepiece(self.vocab_file)
         self.sp_model = spm.SentencePieceProcessor(model_proto=self._info.serialized)
