@@ -171,10 +171,13 @@ def original_forward(
     weights = as_weight_source(variables)
     present = set(weights.names())
 
-    def var(name: str) -> np.ndarray:
+    def require(name: str) -> str:
         if name not in present:
             raise UserError(f"variable {name} is missing from the checkpoint; is it an original RemBERT one?")
-        return weights.read(name)
+        return name
+
+    def var(name: str) -> np.ndarray:
+        return weights.read(require(name))
 
     def dense(x: np.ndarray, scope: str) -> np.ndarray:
         return matmul(x, var(f"{scope}/kernel")) + var(f"{scope}/bias")  # TF1 kernels are [in, out]
@@ -197,9 +200,7 @@ def original_forward(
 
     # Embeddings: word + token type + position, LayerNorm (dropout is off at inference).
     for name in ("word_embeddings", "token_type_embeddings", "position_embeddings"):
-        var_name = f"bert/embeddings/{name}"
-        if var_name not in present:
-            raise UserError(f"variable {var_name} is missing from the checkpoint; is it an original RemBERT one?")
+        require(f"bert/embeddings/{name}")
     for ids, name, what in ((input_ids, "word_embeddings", "input_ids"),
                             (token_type_ids, "token_type_embeddings", "token_type_ids")):
         rows = weights.shape(f"bert/embeddings/{name}")[0]
