@@ -80,7 +80,7 @@ def main() -> None:
     spm = full_vocab_sentencepiece(work / "sentencepiece.model")
     converted, bundled = work / "converted", work / "bundle"
     print("# converting the three formats once (the folder verify checks)", file=sys.stderr)
-    subprocess.run(cli("convert", str(full), "-o", str(converted), "-q", "--no-tokenizer"), check=True)
+    subprocess.run(cli("convert", str(full), "-o", str(converted), "-q", "--tokenizer", str(spm)), check=True)
     hf_version = hf_available()
     if hf_version is None:
         sys.exit("error: the yardstick needs transformers<5 (load_tf_weights_in_rembert)")

@@ -232,6 +232,11 @@ def convert_checkpoint(
         config.torch_dtype = options.dtype
         config.architectures = [plan.architecture]
         with staged_output(output_dir, inputs, force=options.force) as staging:
+            # The tokenizer first (it sets the config's special-token ids): the parsed SentencePiece model, 250,300
+            # pieces as Python objects at full size, is freed before the weights and `before_commit` need memory.
+            tokenizer_files = _write_tokenizer(spm_info, config, staging) if spm_info is not None else []
+            del spm_info
+            config.save(staging / "config.json")
             writers = [factory(staging, plan.mappings, options.dtype, plan) for factory in factories]
             hasher = FileHasher() if options.checksums else None
             try:
@@ -243,11 +248,9 @@ def convert_checkpoint(
                 if hasher is not None:
                     hasher.cancel()
                 raise
-            if spm_info is not None:
-                files += _write_tokenizer(spm_info, config, staging)
+            files += tokenizer_files
             own = {path: digest for writer in writers for path, digest in writer.digests().items()}
             digests = {**hasher.finish([f for f in files if f not in own]), **own} if hasher is not None else None
-            config.save(staging / "config.json")
             report = conversion_report(reader.prefix, plan, options, formats, staging, files, digests)
             (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             if before_commit is not None:

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,9 +90,16 @@ def bundle_checkpoint(
     parity: dict[str, ParityReport] = {}
 
     def verify_and_describe(staged: ConversionResult) -> None:
-        report = verify_conversion(ckpt, staged.output_dir, original_config=options.config, heads=heads,
-                                   tolerance=tolerance,
-                                   progress=progress_printer(not options.quiet and sys.stderr.isatty()))
+        # The checksums are computed beside the verify: both only read the finished files.
+        hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+        try:
+            pending = {path.name: hashing.submit(sha256_file, path) for path in _checksummed(staged.output_dir)}
+            report = verify_conversion(ckpt, staged.output_dir, original_config=options.config, heads=heads,
+                                       tolerance=tolerance,
+                                       progress=progress_printer(not options.quiet and sys.stderr.isatty()))
+            digests = {name: job.result() for name, job in pending.items()} if report.passed else {}
+        finally:
+            hashing.shutdown(cancel_futures=True)
         parity["report"] = report
         if not report.passed:
             worst = sorted(report.failures, key=lambda r: -r.max_abs / max(r.tolerance, 1e-30))[:3]
@@ -102,7 +110,7 @@ def bundle_checkpoint(
                                 f"({'; '.join(rows)}); nothing was written: run `convert-rembert verify` on a plain "
                                 "conversion for the full table")
         report.write(staged.output_dir)
-        write_checksums(staged.output_dir)  # before the card: it leaves the card out
+        write_checksums(staged.output_dir, digests)  # before the card: it leaves the card out
         tokenizer = _tokenizer_agreement(staged.output_dir)
         text = model_card(staged, report, card, tokenizer, folder=Path(output_dir).resolve().name)
         (staged.output_dir / MODEL_CARD_NAME).write_text(text, encoding="utf-8")
@@ -118,10 +126,16 @@ def _default_name(output_dir: Path) -> str:
     return name if name and not name.startswith(".") else "RemBERT"
 
 
-def write_checksums(directory: Path) -> Path:
-    """`sha256sum -c SHA256SUMS` checks the folder: every file but the card (editable on a hub) and itself."""
-    lines = [f"{sha256_file(p)}  {p.name}" for p in sorted(directory.iterdir())
-             if p.is_file() and p.name not in (CHECKSUMS_NAME, MODEL_CARD_NAME)]
+def _checksummed(directory: Path) -> list[Path]:
+    """Every file but the card (editable on a hub) and the checksum file itself."""
+    return [p for p in sorted(directory.iterdir()) if p.is_file() and p.name not in (CHECKSUMS_NAME, MODEL_CARD_NAME)]
+
+
+def write_checksums(directory: Path, known: dict[str, str] | None = None) -> Path:
+    """`sha256sum -c SHA256SUMS` checks the folder: every file but the card and itself. `known`: digests by
+    file name already computed from the finished files; the others are hashed here."""
+    known = known or {}
+    lines = [f"{known.get(p.name) or sha256_file(p)}  {p.name}" for p in _checksummed(directory)]
     path = directory / CHECKSUMS_NAME
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -62,10 +62,14 @@ PARITY_JSON, PARITY_MARKDOWN = "parity_report.json", "parity_report.md"
 BIDIRECTIONAL, CAUSAL = "bidirectional", "causal"
 
 # The built-in probe text: several scripts, accents, digits, an emoji; a sentence pair; a short text to pad.
-MULTILINGUAL_SAMPLE = "Zürich, Москва, 東京 und القاهرة: ποταμός, नदी, แม่น้ำ — 42 km 🌊"
-SENTENCE_PAIR = ("Wie alt ist der Turm?", "The tower is 130 years old.")
+# Short on purpose: the functional proof is there to catch a wrong mapping (a transposed kernel, swapped layers,
+# a miswired head), which any few distinct tokens do; every value of every tensor, far position rows and unused
+# vocabulary rows included, is the tensor proof's job. Each probe token costs two 250,300-word projections per
+# format, so 16 tokens per row instead of 32 halve verify's compute at full size.
+MULTILINGUAL_SAMPLE = "東京 Москва القاهرة नदी ποταμός Zürich 42 🌊"
+SENTENCE_PAIR = ("Wie alt ist der Turm?", "130 Jahre.")
 SHORT_TEXT = "Olá!"
-MAX_PROBE_TOKENS = 32
+MAX_PROBE_TOKENS = 16
 # The causal LM runs on the sentence pair only: its encoder pass is a second one anyway, and in the float64
 # reference every extra row costs a full pass over the 250,300-word vocabulary.
 CAUSAL_ROWS = slice(1, 2)
@@ -382,6 +386,94 @@ class CheckpointWeights:
             start += chunk.shape[0]
 
 
+@dataclass
+class _Setup:
+    """What a verify of one folder measures against: read from the folder (config.json, tokenizer.json,
+    conversion_report.json) and the checkpoint, before any weight of the folder is read."""
+
+    prefix: Path
+    config: Any
+    original: dict
+    activation: str
+    dtype: str
+    specs: dict[str, HeadSpec]
+    inputs: dict[str, Any]
+    head_weights: dict[str, tuple[np.ndarray, np.ndarray]]
+    output_embedding: str | None
+
+    def compute_reference(self) -> dict[str, dict[str, Any]]:
+        from converters.tf1_checkpoint import CheckpointReader
+
+        with CheckpointReader(self.prefix) as reader:
+            return _reference(CheckpointWeights(reader), self.original, self.inputs, self.activation,
+                              self.output_embedding, self.specs, self.head_weights)
+
+
+def _check_folder(converted: Path, formats: tuple[str, ...] | None, functional: bool) -> list[str]:
+    """The formats to verify; one line naming the problem for a folder that cannot be verified."""
+    if not converted.is_dir():
+        raise UserError(f"{converted} is not a directory; point at a folder written by convert-rembert")
+    if not (converted / "config.json").is_file():
+        raise UserError(f"{converted} has no config.json; point at a folder written by convert-rembert")
+    found = present_formats(converted)
+    if not found:
+        raise UserError(f"{converted} holds no weights (pytorch_model.bin, model.safetensors or tf_model.h5)")
+    if formats:
+        unknown = sorted(set(formats) - set(FORMATS))
+        if unknown:
+            raise UserError(f"unknown format(s) {', '.join(unknown)}; use some of: {', '.join(FORMATS)}")
+        absent = [f for f in formats if f not in found]
+        if absent:
+            raise UserError(f"{converted} has no {', '.join(absent)} files; it holds {', '.join(found)}")
+        found = [f for f in FORMATS if f in formats]
+    if "tf2" in found and functional:
+        require_tensorflow(f"verifying {converted / 'tf_model.h5'}", "verify a folder without it, or --format")
+    return found
+
+
+def _prepare(ckpt: str | os.PathLike, converted: Path, original_config: str | os.PathLike | None,
+             heads: tuple[str, ...], seed: int,
+             task_head_weights: Mapping[str, tuple[np.ndarray, np.ndarray]] | None) -> _Setup:
+    from converters.convert import find_config
+    from converters.tf1_checkpoint import CheckpointReader, resolve_checkpoint
+    from rembert_ref.config import RemBertConfig, _read_json
+    from validation import tensor_proof
+
+    unknown = sorted(set(heads) - set(HEADS))
+    if unknown:
+        raise UserError(f"unknown head(s) {', '.join(unknown)}; use some of: {', '.join(HEADS)}")
+    config = RemBertConfig.from_json_file(converted / "config.json")
+    activation = {"gelu_new": "tanh", "gelu": "exact"}.get(config.hidden_act)
+    if activation is None:
+        raise UserError(f"config.json has hidden_act {config.hidden_act!r}; only gelu_new / gelu are verifiable")
+    prefix = resolve_checkpoint(ckpt)
+    original = _read_json(find_config(prefix, original_config))
+    dtype = config.torch_dtype if config.torch_dtype in TOLERANCES else "float32"
+    mlm_head = not set(config.architectures or ()) & {"RemBertModel", *_finetuned_architectures()}
+    finetuned = finetuned_head(config)
+    if finetuned is not None:
+        spec = HEAD_SPECS[finetuned]
+        spec = dataclasses.replace(spec, out_features=config.num_labels if spec.layer == "classifier" else 2,
+                                   from_checkpoint=True)
+        if heads == HEADS:  # a fine-tuned file: its own head (and the base model where it keeps the pooler)
+            heads = ("RemBertModel", finetuned) if spec.applies_to == "pooled" else (finetuned,)
+        specs = {name: (spec if name == finetuned else HEAD_SPECS[name]) for name in heads
+                 if name not in ("RemBertForMaskedLM", "RemBertForCausalLM")}
+    else:
+        specs = {name: spec for name, spec in HEAD_SPECS.items() if name in heads
+                 and (mlm_head or name not in ("RemBertForMaskedLM", "RemBertForCausalLM"))}
+    inputs = make_inputs(config, converted, seed)
+    with CheckpointReader(prefix) as reader:
+        plan = tensor_proof.plan_for(reader, converted, config)
+        head_weights = dict(seeded_task_heads(config, specs, seed), **(task_head_weights or {}))
+        if finetuned is not None and finetuned in specs:
+            from rembert_ref.numpy_reference import original_head_weights
+
+            _, weight, bias = original_head_weights(CheckpointWeights(reader))  # the checkpoint's own head
+            head_weights[finetuned] = (weight, bias)
+    return _Setup(prefix, config, original, activation, dtype, specs, inputs, head_weights, plan.output_embedding)
+
+
 def verify_conversion(
     ckpt: str | os.PathLike,
     converted: str | os.PathLike,
@@ -398,55 +490,15 @@ def verify_conversion(
 ) -> ParityReport:
     """Prove `converted` against the checkpoint: every tensor of every format (tensor proof) and every head in
     every format against the float64 original graph (functional proof)."""
-    from converters.convert import find_config
-    from converters.tf1_checkpoint import CheckpointReader, resolve_checkpoint
-    from rembert_ref.config import RemBertConfig, _read_json
+    from converters.tf1_checkpoint import CheckpointReader
     from validation import tensor_proof
 
     converted = Path(converted)
-    if not converted.is_dir():
-        raise UserError(f"{converted} is not a directory; point at a folder written by convert-rembert")
-    if not (converted / "config.json").is_file():
-        raise UserError(f"{converted} has no config.json; point at a folder written by convert-rembert")
-    found = present_formats(converted)
-    if not found:
-        raise UserError(f"{converted} holds no weights (pytorch_model.bin, model.safetensors or tf_model.h5)")
-    if formats:
-        unknown = sorted(set(formats) - set(FORMATS))
-        if unknown:
-            raise UserError(f"unknown format(s) {', '.join(unknown)}; use some of: {', '.join(FORMATS)}")
-        absent = [f for f in formats if f not in found]
-        if absent:
-            raise UserError(f"{converted} has no {', '.join(absent)} files; it holds {', '.join(found)}")
-        found = [f for f in FORMATS if f in formats]
-    unknown = sorted(set(heads) - set(HEADS))
-    if unknown:
-        raise UserError(f"unknown head(s) {', '.join(unknown)}; use some of: {', '.join(HEADS)}")
-    if "tf2" in found and functional:
-        require_tensorflow(f"verifying {converted / 'tf_model.h5'}", "verify a folder without it, or --format")
-    config = RemBertConfig.from_json_file(converted / "config.json")
-    activation = {"gelu_new": "tanh", "gelu": "exact"}.get(config.hidden_act)
-    if activation is None:
-        raise UserError(f"config.json has hidden_act {config.hidden_act!r}; only gelu_new / gelu are verifiable")
-    prefix = resolve_checkpoint(ckpt)
-    original = _read_json(find_config(prefix, original_config))
-    dtype = config.torch_dtype if config.torch_dtype in TOLERANCES else "float32"
-    atol, rtol = (tolerance, tolerance) if tolerance is not None else TOLERANCES[dtype]
-    mlm_head = not set(config.architectures or ()) & {"RemBertModel", *_finetuned_architectures()}
-    finetuned = finetuned_head(config)
-    if finetuned is not None:
-        spec = HEAD_SPECS[finetuned]
-        spec = dataclasses.replace(spec, out_features=config.num_labels if spec.layer == "classifier" else 2,
-                                   from_checkpoint=True)
-        if heads == HEADS:  # a fine-tuned file: its own head (and the base model where it keeps the pooler)
-            heads = ("RemBertModel", finetuned) if spec.applies_to == "pooled" else (finetuned,)
-        specs = {name: (spec if name == finetuned else HEAD_SPECS[name]) for name in heads
-                 if name not in ("RemBertForMaskedLM", "RemBertForCausalLM")}
-    else:
-        specs = {name: spec for name, spec in HEAD_SPECS.items() if name in heads
-                 and (mlm_head or name not in ("RemBertForMaskedLM", "RemBertForCausalLM"))}
-    inputs = make_inputs(config, converted, seed)
-    report = ParityReport(dtype, config.hidden_act, {"atol": atol, "rtol": rtol}, tolerance is not None,
+    found = _check_folder(converted, formats, functional)
+    setup = _prepare(ckpt, converted, original_config, heads, seed, task_head_weights)
+    config, specs, inputs, head_weights = setup.config, setup.specs, setup.inputs, setup.head_weights
+    atol, rtol = (tolerance, tolerance) if tolerance is not None else TOLERANCES[setup.dtype]
+    report = ParityReport(setup.dtype, config.hidden_act, {"atol": atol, "rtol": rtol}, tolerance is not None,
                           {"seed": seed, "batch": int(inputs["input_ids"].shape[0]),
                            "seq": int(inputs["input_ids"].shape[1]), "description": inputs["description"],
                            "input_ids": inputs["input_ids"].tolist(),
@@ -455,14 +507,8 @@ def verify_conversion(
     say = progress or (lambda text: None)
     clock = time.perf_counter()
 
-    with CheckpointReader(prefix) as reader:
+    with CheckpointReader(setup.prefix) as reader:
         plan = tensor_proof.plan_for(reader, converted, config)
-        head_weights = dict(seeded_task_heads(config, specs, seed), **(task_head_weights or {}))
-        if finetuned is not None and finetuned in specs:
-            from rembert_ref.numpy_reference import original_head_weights
-
-            _, weight, bias = original_head_weights(CheckpointWeights(reader))  # the checkpoint's own head
-            head_weights[finetuned] = (weight, bias)
         root = tensor_proof.keras_root(config)
 
         def timed(key: str, work: Callable[[], Any]) -> Any:
@@ -480,14 +526,12 @@ def verify_conversion(
             truth_job = None
             if functional and specs:
                 say("functional: float64 reference of the original graph")
-                truth_job = helpers.submit(timed, "reference", lambda: _reference(
-                    CheckpointWeights(reader), original, inputs, activation, plan.output_embedding, specs,
-                    head_weights))
+                truth_job = helpers.submit(timed, "reference", setup.compute_reference)
             for fmt, handle in tensor_proof.iter_formats(converted, found):
                 tensor_job = None
                 if tensors:
                     tensor_job = helpers.submit(timed, f"tensors {fmt}", partial(
-                        tensor_proof.prove_format, reader, plan, handle, fmt, dtype, root, say))
+                        tensor_proof.prove_format, reader, plan, handle, fmt, setup.dtype, root, say))
                 try:
                     if truth_job is not None:
                         truth = truth_job.result()
