@@ -90,16 +90,19 @@ def bundle_checkpoint(
     parity: dict[str, ParityReport] = {}
 
     def verify_and_describe(staged: ConversionResult) -> None:
-        # The checksums are computed beside the verify: both only read the finished files.
-        hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+        # The checksums and the tokenizer's agreement are measured beside the verify, in a thread of their
+        # own: all three only read the finished files, and verify leaves part of a core idle.
+        beside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bundle")
         try:
-            pending = {path.name: hashing.submit(sha256_file, path) for path in _checksummed(staged.output_dir)}
+            pending = {path.name: beside.submit(sha256_file, path) for path in _checksummed(staged.output_dir)}
+            agreement = beside.submit(_tokenizer_agreement, staged.output_dir)
             report = verify_conversion(ckpt, staged.output_dir, original_config=options.config, heads=heads,
                                        tolerance=tolerance,
                                        progress=progress_printer(not options.quiet and sys.stderr.isatty()))
             digests = {name: job.result() for name, job in pending.items()} if report.passed else {}
+            tokenizer = agreement.result() if report.passed else None
         finally:
-            hashing.shutdown(cancel_futures=True)
+            beside.shutdown(cancel_futures=True)
         parity["report"] = report
         if not report.passed:
             worst = sorted(report.failures, key=lambda r: -r.max_abs / max(r.tolerance, 1e-30))[:3]
@@ -111,7 +114,6 @@ def bundle_checkpoint(
                                 "conversion for the full table")
         report.write(staged.output_dir)
         write_checksums(staged.output_dir, digests)  # before the card: it leaves the card out
-        tokenizer = _tokenizer_agreement(staged.output_dir)
         text = model_card(staged, report, card, tokenizer, folder=Path(output_dir).resolve().name)
         (staged.output_dir / MODEL_CARD_NAME).write_text(text, encoding="utf-8")
 

@@ -27,9 +27,11 @@ max |reference|), tolerance (atol + rtol x max |reference|, per weight dtype; an
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -495,6 +497,8 @@ def verify_conversion(
 
     converted = Path(converted)
     found = _check_folder(converted, formats, functional)
+    if functional:
+        threading.Thread(target=_import_ahead, args=(found,), name="import-ahead", daemon=True).start()
     setup = _prepare(ckpt, converted, original_config, heads, seed, task_head_weights)
     config, specs, inputs, head_weights = setup.config, setup.specs, setup.inputs, setup.head_weights
     atol, rtol = (tolerance, tolerance) if tolerance is not None else TOLERANCES[setup.dtype]
@@ -546,6 +550,20 @@ def verify_conversion(
             report.tensor_rows += tensor_proof.agreement_rows(plan, digests)
     report.seconds["total"] = time.perf_counter() - clock
     return report
+
+
+def _import_ahead(formats: list[str]) -> None:
+    """Imports that cost seconds of one core, started before the formats that need them so that they overlap
+    the float64 reference and the first tensor proof (an import of the same module elsewhere waits for this one
+    to finish): TensorFlow, and what torch imports the first time a parameter is initialised on the meta
+    device (its compiler stack, about 1 s), which building the first head would otherwise wait for."""
+    if "pytorch" in formats or "safetensors" in formats:
+        import torch
+
+        with torch.device("meta"):
+            torch.nn.Embedding(2, 2), torch.nn.Linear(2, 2), torch.nn.LayerNorm(2)
+    if "tf2" in formats:
+        importlib.import_module("rembert_ref.tf_model")
 
 
 def _finetuned_architectures() -> set[str]:
