@@ -251,6 +251,7 @@ def convert_checkpoint(
             files += tokenizer_files
             own = {path: digest for writer in writers for path, digest in writer.digests().items()}
             digests = {**hasher.finish([f for f in files if f not in own]), **own} if hasher is not None else None
+            del writers, hasher  # their buffers, before `before_commit` (bundle's verify) needs the memory
             report = conversion_report(reader.prefix, plan, options, formats, staging, files, digests)
             (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             if before_commit is not None:
@@ -415,9 +416,11 @@ def conversion_report(prefix: Path, plan: ConversionPlan, options: ConvertOption
 
 def sha256_file(path: Path, block: int = 16 << 20) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
+    buffer = bytearray(block)  # one buffer for the whole file: no 16 MB allocation per read
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while size := handle.readinto(buffer):
+            digest.update(view[:size])
     return digest.hexdigest()
 
 

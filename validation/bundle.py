@@ -90,19 +90,17 @@ def bundle_checkpoint(
     parity: dict[str, ParityReport] = {}
 
     def verify_and_describe(staged: ConversionResult) -> None:
-        # The checksums and the tokenizer's agreement are measured beside the verify, in a thread of their
-        # own: all three only read the finished files, and verify leaves part of a core idle.
-        beside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bundle")
+        # The checksums are computed beside the verify, in a thread of their own: both only read the finished
+        # files, and verify leaves part of a core idle.
+        hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
         try:
-            pending = {path.name: beside.submit(sha256_file, path) for path in _checksummed(staged.output_dir)}
-            agreement = beside.submit(_tokenizer_agreement, staged.output_dir)
+            pending = {path.name: hashing.submit(sha256_file, path) for path in _checksummed(staged.output_dir)}
             report = verify_conversion(ckpt, staged.output_dir, original_config=options.config, heads=heads,
                                        tolerance=tolerance,
                                        progress=progress_printer(not options.quiet and sys.stderr.isatty()))
             digests = {name: job.result() for name, job in pending.items()} if report.passed else {}
-            tokenizer = agreement.result() if report.passed else None
         finally:
-            beside.shutdown(cancel_futures=True)
+            hashing.shutdown(cancel_futures=True)
         parity["report"] = report
         if not report.passed:
             worst = sorted(report.failures, key=lambda r: -r.max_abs / max(r.tolerance, 1e-30))[:3]
@@ -114,6 +112,8 @@ def bundle_checkpoint(
                                 "conversion for the full table")
         report.write(staged.output_dir)
         write_checksums(staged.output_dir, digests)  # before the card: it leaves the card out
+        # After verify, not beside it: a 250,300-piece tokenizer in memory would add to verify's peak.
+        tokenizer = _tokenizer_agreement(staged.output_dir)
         text = model_card(staged, report, card, tokenizer, folder=Path(output_dir).resolve().name)
         (staged.output_dir / MODEL_CARD_NAME).write_text(text, encoding="utf-8")
 

@@ -522,23 +522,24 @@ def verify_conversion(
             return result
 
         digests: dict[str, dict[str, str]] = {}
-        # Two plain threads, so both cores work: the tensor proof of a format runs beside the functional proof
-        # of the same format (the same mapped files, so still one format in memory), and the float64 reference
-        # beside the first format's tensor proof. The heavy parts (reads, numpy, torch, TensorFlow) release the
-        # GIL; each thread's results are collected here, in order, so the report is the same as one thread's.
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify") as helpers:
-            truth_job = None
-            if functional and specs:
-                say("functional: float64 reference of the original graph")
-                truth_job = helpers.submit(timed, "reference", setup.compute_reference)
+        # Two plain threads, so both cores work: the tensor proof of a format runs in a helper thread beside the
+        # functional proof of the same format here (the same mapped files, so still one format in memory), and
+        # the float64 reference runs here beside the first format's tensor proof (in this thread, whose freed
+        # memory the C library hands back more readily than a helper thread's). The heavy parts (reads, numpy,
+        # torch, TensorFlow) release the GIL; results are collected in order, so the report is the same as one
+        # thread's.
+        truth = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-tensors") as helper:
             for fmt, handle in tensor_proof.iter_formats(converted, found):
                 tensor_job = None
                 if tensors:
-                    tensor_job = helpers.submit(timed, f"tensors {fmt}", partial(
+                    tensor_job = helper.submit(timed, f"tensors {fmt}", partial(
                         tensor_proof.prove_format, reader, plan, handle, fmt, setup.dtype, root, say))
                 try:
-                    if truth_job is not None:
-                        truth = truth_job.result()
+                    if functional and specs:
+                        if truth is None:
+                            say("functional: float64 reference of the original graph")
+                            truth = timed("reference", setup.compute_reference)
                         say(f"functional: {len(specs)} heads in {fmt}")
                         checker = _Checker(report, config, inputs, truth, atol, rtol, specs, head_weights)
                         timed(f"functional {fmt}", partial(checker.run_format, fmt, handle, converted))
