@@ -492,14 +492,22 @@ def verify_conversion(
 ) -> ParityReport:
     """Prove `converted` against the checkpoint: every tensor of every format (tensor proof) and every head in
     every format against the float64 original graph (functional proof)."""
+    converted = Path(converted)
+    found = _check_folder(converted, formats, functional)
+    setup = _prepare(ckpt, converted, original_config, heads, seed, task_head_weights)
+    importing = threading.Thread(target=_import_ahead, args=(found if functional else [],), name="import-ahead")
+    importing.start()
+    try:
+        return _verify(setup, converted, found, seed, tolerance, tensors, functional, progress)
+    finally:  # never leave an import half done behind us (a process exiting mid-import can crash)
+        importing.join()
+
+
+def _verify(setup: _Setup, converted: Path, found: list[str], seed: int, tolerance: float | None, tensors: bool,
+            functional: bool, progress: Callable[[str], None] | None) -> ParityReport:
     from converters.tf1_checkpoint import CheckpointReader
     from validation import tensor_proof
 
-    converted = Path(converted)
-    found = _check_folder(converted, formats, functional)
-    if functional:
-        threading.Thread(target=_import_ahead, args=(found,), name="import-ahead", daemon=True).start()
-    setup = _prepare(ckpt, converted, original_config, heads, seed, task_head_weights)
     config, specs, inputs, head_weights = setup.config, setup.specs, setup.inputs, setup.head_weights
     atol, rtol = (tolerance, tolerance) if tolerance is not None else TOLERANCES[setup.dtype]
     report = ParityReport(setup.dtype, config.hidden_act, {"atol": atol, "rtol": rtol}, tolerance is not None,
