@@ -23,8 +23,9 @@ import converters.mapping as mapping
 from converters.convert import ConvertOptions, convert_checkpoint
 from rembert_convert.cli import main
 from rembert_ref.config import RemBertConfig
+from rembert_ref.tokenization import RemBertTokenizerFast
 from validation.bundle import ParityFailure, bundle_checkpoint, card_snippets
-from validation.parity import HEADS, make_inputs, verify_conversion
+from validation.parity import HEADS, MAX_PROBE_TOKENS, MULTILINGUAL_SAMPLE, make_inputs, verify_conversion
 
 BASE_HEADS = ("RemBertModel", "RemBertForMaskedLM")
 ST, BIN = "model.safetensors", "pytorch_model.bin"
@@ -79,13 +80,29 @@ def test_bundle_measures_every_head_format_and_output(bundled, tiny_ckpt):
     assert {r.check for r in report.tensor_rows} == {"values", "agree"}
 
 
-def test_the_bundle_probe_is_tokenized_text(bundled):
-    inputs = bundled.parity.inputs
-    assert "tokenizer" in inputs["description"]
-    mask = np.array(inputs["attention_mask"])
-    types = np.array(inputs["token_type_ids"])
+def test_the_probe_is_text_through_the_folders_tokenizer_cut_to_16_tokens(tmp_path):
+    example = Path(__file__).resolve().parent.parent / "examples" / "tiny-rembert"
+    out = tmp_path / "with-tokenizer"
+    convert_checkpoint(example, out, ["safetensors"],
+                       ConvertOptions(quiet=True, tokenizer=example / "sentencepiece.model"))
+    inputs = make_inputs(RemBertConfig.from_json_file(out / "config.json"), out)
+    assert inputs["description"].startswith("the folder's tokenizer")
+    whole = RemBertTokenizerFast.from_pretrained(out)(MULTILINGUAL_SAMPLE)["input_ids"]
+    assert len(whole) > MAX_PROBE_TOKENS  # else this test could not see the cut
+    mask, types = inputs["attention_mask"], inputs["token_type_ids"]
+    first = inputs["input_ids"][0][mask[0] == 1].tolist()
+    # [CLS] + the sample's first pieces + [SEP], exactly MAX_PROBE_TOKENS of them
+    assert len(first) == MAX_PROBE_TOKENS and first[:-1] == whole[:MAX_PROBE_TOKENS - 1] and first[-1] == whole[-1]
     assert (mask == 0).any() and mask[0].all()  # one padded row
     assert set(types[1][mask[1] == 1]) == {0, 1}  # the sentence pair has both token types
+
+
+def test_without_a_tokenizer_the_probe_is_seeded_ids(bundled):
+    inputs = bundled.parity.inputs
+    assert inputs["description"].startswith("seeded ids (seed 0, no tokenizer)")
+    mask, types = np.array(inputs["attention_mask"]), np.array(inputs["token_type_ids"])
+    assert (mask == 0).any() and mask[0].all()  # one padded row
+    assert set(types[1][mask[1] == 1]) == {0, 1}  # the second row has both token types
 
 
 def test_bundle_files_and_checksums(bundled):

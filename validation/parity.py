@@ -66,8 +66,8 @@ BIDIRECTIONAL, CAUSAL = "bidirectional", "causal"
 # The built-in probe text: several scripts, accents, digits, an emoji; a sentence pair; a short text to pad.
 # Short on purpose: the functional proof is there to catch a wrong mapping (a transposed kernel, swapped layers,
 # a miswired head), which any few distinct tokens do; every value of every tensor, far position rows and unused
-# vocabulary rows included, is the tensor proof's job. Each probe token costs two 250,300-word projections per
-# format, so 16 tokens per row instead of 32 halve verify's compute at full size.
+# vocabulary rows included, is the tensor proof's job. At full size each probe token costs an encoder pass over
+# 510 M weights and a 250,300-word projection, per format and again in float64: rows stay within 16 tokens.
 MULTILINGUAL_SAMPLE = "東京 Москва القاهرة नदी ποταμός Zürich 42 🌊"
 SENTENCE_PAIR = ("Wie alt ist der Turm?", "130 Jahre.")
 SHORT_TEXT = "Olá!"
@@ -401,14 +401,14 @@ class _Setup:
     specs: dict[str, HeadSpec]
     inputs: dict[str, Any]
     head_weights: dict[str, tuple[np.ndarray, np.ndarray]]
-    output_embedding: str | None
+    plan: Any  # the conversion plan the folder was written with (converters.mapping.ConversionPlan)
 
     def compute_reference(self) -> dict[str, dict[str, Any]]:
         from converters.tf1_checkpoint import CheckpointReader
 
         with CheckpointReader(self.prefix) as reader:
             return _reference(CheckpointWeights(reader), self.original, self.inputs, self.activation,
-                              self.output_embedding, self.specs, self.head_weights)
+                              self.plan.output_embedding, self.specs, self.head_weights)
 
 
 def _check_folder(converted: Path, formats: tuple[str, ...] | None, functional: bool) -> list[str]:
@@ -473,7 +473,7 @@ def _prepare(ckpt: str | os.PathLike, converted: Path, original_config: str | os
 
             _, weight, bias = original_head_weights(CheckpointWeights(reader))  # the checkpoint's own head
             head_weights[finetuned] = (weight, bias)
-    return _Setup(prefix, config, original, activation, dtype, specs, inputs, head_weights, plan.output_embedding)
+    return _Setup(prefix, config, original, activation, dtype, specs, inputs, head_weights, plan)
 
 
 def verify_conversion(
@@ -519,9 +519,8 @@ def _verify(setup: _Setup, converted: Path, found: list[str], seed: int, toleran
     say = progress or (lambda text: None)
     clock = time.perf_counter()
 
+    plan, root = setup.plan, tensor_proof.keras_root(config)
     with CheckpointReader(setup.prefix) as reader:
-        plan = tensor_proof.plan_for(reader, converted, config)
-        root = tensor_proof.keras_root(config)
 
         def timed(key: str, work: Callable[[], Any]) -> Any:
             started = time.perf_counter()
