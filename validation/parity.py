@@ -393,7 +393,6 @@ class _Setup:
     """What a verify of one folder measures against: read from the folder (config.json, tokenizer.json,
     conversion_report.json) and the checkpoint, before any weight of the folder is read."""
 
-    prefix: Path
     config: Any
     original: dict
     activation: str
@@ -403,12 +402,9 @@ class _Setup:
     head_weights: dict[str, tuple[np.ndarray, np.ndarray]]
     plan: Any  # the conversion plan the folder was written with (converters.mapping.ConversionPlan)
 
-    def compute_reference(self) -> dict[str, dict[str, Any]]:
-        from converters.tf1_checkpoint import CheckpointReader
-
-        with CheckpointReader(self.prefix) as reader:
-            return _reference(CheckpointWeights(reader), self.original, self.inputs, self.activation,
-                              self.plan.output_embedding, self.specs, self.head_weights)
+    def compute_reference(self, reader) -> dict[str, dict[str, Any]]:
+        return _reference(CheckpointWeights(reader), self.original, self.inputs, self.activation,
+                          self.plan.output_embedding, self.specs, self.head_weights)
 
 
 def _check_folder(converted: Path, formats: tuple[str, ...] | None, functional: bool) -> list[str]:
@@ -433,11 +429,9 @@ def _check_folder(converted: Path, formats: tuple[str, ...] | None, functional: 
     return found
 
 
-def _prepare(ckpt: str | os.PathLike, converted: Path, original_config: str | os.PathLike | None,
-             heads: tuple[str, ...], seed: int,
+def _prepare(reader, converted: Path, original_config: str | os.PathLike | None, heads: tuple[str, ...], seed: int,
              task_head_weights: Mapping[str, tuple[np.ndarray, np.ndarray]] | None) -> _Setup:
     from converters.convert import find_config
-    from converters.tf1_checkpoint import CheckpointReader, resolve_checkpoint
     from rembert_ref.config import RemBertConfig, _read_json
     from validation import tensor_proof
 
@@ -448,8 +442,7 @@ def _prepare(ckpt: str | os.PathLike, converted: Path, original_config: str | os
     activation = {"gelu_new": "tanh", "gelu": "exact"}.get(config.hidden_act)
     if activation is None:
         raise UserError(f"config.json has hidden_act {config.hidden_act!r}; only gelu_new / gelu are verifiable")
-    prefix = resolve_checkpoint(ckpt)
-    original = _read_json(find_config(prefix, original_config))
+    original = _read_json(find_config(reader.prefix, original_config))
     dtype = config.torch_dtype if config.torch_dtype in TOLERANCES else "float32"
     mlm_head = not set(config.architectures or ()) & {"RemBertModel", *_finetuned_architectures()}
     finetuned = finetuned_head(config)
@@ -465,15 +458,14 @@ def _prepare(ckpt: str | os.PathLike, converted: Path, original_config: str | os
         specs = {name: spec for name, spec in HEAD_SPECS.items() if name in heads
                  and (mlm_head or name not in ("RemBertForMaskedLM", "RemBertForCausalLM"))}
     inputs = make_inputs(config, converted, seed)
-    with CheckpointReader(prefix) as reader:
-        plan = tensor_proof.plan_for(reader, converted, config)
-        head_weights = dict(seeded_task_heads(config, specs, seed), **(task_head_weights or {}))
-        if finetuned is not None and finetuned in specs:
-            from rembert_ref.numpy_reference import original_head_weights
+    plan = tensor_proof.plan_for(reader, converted, config)
+    head_weights = dict(seeded_task_heads(config, specs, seed), **(task_head_weights or {}))
+    if finetuned is not None and finetuned in specs:
+        from rembert_ref.numpy_reference import original_head_weights
 
-            _, weight, bias = original_head_weights(CheckpointWeights(reader))  # the checkpoint's own head
-            head_weights[finetuned] = (weight, bias)
-    return _Setup(prefix, config, original, activation, dtype, specs, inputs, head_weights, plan)
+        _, weight, bias = original_head_weights(CheckpointWeights(reader))  # the checkpoint's own head
+        head_weights[finetuned] = (weight, bias)
+    return _Setup(config, original, activation, dtype, specs, inputs, head_weights, plan)
 
 
 def verify_conversion(
@@ -492,20 +484,23 @@ def verify_conversion(
 ) -> ParityReport:
     """Prove `converted` against the checkpoint: every tensor of every format (tensor proof) and every head in
     every format against the float64 original graph (functional proof)."""
+    from converters.tf1_checkpoint import CheckpointReader, resolve_checkpoint
+
     converted = Path(converted)
     found = _check_folder(converted, formats, functional)
-    setup = _prepare(ckpt, converted, original_config, heads, seed, task_head_weights)
-    importing = threading.Thread(target=_import_ahead, args=(found if functional else [],), name="import-ahead")
-    importing.start()
-    try:
-        return _verify(setup, converted, found, seed, tolerance, tensors, functional, progress)
-    finally:  # never leave an import half done behind us (a process exiting mid-import can crash)
-        importing.join()
+    with CheckpointReader(resolve_checkpoint(ckpt)) as reader:
+        setup = _prepare(reader, converted, original_config, heads, seed, task_head_weights)
+        importing = threading.Thread(target=_import_ahead, args=(found if functional else [],),
+                                     name="import-ahead")
+        importing.start()
+        try:
+            return _verify(setup, reader, converted, found, seed, tolerance, tensors, functional, progress)
+        finally:  # never leave an import half done behind us (a process exiting mid-import can crash)
+            importing.join()
 
 
-def _verify(setup: _Setup, converted: Path, found: list[str], seed: int, tolerance: float | None, tensors: bool,
-            functional: bool, progress: Callable[[str], None] | None) -> ParityReport:
-    from converters.tf1_checkpoint import CheckpointReader
+def _verify(setup: _Setup, reader, converted: Path, found: list[str], seed: int, tolerance: float | None,
+            tensors: bool, functional: bool, progress: Callable[[str], None] | None) -> ParityReport:
     from validation import tensor_proof
 
     config, specs, inputs, head_weights = setup.config, setup.specs, setup.inputs, setup.head_weights
@@ -520,42 +515,40 @@ def _verify(setup: _Setup, converted: Path, found: list[str], seed: int, toleran
     clock = time.perf_counter()
 
     plan, root = setup.plan, tensor_proof.keras_root(config)
-    with CheckpointReader(setup.prefix) as reader:
 
-        def timed(key: str, work: Callable[[], Any]) -> Any:
-            started = time.perf_counter()
-            result = work()
-            report.seconds[key] = time.perf_counter() - started
-            return result
+    def timed(key: str, work: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        result = work()
+        report.seconds[key] = time.perf_counter() - started
+        return result
 
-        digests: dict[str, dict[str, str]] = {}
-        # Two plain threads, so both cores work: the tensor proof of a format runs in a helper thread beside the
-        # functional proof of the same format here (the same mapped files, so still one format in memory), and
-        # the float64 reference runs here beside the first format's tensor proof (in this thread, whose freed
-        # memory the C library hands back more readily than a helper thread's). The heavy parts (reads, numpy,
-        # torch, TensorFlow) release the GIL; results are collected in order, so the report is the same as one
-        # thread's.
-        truth = None
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-tensors") as helper:
-            for fmt, handle in tensor_proof.iter_formats(converted, found):
-                tensor_job = None
-                if tensors:
-                    tensor_job = helper.submit(timed, f"tensors {fmt}", partial(
-                        tensor_proof.prove_format, reader, plan, handle, fmt, setup.dtype, root, say))
-                try:
-                    if functional and specs:
-                        if truth is None:
-                            say("functional: float64 reference of the original graph")
-                            truth = timed("reference", setup.compute_reference)
-                        say(f"functional: {len(specs)} heads in {fmt}")
-                        checker = _Checker(report, config, inputs, truth, atol, rtol, specs, head_weights)
-                        timed(f"functional {fmt}", partial(checker.run_format, fmt, handle, converted))
-                finally:  # the format is closed after this: its tensor proof must be done with it first
-                    if tensor_job is not None:
-                        rows, digests[fmt] = tensor_job.result()
-                        report.tensor_rows += rows
-        if tensors:
-            report.tensor_rows += tensor_proof.agreement_rows(plan, digests)
+    digests: dict[str, dict[str, str]] = {}
+    # Two plain threads, so both cores work: the tensor proof of a format runs in a helper thread beside the
+    # functional proof of the same format here (the same mapped files, so still one format in memory), and the
+    # float64 reference runs here beside the first format's tensor proof (in this thread, whose freed memory the
+    # C library hands back more readily than a helper thread's). The heavy parts (reads, numpy, torch,
+    # TensorFlow) release the GIL; results are collected in order, so the report is the same as one thread's.
+    truth = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-tensors") as helper:
+        for fmt, handle in tensor_proof.iter_formats(converted, found):
+            tensor_job = None
+            if tensors:
+                tensor_job = helper.submit(timed, f"tensors {fmt}", partial(
+                    tensor_proof.prove_format, reader, plan, handle, fmt, setup.dtype, root, say))
+            try:
+                if functional and specs:
+                    if truth is None:
+                        say("functional: float64 reference of the original graph")
+                        truth = timed("reference", partial(setup.compute_reference, reader))
+                    say(f"functional: {len(specs)} heads in {fmt}")
+                    checker = _Checker(report, config, inputs, truth, atol, rtol, specs, head_weights)
+                    timed(f"functional {fmt}", partial(checker.run_format, fmt, handle, converted))
+            finally:  # the format is closed after this: its tensor proof must be done with it first
+                if tensor_job is not None:
+                    rows, digests[fmt] = tensor_job.result()
+                    report.tensor_rows += rows
+    if tensors:
+        report.tensor_rows += tensor_proof.agreement_rows(plan, digests)
     report.seconds["total"] = time.perf_counter() - clock
     return report
 
