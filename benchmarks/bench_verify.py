@@ -5,8 +5,8 @@ One run measures, each in a subprocess (wall, CPU, peak RSS, bytes read), from a
   `torch.save`; encoder only, no proof), the script `bench_convert.py` runs;
 - the floor: reading each format once (`cat` of pytorch_model.bin, model.safetensors, tf_model.h5 and of the
   checkpoint's data, which verify reads too);
-- `convert-rembert verify` of a folder holding the three formats (every tensor bit for bit, 7 heads x 3
-  formats against the float64 original graph);
+- `convert-rembert verify` of a folder holding the three formats and the tokenizer below (every tensor bit for
+  bit, 7 heads x 3 formats against the float64 original graph, on probe text through that tokenizer);
 - `convert-rembert bundle` with a SentencePiece model of the full vocabulary (convert + tokenizer + verify).
 
 Targets (PASS/FAIL): verify wall <= the Hugging Face path's wall; bundle wall <= 1.5x that; peak RSS of each
