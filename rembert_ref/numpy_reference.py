@@ -38,7 +38,8 @@ _erf = np.vectorize(math.erf, otypes=[np.float64])  # exact erf without scipy
 
 def gelu(x: np.ndarray, activation: str) -> np.ndarray:
     if activation == "tanh":  # BERT's TF1 gelu: the tanh approximation (Hugging Face "gelu_new")
-        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+        # x * x * x, not x**3: numpy computes a cube with pow(), which made this 7x slower (0.5 s at full size).
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * (x * x * x))))
     if activation == "exact":  # Hugging Face "gelu"
         return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
     raise UserError(f"unknown activation {activation!r}; use 'tanh' (TF1 BERT's gelu) or 'exact' (erf)")

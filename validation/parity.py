@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
@@ -649,17 +649,24 @@ class _SharedEncoder:
 
 def _torch_shared_encoder(encoder: Any) -> Any:
     """`_SharedEncoder` as a torch module, so a head can hold it where its `rembert` module was."""
+    return _torch_shared_encoder_class()(encoder)
+
+
+@cache
+def _torch_shared_encoder_class() -> type:
+    # One class for the process, not one per call: a class made in a function holds that call's variables in a
+    # reference cycle, which kept the encoder and its mapped file alive until the garbage collector ran.
     import torch
 
     class SharedEncoder(torch.nn.Module):
-        def __init__(self) -> None:
+        def __init__(self, encoder: Any) -> None:
             super().__init__()
             self.shared = _SharedEncoder(encoder)
 
         def forward(self, *args: Any, **kwargs: Any) -> Any:
             return self.shared(*args, **kwargs)
 
-    return SharedEncoder()
+    return SharedEncoder
 
 
 def _fingerprint(value: Any) -> Any:
@@ -736,6 +743,20 @@ def _wants_hidden_states(name: str, spec: HeadSpec | None = None) -> bool:
     return name in ("RemBertModel", "RemBertForCausalLM", "RemBertForMaskedLM") or bool(spec and spec.from_checkpoint)
 
 
+def _load(model, tensors: dict[str, Any]) -> str | None:
+    """Assign the file's tensors to a model built on the meta device, with torch's strict name matching; or
+    say what the file lacks or has in the wrong shape (then nothing is loaded)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    if missing:
+        return f"the file lacks {', '.join(missing[:5])}"
+    wrong = [k for k in own if tuple(tensors[k].shape) != tuple(own[k].shape)]
+    if wrong:
+        return f"wrong shape of {', '.join(wrong[:5])}"
+    model.load_state_dict(tensors, strict=True, assign=True)
+    return None
+
+
 class _TorchHeads:
     """Every head class of the PyTorch reference, built on the format's memory-mapped tensors (no copy for
     float32), loaded by Hugging Face names with torch's own strict name matching."""
@@ -746,41 +767,47 @@ class _TorchHeads:
         self.torch, self.checker, self.fmt = torch, checker, fmt
         state = dict(handle.state) if fmt == "pytorch" else {name: handle.tensor(name) for name in handle.where}
         self.state = {k: (v if v.dtype == torch.float32 else v.float()) for k, v in state.items()}
-        self.encoders: dict[str, _SharedEncoder] = {}
+        self.encoders: dict[str, Any] = {}  # by kind: the shared encoder, or why the file cannot make it
 
     def build(self, name: str, spec: HeadSpec):
         from rembert_ref import torch_model
 
         torch = self.torch
         config = _head_config(self.checker.config, spec)
+        encoder = self._encoder(spec.encoder, config)
+        if isinstance(encoder, str):  # the file cannot make the encoder: each head's load row says why
+            self.checker.fail(name, self.fmt, "load", encoder)
+            return None
+        if name == "RemBertModel":
+            return encoder  # the base model is the encoder: the same class on the same tensors
+        # The head's own encoder is replaced by the shared one below, so it is built with one layer (the fewest a
+        # config allows): building 32 layers on the meta device for each of seven heads cost 0.9 s per format.
         with torch.device("meta"):  # no allocation, no random init: every tensor comes from the file
-            model = torch_model.MODEL_CLASSES[name](config)
+            model = torch_model.MODEL_CLASSES[name](dataclasses.replace(config, num_hidden_layers=1))
         tensors = self._tensors_for(model)
         if spec.layer is not None and not spec.from_checkpoint:  # a new head: the seeded weights
             weight, bias = self.checker.head_weights[name]
             tensors[f"{spec.layer}.weight"] = torch.from_numpy(weight)
             tensors[f"{spec.layer}.bias"] = torch.from_numpy(bias)
-        own = model.state_dict()
-        missing = sorted(set(own) - set(tensors))
-        if missing:
-            self.checker.fail(name, self.fmt, "load", f"the file lacks {', '.join(missing[:5])}")
+        problem = _load(model, tensors)
+        if problem is not None:
+            self.checker.fail(name, self.fmt, "load", problem)
             return None
-        wrong = [k for k in own if tuple(tensors[k].shape) != tuple(own[k].shape)]
-        if wrong:
-            self.checker.fail(name, self.fmt, "load", f"wrong shape of {', '.join(wrong[:5])}")
-            return None
-        model.load_state_dict(tensors, strict=True, assign=True)
-        encoder = self.encoders.get(spec.encoder)
-        if encoder is None:
-            pooled = "rembert.pooler.dense.weight" in {_canonical(k) for k in self.state}
-            with torch.device("meta"):  # token-classification and QA files have no pooler
-                base = torch_model.RemBertModel(config, add_pooling_layer=pooled)
-            base.load_state_dict(self._tensors_for(base), strict=True, assign=True)
-            encoder = self.encoders[spec.encoder] = _torch_shared_encoder(base.eval())
-        if name == "RemBertModel":
-            return encoder  # the base model is the encoder: the same class on the same tensors
         model.rembert = encoder  # the head's own forward runs; the encoder result is shared across heads
         return model.eval()
+
+    def _encoder(self, kind: str, config) -> Any:
+        """The shared encoder of this kind (bidirectional or causal) on the file's tensors, or why the file
+        cannot make it."""
+        if kind not in self.encoders:
+            from rembert_ref import torch_model
+
+            pooled = "rembert.pooler.dense.weight" in {_canonical(k) for k in self.state}
+            with self.torch.device("meta"):  # token-classification and QA files have no pooler
+                base = torch_model.RemBertModel(config, add_pooling_layer=pooled)
+            problem = _load(base, self._tensors_for(base))
+            self.encoders[kind] = problem if problem is not None else _torch_shared_encoder(base.eval())
+        return self.encoders[kind]
 
     def _tensors_for(self, model) -> dict[str, Any]:
         """The file's tensors by this model's parameter names, matched as Hugging Face does: a file in the
