@@ -123,6 +123,34 @@ def test_crc_mismatch_is_reported(tiny_ckpt, tmp_path):
     reader.read("bert/embeddings/word_embeddings")
 
 
+def test_a_reader_checks_each_stored_block_once_and_a_mismatch_every_time(tiny_ckpt, tmp_path, monkeypatch):
+    import converters.tf1_checkpoint as tf1
+
+    extended = []
+    real_extend = tf1.google_crc32c.extend
+    monkeypatch.setattr(tf1.google_crc32c, "extend", lambda crc, data: extended.append(len(data)) or
+                        real_extend(crc, data))
+    name = "bert/encoder/layer_1/intermediate/dense/kernel"
+    reader = CheckpointReader(tiny_ckpt.prefix)
+    first = reader.read(name)
+    assert sum(extended) == reader.entries[name].nbytes
+    extended.clear()
+    np.testing.assert_array_equal(reader.read(name), first)  # read again: same values, its CRC not recomputed
+    assert extended == []
+    CheckpointReader(tiny_ckpt.prefix).read(name)  # another reader checks for itself
+    assert sum(extended) == reader.entries[name].nbytes
+
+    prefix = _copy(tiny_ckpt, tmp_path)  # a block that fails is checked (and fails) on every read
+    data = Path(f"{prefix}.data-00000-of-00001")
+    raw = bytearray(data.read_bytes())
+    raw[reader.entries[name].offset + 5] ^= 0x01
+    data.write_bytes(bytes(raw))
+    damaged = CheckpointReader(prefix)
+    for _ in range(2):
+        with pytest.raises(UserError, match=f"checksum mismatch in {name}"):
+            damaged.read(name)
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "flip"])
 def test_corrupt_index_is_a_user_error(tiny_ckpt, tmp_path, damage):
     prefix = _copy(tiny_ckpt, tmp_path)
