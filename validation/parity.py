@@ -26,6 +26,7 @@ max |reference|), tolerance (atol + rtol x max |reference|, per weight dtype; an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -556,14 +557,10 @@ def _verify(setup: _Setup, reader, converted: Path, found: list[str], seed: int,
 def _import_ahead(formats: list[str]) -> None:
     """Imports that cost seconds of one core, started before the formats that need them so that they overlap
     the float64 reference and the first tensor proof (an import of the same module elsewhere waits for this one
-    to finish): TensorFlow, and what torch imports the first time a parameter is initialised on the meta
-    device (its compiler stack, about 1 s), which building the first head would otherwise wait for."""
+    to finish): torch, and TensorFlow."""
     try:
         if "pytorch" in formats or "safetensors" in formats:
-            import torch
-
-            with torch.device("meta"):
-                torch.nn.Embedding(2, 2), torch.nn.Linear(2, 2), torch.nn.LayerNorm(2)
+            import torch  # noqa: F401
         if "tf2" in formats:
             importlib.import_module("rembert_ref.tf_model")
     except BaseException:  # noqa: BLE001 - the same import in the format's own step raises it, with its message
@@ -743,6 +740,35 @@ def _wants_hidden_states(name: str, spec: HeadSpec | None = None) -> bool:
     return name in ("RemBertModel", "RemBertForCausalLM", "RemBertForMaskedLM") or bool(spec and spec.from_checkpoint)
 
 
+def _on_meta(torch) -> contextlib.ExitStack:
+    """Modules built in this context are on the meta device and skip their random initialisation: a meta
+    tensor has no values to initialise, but torch's meta `normal_` imports its compiler stack on first use
+    (0.9 s of one core) and runs a Python decomposition on every call."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.device("meta"))
+    stack.enter_context(_skip_initialisers_class()())
+    return stack
+
+
+@cache
+def _skip_initialisers_class() -> type:
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    initialisers = (torch.nn.init.normal_, torch.Tensor.normal_)
+
+    class SkipInitialisers(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in initialisers:
+                tensor = args[0] if args else kwargs["tensor"]
+                if tensor.is_meta:
+                    return tensor
+            return func(*args, **kwargs)
+
+    return SkipInitialisers
+
+
 def _load(model, tensors: dict[str, Any]) -> str | None:
     """Assign the file's tensors to a model built on the meta device, with torch's strict name matching; or
     say what the file lacks or has in the wrong shape (then nothing is loaded)."""
@@ -782,7 +808,7 @@ class _TorchHeads:
             return encoder  # the base model is the encoder: the same class on the same tensors
         # The head's own encoder is replaced by the shared one below, so it is built with one layer (the fewest a
         # config allows): building 32 layers on the meta device for each of seven heads cost 0.9 s per format.
-        with torch.device("meta"):  # no allocation, no random init: every tensor comes from the file
+        with _on_meta(torch):  # no allocation, no random init: every tensor comes from the file
             model = torch_model.MODEL_CLASSES[name](dataclasses.replace(config, num_hidden_layers=1))
         tensors = self._tensors_for(model)
         if spec.layer is not None and not spec.from_checkpoint:  # a new head: the seeded weights
@@ -803,7 +829,7 @@ class _TorchHeads:
             from rembert_ref import torch_model
 
             pooled = "rembert.pooler.dense.weight" in {_canonical(k) for k in self.state}
-            with self.torch.device("meta"):  # token-classification and QA files have no pooler
+            with _on_meta(self.torch):  # token-classification and QA files have no pooler
                 base = torch_model.RemBertModel(config, add_pooling_layer=pooled)
             problem = _load(base, self._tensors_for(base))
             self.encoders[kind] = problem if problem is not None else _torch_shared_encoder(base.eval())
