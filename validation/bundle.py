@@ -13,13 +13,14 @@ import json
 import os
 import re
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from converters.convert import ConversionResult, ConvertOptions, convert_checkpoint, sha256_file
 from rembert_ref.errors import UserError, require_tensorflow
-from validation.parity import HEADS, ParityReport, progress_printer, verify_conversion
+from validation.parity import HEADS, ParityReport, import_ahead, progress_printer, verify_conversion
 
 CHECKSUMS_NAME = "SHA256SUMS"
 MODEL_CARD_NAME = "README.md"
@@ -117,7 +118,14 @@ def bundle_checkpoint(
         text = model_card(staged, report, card, tokenizer, folder=Path(output_dir).resolve().name)
         (staged.output_dir / MODEL_CARD_NAME).write_text(text, encoding="utf-8")
 
-    conversion = convert_checkpoint(ckpt, output_dir, list(formats), options, before_commit=verify_and_describe)
+    # verify's imports (torch, TensorFlow: 2-3 s of one core) run while convert writes, which leaves a core idle,
+    # instead of beside verify, which keeps both busy.
+    importing = threading.Thread(target=import_ahead, args=(list(formats),), name="import-ahead")
+    importing.start()
+    try:
+        conversion = convert_checkpoint(ckpt, output_dir, list(formats), options, before_commit=verify_and_describe)
+    finally:
+        importing.join()
     out = Path(output_dir)
     return BundleResult(out, sorted(p for p in out.iterdir() if p.is_file()), parity["report"], conversion)
 

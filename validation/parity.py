@@ -491,7 +491,7 @@ def verify_conversion(
     found = _check_folder(converted, formats, functional)
     with CheckpointReader(resolve_checkpoint(ckpt)) as reader:
         setup = _prepare(reader, converted, original_config, heads, seed, task_head_weights)
-        importing = threading.Thread(target=_import_ahead, args=(found if functional else [],),
+        importing = threading.Thread(target=import_ahead, args=(found if functional else [],),
                                      name="import-ahead")
         importing.start()
         try:
@@ -554,7 +554,7 @@ def _verify(setup: _Setup, reader, converted: Path, found: list[str], seed: int,
     return report
 
 
-def _import_ahead(formats: list[str]) -> None:
+def import_ahead(formats: list[str]) -> None:
     """Imports that cost seconds of one core, started before the formats that need them so that they overlap
     the float64 reference and the first tensor proof (an import of the same module elsewhere waits for this one
     to finish): torch, and TensorFlow."""
