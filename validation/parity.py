@@ -555,9 +555,9 @@ def _verify(setup: _Setup, reader, converted: Path, found: list[str], seed: int,
 
 
 def import_ahead(formats: list[str]) -> None:
-    """Imports that cost seconds of one core, started before the formats that need them so that they overlap
-    the float64 reference and the first tensor proof (an import of the same module elsewhere waits for this one
-    to finish): torch, and TensorFlow."""
+    """The imports verifying these formats needs that cost seconds of one core (torch, TensorFlow), for a thread
+    of their own: verify starts them so that they overlap the float64 reference and the first tensor proof, and
+    bundle while convert writes. An import of the same module elsewhere waits for this one to finish."""
     try:
         if "pytorch" in formats or "safetensors" in formats:
             import torch  # noqa: F401
@@ -740,14 +740,13 @@ def _wants_hidden_states(name: str, spec: HeadSpec | None = None) -> bool:
     return name in ("RemBertModel", "RemBertForCausalLM", "RemBertForMaskedLM") or bool(spec and spec.from_checkpoint)
 
 
-def _on_meta(torch) -> contextlib.ExitStack:
+@contextlib.contextmanager
+def _on_meta(torch) -> Iterator[None]:
     """Modules built in this context are on the meta device and skip their random initialisation: a meta
     tensor has no values to initialise, but torch's meta `normal_` imports its compiler stack on first use
     (0.9 s of one core) and runs a Python decomposition on every call."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.device("meta"))
-    stack.enter_context(_skip_initialisers_class()())
-    return stack
+    with torch.device("meta"), _skip_initialisers_class()():
+        yield
 
 
 @cache
