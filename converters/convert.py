@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -319,6 +320,10 @@ def _stream(reader: CheckpointReader, mappings: Sequence[TensorMapping], writers
             buffers.give_back(chunk)
             yield mapping, converted, chunk.nbytes
 
+    # With more than one format, each slice goes to the writers at once, one thread each: copying into the page
+    # cache is system time, and pytorch_model.bin and tf_model.h5 each copy every byte (h5py and zlib's CRC-32
+    # release the GIL). The slice's buffers are reused only when every writer is done with it.
+    writing = ThreadPoolExecutor(max_workers=max(len(writers) - 1, 1), thread_name_prefix="write")
     try:
         # Reading, CRC checks and casts run a few slices ahead in a thread of their own (see
         # converters/pipeline.py); this thread transposes and writes (the writers' own threads do the I/O).
@@ -329,13 +334,19 @@ def _stream(reader: CheckpointReader, mappings: Sequence[TensorMapping], writers
             if "torch" in layouts:
                 out = transposed_out.array(converted.shape[::-1], target) if mapping.transpose else None
                 arrays["torch"] = torch_layout(mapping, converted, out)
-            for writer in writers:
-                writer.add(mapping, arrays[writer.layout])
+            jobs = [writing.submit(writer.add, mapping, arrays[writer.layout]) for writer in writers[1:]]
+            try:
+                writers[0].add(mapping, arrays[writers[0].layout])
+            finally:
+                wait(jobs)  # even when this thread's writer failed: the others still read the slice
+            for job in jobs:
+                job.result()  # a writer's error, raised here
             (buffers if mapping.source_dtype == options.dtype else cast_buffers).give_back(converted)
             if hasher is not None:
                 hasher.advance({path: n for writer in writers for path, n in writer.finished_bytes().items()})
             progress.update(source_bytes)
     finally:
+        writing.shutdown()
         progress.close()
 
 

@@ -197,7 +197,9 @@ def test_failed_replace_leaves_the_old_output_byte_for_byte(work, tmp_path, monk
     assert snapshot(parent) == before  # the old output as it was, and nothing beside it
 
 
-def test_failure_while_writing_leaves_the_old_output(work, tmp_path, monkeypatch):
+# The safetensors writer alone, and beside the pytorch writer (then it runs in a writing thread of its own).
+@pytest.mark.parametrize("command", [["safetensors"], ["convert", "--format", "pytorch", "--format", "safetensors"]])
+def test_failure_while_writing_leaves_the_old_output(work, tmp_path, monkeypatch, command):
     from converters.writers import SafetensorsWriter
 
     parent = tmp_path / "outs"
@@ -208,7 +210,7 @@ def test_failure_while_writing_leaves_the_old_output(work, tmp_path, monkeypatch
         raise OSError(5, "Input/output error (simulated)")
 
     monkeypatch.setattr(SafetensorsWriter, "add", add)
-    result = run("safetensors", work / "ckpt", "-o", out, "--force")
+    result = run(*command, work / "ckpt", "-o", out, "--force")
     assert result.exit_code == 3 and "internal error OSError" in result.output
     assert snapshot(parent) == before
 
