@@ -326,7 +326,8 @@ def _stream(reader: CheckpointReader, mappings: Sequence[TensorMapping], writers
     writing = ThreadPoolExecutor(max_workers=max(len(writers) - 1, 1), thread_name_prefix="write")
     try:
         # Reading, CRC checks and casts run a few slices ahead in a thread of their own (see
-        # converters/pipeline.py); this thread transposes and writes (the writers' own threads do the I/O).
+        # converters/pipeline.py); this thread transposes and writes the first format, the writing threads the
+        # others (DirectFile's own thread does the safetensors I/O).
         layouts = {writer.layout for writer in writers}
         for mapping, converted, source_bytes in read_ahead(read_and_cast(), depth=READ_AHEAD_SLICES):
             out = tf_out.array(converted.shape[::-1], target) if mapping.tf_transpose else None
