@@ -450,12 +450,12 @@ def iter_formats(converted: Path, formats: list[str]) -> Iterator[tuple[str, Any
         try:
             yield fmt, handle
         finally:
-            handed_out = handle.close()  # weak references to the memory it gave the proofs (a model's parameters
-            # are new tensor objects on the same storage, so for torch it is the storages that are watched)
-            del handle
             # The file stays mapped (and its pages count as ours) until the last tensor viewing it is freed. The
             # proofs drop theirs before this, but a model held in a reference cycle keeps its tensors until the
             # collector runs; its full pass costs 0.3-0.4 s with torch and TensorFlow loaded, so it runs only when
-            # one of them is still alive and another format is to be mapped.
+            # something the handle gave out is still alive and another format is to be mapped. (For torch the
+            # handle watches storages: a model's parameters are new tensor objects on the same storage.)
+            handed_out = handle.close()
+            del handle
             if fmt != formats[-1] and any(ref() is not None for ref in handed_out):
                 gc.collect()
