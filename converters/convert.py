@@ -41,6 +41,7 @@ from converters.writers import (
     TorchBinWriter,
     Writer,
     cast,
+    drop_cached_file,
     parse_size,
     storage_dtype,
     torch_layout,
@@ -240,6 +241,8 @@ def convert_checkpoint(
             config.save(staging / "config.json")
             writers = [factory(staging, plan.mappings, options.dtype, plan) for factory in factories]
             hasher = FileHasher() if options.checksums else None
+            for writer in writers:
+                writer.hashed_bytes = hasher.hashed if hasher is not None else None
             try:
                 _stream(reader, plan.mappings, writers, options, hasher)
                 files = [path for writer in writers for path in writer.close()]
@@ -252,6 +255,9 @@ def convert_checkpoint(
             files += tokenizer_files
             own = {path: digest for writer in writers for path, digest in writer.digests().items()}
             digests = {**hasher.finish([f for f in files if f not in own]), **own} if hasher is not None else None
+            if hasher is not None:  # the writers kept what the hasher had not read yet in the page cache
+                for path in files:
+                    drop_cached_file(path)
             del writers, hasher  # their buffers, before `before_commit` (bundle's verify) needs the memory
             report = conversion_report(reader.prefix, plan, options, formats, staging, files, digests)
             (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

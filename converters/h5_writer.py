@@ -18,6 +18,7 @@ Deterministic bytes: no timestamps (track_times=False), no creation-order tracki
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 
 from rembert_ref.errors import UserError
 from converters.mapping import ENCODER, HEAD, MLM, POOLER, RULES, TensorMapping
-from converters.writers import Writer
+from converters.writers import CacheRelease, Writer
 
 TF_WEIGHTS_NAME = "tf_model.h5"
 H5_DTYPES = {"float32": np.float32, "float16": np.float16}  # HDF5 has no bfloat16 type
@@ -85,6 +86,7 @@ class H5Writer(Writer):
         # Every dataset starts on a 64-byte boundary in the file, so verify can map it and hand the mapping to
         # TensorFlow without a copy (TensorFlow requires 64-byte aligned buffers); Keras reads it as usual.
         self.file = h5py.File(self.path, "w", track_order=False, alignment_threshold=1, alignment_interval=64)
+        self.cache = CacheRelease(self.path)
         save_attribute(self.file, "layer_names", [name.encode("utf-8") for name in self.layers])
         self.file.attrs["backend"] = b"tensorflow"
         for layer in self.layers:
@@ -109,6 +111,7 @@ class H5Writer(Writer):
         rows = chunk.shape[0] if chunk.ndim else 1
         self.dataset[self.row:self.row + rows] = chunk
         self.row += rows
+        self.cache.advance(self.releasable(self.path, os.fstat(self.cache.fd).st_size))
 
     def _finish_current(self) -> None:
         if self.current is not None and self.row != self.expected_rows:
@@ -117,6 +120,7 @@ class H5Writer(Writer):
     def close(self) -> list[Path]:
         self._finish_current()
         self.file.close()
+        self.cache.close(None if self.hashed_bytes is None else self.hashed_bytes(self.path))
         return [self.path]
 
     def abort(self) -> None:
@@ -124,3 +128,5 @@ class H5Writer(Writer):
             self.file.close()
         except Exception:  # the staging directory is deleted anyway; the original error matters
             pass
+        finally:
+            self.cache.abort()

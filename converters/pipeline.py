@@ -134,6 +134,11 @@ class FileHasher:
                     self._final[path] = size
             self._lock.notify()
 
+    def hashed(self, path: Path) -> int:
+        """How many leading bytes of `path` are hashed (the writer may let them leave the page cache)."""
+        with self._lock:
+            return self._done.get(path, 0)
+
     def finish(self, paths: Iterable[Path]) -> dict[Path, str]:
         paths = list(paths)
         self.advance({path: path.stat().st_size for path in paths})

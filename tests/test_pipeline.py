@@ -13,6 +13,7 @@ import pytest
 
 from converters.convert import ConvertOptions, convert_checkpoint
 from converters.pipeline import FileHasher, read_ahead
+import converters.writers as writers
 from converters.writers import DirectFile
 
 
@@ -143,3 +144,56 @@ def test_direct_file_empty(tmp_path):
     path = tmp_path / "empty.bin"
     assert DirectFile(path, digest=True).close() == hashlib.sha256(b"").hexdigest()
     assert path.read_bytes() == b""
+
+
+def _record_drops(monkeypatch, events: list) -> None:
+    """Record every page-cache drop as (file name, length) and still make it."""
+    real = writers.drop_cached_pages
+
+    def record(fd: int, length: int = 0) -> None:
+        events.append((Path(os.readlink(f"/proc/self/fd/{fd}")).name, length))
+        real(fd, length)
+
+    monkeypatch.setattr(writers, "drop_cached_pages", record)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files through /proc")
+def test_buffered_writers_drop_their_pages_as_they_write(tiny_ckpt, tmp_path, monkeypatch):
+    drops: list[tuple[str, int]] = []
+    _record_drops(monkeypatch, drops)
+    monkeypatch.setattr(writers.CacheRelease, "STEP", 4096)
+    out = tmp_path / "out"
+    convert_checkpoint(tiny_ckpt.prefix, out, ["pytorch", "safetensors", "tf2"],
+                       ConvertOptions(quiet=True, chunk_bytes=256))
+    for name in ("pytorch_model.bin", "tf_model.h5"):
+        lengths = [length for file, length in drops if file == name]
+        growing = lengths[:-1]
+        assert len(growing) > 3 and growing == sorted(growing) and growing[0] > 0, (name, lengths)
+        assert growing[-1] < (out / name).stat().st_size
+        assert lengths[-1] == 0, name  # the whole file once it is closed (and flushed)
+    assert not [file for file, _ in drops if file.endswith(".safetensors")]  # O_DIRECT: never in the cache
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files through /proc")
+def test_pages_the_hasher_has_not_read_stay_cached(tiny_ckpt, tmp_path, monkeypatch):
+    drops: list[tuple[str, int]] = []
+    _record_drops(monkeypatch, drops)
+    monkeypatch.setattr(writers.CacheRelease, "STEP", 4096)
+    monkeypatch.setattr(FileHasher, "hashed", lambda self, path: 0)  # as if the hasher were far behind
+    finished = []  # drops made before the hasher finished
+    real_finish = FileHasher.finish
+
+    def finish(self, paths):
+        finished.append(len(drops))
+        return real_finish(self, paths)
+
+    monkeypatch.setattr(FileHasher, "finish", finish)
+    out = tmp_path / "out"
+    convert_checkpoint(tiny_ckpt.prefix, out, ["pytorch", "tf2"],
+                       ConvertOptions(quiet=True, chunk_bytes=256, checksums=True))
+    assert finished == [0]  # nothing dropped before the hasher was done
+    assert {"pytorch_model.bin", "tf_model.h5"} <= {file for file, _ in drops}  # then everything, whole files
+    assert all(length == 0 for _, length in drops)
+    files = json.loads((out / "conversion_report.json").read_text())["files"]
+    for name in ("pytorch_model.bin", "tf_model.h5"):
+        assert files[name]["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest()

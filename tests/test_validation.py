@@ -138,6 +138,44 @@ def test_a_closed_format_is_freed_without_the_garbage_collector(tiny_ckpt, conve
     assert collections == []
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files through /proc")
+@pytest.mark.parametrize("release", [True, False])
+def test_each_format_leaves_the_cache_after_the_work_beside_it(tiny_ckpt, converted, monkeypatch, release):
+    # bundle hashes each format's files while verify has them cached, then verify drops them for the next format.
+    import os
+    from concurrent.futures import Future
+
+    import converters.writers as writers
+
+    events: list[tuple[str, tuple[str, ...]]] = []
+
+    class Beside(Future):
+        def result(self, timeout=None):
+            events.append(("waited", self.names))
+            return super().result(timeout)
+
+    def while_cached(paths: list[Path]) -> Future:
+        job = Beside()
+        job.names = tuple(path.name for path in paths)
+        events.append(("opened", job.names))
+        job.set_result(None)
+        return job
+
+    real_drop = writers.drop_cached_pages
+
+    def drop(fd: int, length: int = 0) -> None:
+        events.append(("dropped", (Path(os.readlink(f"/proc/self/fd/{fd}")).name,)))
+        real_drop(fd, length)
+
+    monkeypatch.setattr(writers, "drop_cached_pages", drop)
+    report = verify_conversion(tiny_ckpt.prefix, converted, release_cache=release, while_cached=while_cached)
+    assert report.passed
+    expected = []
+    for name in ("pytorch_model.bin", "model.safetensors"):
+        expected += [("opened", (name,)), ("waited", (name,))] + [("dropped", (name,))] * release
+    assert events == expected
+
+
 def test_the_chosen_activation_is_the_one_verified(tiny_ckpt, tmp_path):
     """The ground truth runs the original graph with the activation config.json declares, so an exact-erf
     conversion is verified as such and the report says so."""

@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,15 +91,22 @@ def bundle_checkpoint(
     parity: dict[str, ParityReport] = {}
 
     def verify_and_describe(staged: ConversionResult) -> None:
-        # The checksums are computed beside the verify, in a thread of their own: both only read the finished
-        # files, and verify leaves part of a core idle.
+        # Each format's files are hashed beside its proof, in a thread of their own, while verify has them in
+        # the page cache; then verify drops them, so that the next format reuses those pages (convert left none
+        # of them cached: converters.writers.CacheRelease says why). The small files are hashed at the end.
         hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+        hashed: list[Future] = []
+
+        def hash_files(paths: list[Path]) -> Future:
+            hashed.append(hashing.submit(lambda: {path.name: sha256_file(path) for path in paths}))
+            return hashed[-1]
+
         try:
-            pending = {path.name: hashing.submit(sha256_file, path) for path in _checksummed(staged.output_dir)}
             report = verify_conversion(ckpt, staged.output_dir, original_config=options.config, heads=heads,
                                        tolerance=tolerance,
-                                       progress=progress_printer(not options.quiet and sys.stderr.isatty()))
-            digests = {name: job.result() for name, job in pending.items()} if report.passed else {}
+                                       progress=progress_printer(not options.quiet and sys.stderr.isatty()),
+                                       release_cache=True, while_cached=hash_files)
+            digests = {name: digest for job in hashed for name, digest in job.result().items()}
         finally:
             hashing.shutdown(cancel_futures=True)
         parity["report"] = report

@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache, partial
 from pathlib import Path
@@ -482,10 +482,16 @@ def verify_conversion(
     functional: bool = True,
     task_head_weights: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     progress: Callable[[str], None] | None = None,
+    release_cache: bool = False,
+    while_cached: Callable[[list[Path]], Future] | None = None,
 ) -> ParityReport:
     """Prove `converted` against the checkpoint: every tensor of every format (tensor proof) and every head in
-    every format against the float64 original graph (functional proof)."""
+    every format against the float64 original graph (functional proof).
+
+    For a folder just written (bundle): `release_cache` drops each format's files from the page cache once
+    proven, and `while_cached` starts work on each format's files while they are there (tensor_proof.iter_formats)."""
     from converters.tf1_checkpoint import CheckpointReader, resolve_checkpoint
+    from validation import tensor_proof
 
     converted = Path(converted)
     found = _check_folder(converted, formats, functional)
@@ -495,13 +501,15 @@ def verify_conversion(
                                      name="import-ahead")
         importing.start()
         try:
-            return _verify(setup, reader, converted, found, seed, tolerance, tensors, functional, progress)
+            return _verify(setup, reader, converted, found, seed, tolerance, tensors, functional, progress,
+                           partial(tensor_proof.iter_formats, release=release_cache, while_cached=while_cached))
         finally:  # never leave an import half done behind us (a process exiting mid-import can crash)
             importing.join()
 
 
 def _verify(setup: _Setup, reader, converted: Path, found: list[str], seed: int, tolerance: float | None,
-            tensors: bool, functional: bool, progress: Callable[[str], None] | None) -> ParityReport:
+            tensors: bool, functional: bool, progress: Callable[[str], None] | None,
+            iter_formats: Callable[[Path, list[str]], Iterator[tuple[str, Any]]]) -> ParityReport:
     from validation import tensor_proof
 
     config, specs, inputs, head_weights = setup.config, setup.specs, setup.inputs, setup.head_weights
@@ -531,7 +539,7 @@ def _verify(setup: _Setup, reader, converted: Path, found: list[str], seed: int,
     # TensorFlow) release the GIL; results are collected in order, so the report is the same as one thread's.
     truth = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-tensors") as helper:
-        for fmt, handle in tensor_proof.iter_formats(converted, found):
+        for fmt, handle in iter_formats(converted, found):
             tensor_job = None
             if tensors:
                 tensor_job = helper.submit(timed, f"tensors {fmt}", partial(

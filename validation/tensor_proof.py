@@ -22,6 +22,7 @@ import json
 import threading
 import weakref
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import numpy as np
 
 from converters.mapping import ConversionPlan, TensorMapping, plan_conversion
 from converters.tf1_checkpoint import DEFAULT_CHUNK_BYTES, CheckpointReader
-from converters.writers import cast, to_float32, transpose
+from converters.writers import cast, drop_cached_file, to_float32, transpose
 from rembert_ref.errors import UserError
 
 SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
@@ -63,6 +64,7 @@ class _TorchFile:
         import torch
 
         self.path = path
+        self.paths = [path]
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as exc:  # RuntimeError, UnpicklingError, ...: not a readable torch file
@@ -99,6 +101,7 @@ class _SafetensorsFiles:
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise UserError(f"{index} is not a valid index with a weight_map ({exc}); convert again") from exc
             shards = sorted(set(weight_map.values()))
+        self.paths = [directory / shard for shard in shards]
         self.handles: dict[str, Any] = {}
         self.lock = threading.Lock()
         self.loaded: dict[str, Any] = {}
@@ -165,6 +168,7 @@ class _H5File:
         except OSError as exc:
             raise UserError(f"{path} is not a readable HDF5 file ({exc}); convert the checkpoint again") from exc
         self.path = path
+        self.paths = [path]
         self.lock = threading.Lock()
         self.datasets: dict[str, Any] = {}
         self.loaded: dict[str, np.ndarray] = {}
@@ -443,10 +447,17 @@ def agreement_rows(plan: ConversionPlan, digests: dict[str, dict[str, str]]) -> 
     return rows
 
 
-def iter_formats(converted: Path, formats: list[str]) -> Iterator[tuple[str, Any]]:
-    """Open each format in turn, closing the previous one first: one format's files mapped at a time."""
+def iter_formats(converted: Path, formats: list[str], *, release: bool = False,
+                 while_cached: Callable[[list[Path]], Future] | None = None) -> Iterator[tuple[str, Any]]:
+    """Open each format in turn, closing the previous one first: one format's files mapped at a time.
+
+    `while_cached`: work on a format's files started when it opens (bundle hashes them there, while they are in
+    the page cache); it must be done before the next format opens. `release`: then drop the format's files from
+    the page cache, so that the next format reuses those pages (bundle's freshly written files: see
+    converters.writers.CacheRelease for why that matters)."""
     for fmt in formats:
         handle = open_format(converted, fmt)
+        beside = while_cached(handle.paths) if while_cached is not None else None
         try:
             yield fmt, handle
         finally:
@@ -455,7 +466,12 @@ def iter_formats(converted: Path, formats: list[str]) -> Iterator[tuple[str, Any
             # collector runs; its full pass costs 0.3-0.4 s with torch and TensorFlow loaded, so it runs only when
             # something the handle gave out is still alive and another format is to be mapped. (For torch the
             # handle watches storages: a model's parameters are new tensor objects on the same storage.)
-            handed_out = handle.close()
+            handed_out, paths = handle.close(), handle.paths
             del handle
             if fmt != formats[-1] and any(ref() is not None for ref in handed_out):
                 gc.collect()
+            if beside is not None:
+                beside.result()
+            if release:
+                for path in paths:
+                    drop_cached_file(path)
