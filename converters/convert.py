@@ -79,6 +79,7 @@ class ConversionResult:
     files: list[Path]
     plan: ConversionPlan
     report: dict = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)  # sha256 by file name, of files hashed as written
 
 
 def find_config(prefix: Path, explicit: str | os.PathLike | None) -> Path:
@@ -174,15 +175,16 @@ def inspect_checkpoint(ckpt: str | os.PathLike, options: ConvertOptions | None =
             and not any(r.status in ("missing", "error") for r in rows)}
 
 
-def _writer_factories(formats: Sequence[str], options: ConvertOptions) -> list[Callable[..., Writer]]:
+def _writer_factories(formats: Sequence[str], options: ConvertOptions,
+                      hash_in_stream: bool = False) -> list[Callable[..., Writer]]:
     factories: list[Callable[..., Writer]] = []
     for name in formats:
         if name == "pytorch":
             factories.append(lambda d, m, t, plan: TorchBinWriter(d, m, t))
         elif name == "safetensors":
             max_shard = parse_size(str(options.max_shard_size))
-            factories.append(lambda d, m, t, plan, size=max_shard: SafetensorsWriter(d, m, t, size,
-                                                                                     options.checksums))
+            factories.append(lambda d, m, t, plan, size=max_shard, hashed=options.checksums or hash_in_stream:
+                             SafetensorsWriter(d, m, t, size, hashed))
         elif name == "tf2":
             from converters.h5_writer import H5Writer  # h5py only when asked for
 
@@ -197,11 +199,14 @@ def convert_checkpoint(
     options: ConvertOptions | None = None,
     *,
     before_commit: Callable[[ConversionResult], None] | None = None,
+    hash_in_stream: bool = False,
 ) -> ConversionResult:
     """Convert a TF1 RemBERT checkpoint into the requested formats (one pass over the checkpoint).
 
     `before_commit` sees the finished files in the staging directory and may add files or raise (then nothing
-    is written): `bundle` verifies parity there, before the output appears."""
+    is written): `bundle` verifies parity there, before the output appears. `hash_in_stream`: the files that can
+    be hashed while they are written (safetensors by its writer, pytorch_model.bin as its records are final) get
+    their sha256 in `ConversionResult.digests` even without `options.checksums`."""
     options = options or ConvertOptions()
     if options.dtype not in TARGET_DTYPES:
         raise UserError(f"unknown dtype {options.dtype!r}; use one of: {', '.join(TARGET_DTYPES)}")
@@ -218,7 +223,7 @@ def convert_checkpoint(
     inputs = conversion_inputs(prefix, options)
     check_output(output_dir, inputs, force=options.force)
     output_dir = Path(output_dir)
-    factories = _writer_factories(formats, options)
+    factories = _writer_factories(formats, options, hash_in_stream)
     labels = read_labels(options.labels) if options.labels is not None else None
     with CheckpointReader(prefix) as reader:
         config = load_config(reader.prefix, options)
@@ -240,32 +245,38 @@ def convert_checkpoint(
             del spm_info
             config.save(staging / "config.json")
             writers = [factory(staging, plan.mappings, options.dtype, plan) for factory in factories]
-            hasher = FileHasher() if options.checksums else None
-            for writer in writers:
-                writer.hashed_bytes = hasher.hashed if hasher is not None else None
+            hasher = FileHasher() if options.checksums or hash_in_stream else None
+            for writer in writers:  # pages wait in the cache for the hasher only in files it will hash
+                hashed = hasher is not None and (options.checksums or writer.final_bytes_as_written)
+                writer.hashed_bytes = hasher.hashed if hashed else None
             try:
                 _stream(reader, plan.mappings, writers, options, hasher)
-                files = [path for writer in writers for path in writer.close()]
+                closed = {writer: writer.close() for writer in writers}
             except BaseException:
                 for writer in writers:
                     writer.abort()
                 if hasher is not None:
                     hasher.cancel()
                 raise
-            files += tokenizer_files
+            files = [path for written in closed.values() for path in written] + tokenizer_files
             own = {path: digest for writer in writers for path, digest in writer.digests().items()}
-            digests = {**hasher.finish([f for f in files if f not in own]), **own} if hasher is not None else None
+            digests = None
+            if options.checksums:
+                digests = {**hasher.finish([f for f in files if f not in own]), **own}
+            elif hasher is not None:
+                own.update(hasher.finish([path for writer, written in closed.items()
+                                          if writer.final_bytes_as_written for path in written]))
             if hasher is not None:  # the writers kept what the hasher had not read yet in the page cache
                 for path in files:
                     drop_cached_file(path)
-            del writers, hasher  # their buffers, before `before_commit` (bundle's verify) needs the memory
+            del writers, closed, hasher  # their buffers, before `before_commit` (bundle's verify) needs the memory
             report = conversion_report(reader.prefix, plan, options, formats, staging, files, digests)
             (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             if before_commit is not None:
                 before_commit(ConversionResult(staging, files + [staging / "config.json", staging / REPORT_NAME],
-                                               plan, report))
+                                               plan, report, {path.name: digest for path, digest in own.items()}))
     final_files = [output_dir / p.name for p in files] + [output_dir / "config.json", output_dir / REPORT_NAME]
-    return ConversionResult(output_dir, final_files, plan, report)
+    return ConversionResult(output_dir, final_files, plan, report, {path.name: digest for path, digest in own.items()})
 
 
 def _read_tokenizer(spm_path: Path, config: RemBertConfig):

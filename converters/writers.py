@@ -168,6 +168,7 @@ class Writer:
     # Set by the driver when a FileHasher reads the files as they are written: bytes it has not hashed yet
     # stay in the page cache (see CacheRelease).
     hashed_bytes: Callable[[Path], int] | None = None
+    final_bytes_as_written = False  # whether `finished_bytes` follows the writing (else files are final at close)
 
     def __init__(self, directory: Path, mappings: Sequence[TensorMapping], dtype: str):
         self.directory = directory
@@ -512,6 +513,7 @@ class TorchBinWriter(Writer):
 
     ARCHIVE = "pytorch_model"
     layout = "torch"
+    final_bytes_as_written = True
 
     def __init__(self, directory: Path, mappings: Sequence[TensorMapping], dtype: str, name: str = "pytorch_model.bin"):
         super().__init__(directory, mappings, dtype)

@@ -197,3 +197,14 @@ def test_pages_the_hasher_has_not_read_stay_cached(tiny_ckpt, tmp_path, monkeypa
     files = json.loads((out / "conversion_report.json").read_text())["files"]
     for name in ("pytorch_model.bin", "tf_model.h5"):
         assert files[name]["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest()
+
+
+def test_hash_in_stream_gives_the_digests_of_files_final_as_written(tiny_ckpt, tmp_path):
+    out = tmp_path / "out"
+    result = convert_checkpoint(tiny_ckpt.prefix, out, ["pytorch", "safetensors", "tf2"],
+                                ConvertOptions(quiet=True, chunk_bytes=256), hash_in_stream=True)
+    # tf_model.h5 is final only once h5py closes it: hashing it then would read it all again.
+    assert result.digests == {name: hashlib.sha256((out / name).read_bytes()).hexdigest()
+                              for name in ("pytorch_model.bin", "model.safetensors")}
+    files = json.loads((out / "conversion_report.json").read_text())["files"]
+    assert not any("sha256" in info for info in files.values())

@@ -94,11 +94,13 @@ def bundle_checkpoint(
         # Each format's files are hashed beside its proof, in a thread of their own, while verify has them in
         # the page cache; then verify drops them, so that the next format reuses those pages (convert left none
         # of them cached: converters.writers.CacheRelease says why). The small files are hashed at the end.
+        # model.safetensors was hashed as convert wrote it (hash_in_stream).
         hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
         hashed: list[Future] = []
 
         def hash_files(paths: list[Path]) -> Future:
-            hashed.append(hashing.submit(lambda: {path.name: sha256_file(path) for path in paths}))
+            missing = [path for path in paths if path.name not in staged.digests]
+            hashed.append(hashing.submit(lambda: {path.name: sha256_file(path) for path in missing}))
             return hashed[-1]
 
         try:
@@ -106,7 +108,7 @@ def bundle_checkpoint(
                                        tolerance=tolerance,
                                        progress=progress_printer(not options.quiet and sys.stderr.isatty()),
                                        release_cache=True, while_cached=hash_files)
-            digests = {name: digest for job in hashed for name, digest in job.result().items()}
+            digests = {**staged.digests, **{name: digest for job in hashed for name, digest in job.result().items()}}
         finally:
             hashing.shutdown(cancel_futures=True)
         parity["report"] = report
@@ -130,7 +132,8 @@ def bundle_checkpoint(
     importing = threading.Thread(target=import_ahead, args=(list(formats),), name="import-ahead")
     importing.start()
     try:
-        conversion = convert_checkpoint(ckpt, output_dir, list(formats), options, before_commit=verify_and_describe)
+        conversion = convert_checkpoint(ckpt, output_dir, list(formats), options, before_commit=verify_and_describe,
+                                        hash_in_stream=True)
     finally:
         importing.join()
     out = Path(output_dir)
@@ -150,7 +153,8 @@ def _checksummed(directory: Path) -> list[Path]:
 
 def write_checksums(directory: Path, known: dict[str, str] | None = None) -> Path:
     """`sha256sum -c SHA256SUMS` checks the folder: every file but the card and itself. `known`: digests by
-    file name already computed from the finished files; the others are hashed here."""
+    file name already computed (from the finished files, or from the bytes as the writer wrote them); the others
+    are hashed here."""
     known = known or {}
     lines = [f"{known.get(p.name) or sha256_file(p)}  {p.name}" for p in _checksummed(directory)]
     path = directory / CHECKSUMS_NAME
