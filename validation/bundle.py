@@ -91,10 +91,10 @@ def bundle_checkpoint(
     parity: dict[str, ParityReport] = {}
 
     def verify_and_describe(staged: ConversionResult) -> None:
-        # Each format's files are hashed beside its proof, in a thread of their own, while verify has them in
-        # the page cache; then verify drops them, so that the next format reuses those pages (convert left none
-        # of them cached: converters.writers.CacheRelease says why). The small files are hashed at the end.
-        # model.safetensors was hashed as convert wrote it (hash_in_stream).
+        # model.safetensors and pytorch_model.bin were hashed as convert wrote them (hash_in_stream). tf_model.h5
+        # is final only once closed: it is hashed beside its proof, in a thread of its own, while verify has it in
+        # the page cache. verify drops each format from the cache once proven, so that the next one reuses those
+        # pages (converters.writers.CacheRelease says why). The small files are hashed at the end.
         hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
         hashed: list[Future] = []
 
