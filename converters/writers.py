@@ -249,7 +249,7 @@ class CacheRelease:
             self.thread.shutdown()
             if self.pending is not None:
                 self.pending.result()
-            os.fdatasync(self.fd)
+            getattr(os, "fdatasync", os.fsync)(self.fd)  # macOS has only fsync
             if releasable is None or releasable > 0:
                 drop_cached_pages(self.fd, releasable or 0)
         finally:
