@@ -11,7 +11,6 @@ between runs: the same input gives the same bytes.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import pickle
@@ -468,50 +467,112 @@ class SafetensorsWriter(Writer):
 # -- pytorch_model.bin ----------------------------------------------------------------------------------------
 
 
-class _Storage:
-    """Where a tensor's data lives in the archive: pickled as torch.save's persistent storage reference."""
+class _DataPickle:
+    """The protocol-2 opcodes pickle's C pickler writes for torch.save's {name: tensor} state dict, written
+    directly: the pickle names torch's globals (`torch._utils _rebuild_tensor_v2`, `torch FloatStorage`), and
+    pickling real objects would mean importing torch (1-1.5 s of one core) just for their names. The memo
+    follows the C pickler's: each string, tuple and REDUCE result gets the next index, and the objects it
+    meets again (the globals, the constant strings "storage" and "cpu") are fetched from it."""
 
-    def __init__(self, storage_class: str, key: str, numel: int):
-        self.storage_class, self.key, self.numel = storage_class, key, numel
+    BATCH = 1000  # the C pickler writes a dict's items in batches of this many (see torch_data_pickle)
 
+    def __init__(self) -> None:
+        self.out = bytearray(pickle.PROTO + b"\x02")
+        self.memo: dict[object, int] = {}
 
-class _TensorRecord:
-    """A tensor without its data: pickles as torch.save pickles a contiguous CPU tensor."""
+    def put(self, key: object | None = None) -> None:
+        index = len(self.memo)
+        self.memo[key if key is not None else ("unique", index)] = index
+        self.out += pickle.BINPUT + bytes([index]) if index < 256 else pickle.LONG_BINPUT + struct.pack("<I", index)
 
-    def __init__(self, storage: _Storage, shape: tuple[int, ...]):
-        self.storage, self.shape = storage, shape
+    def fetched(self, key: object) -> bool:
+        index = self.memo.get(key)
+        if index is None:
+            return False
+        self.out += pickle.BINGET + bytes([index]) if index < 256 else pickle.LONG_BINGET + struct.pack("<I", index)
+        return True
 
-    def __reduce__(self):
-        import collections
+    def text(self, value: str, shared: bool = False) -> None:
+        """A string; `shared`: the same object every time (a constant), so the memo serves it again."""
+        if shared and self.fetched(("str", value)):
+            return
+        data = value.encode("utf-8", "surrogatepass")
+        self.out += pickle.BINUNICODE + struct.pack("<I", len(data)) + data
+        self.put(("str", value) if shared else None)
 
-        import torch._utils
+    def global_name(self, module: str, name: str) -> None:
+        if not self.fetched(("global", module, name)):
+            self.out += pickle.GLOBAL + f"{module}\n{name}\n".encode()
+            self.put(("global", module, name))
 
-        strides = tuple(int(np.prod(self.shape[i + 1:], dtype=np.int64)) for i in range(len(self.shape)))
-        # (storage, offset, shape, strides, requires_grad, backward_hooks): the arguments torch.save records.
-        return (torch._utils._rebuild_tensor_v2,
-                (self.storage, 0, self.shape, strides, False, collections.OrderedDict()))
+    def integer(self, value: int) -> None:
+        if 0 <= value <= 0xFF:
+            self.out += pickle.BININT1 + bytes([value])
+        elif 0 <= value <= 0xFFFF:
+            self.out += pickle.BININT2 + struct.pack("<H", value)
+        elif -0x80000000 <= value <= 0x7FFFFFFF:
+            self.out += pickle.BININT + struct.pack("<i", value)
+        else:
+            data = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+            self.out += pickle.LONG1 + bytes([len(data)]) + data
 
+    def int_tuple(self, values: tuple[int, ...]) -> None:
+        if not values:
+            self.out += pickle.EMPTY_TUPLE  # the empty tuple is never memoized
+            return
+        if len(values) > 3:
+            self.out += pickle.MARK
+        for value in values:
+            self.integer(value)
+        self.out += {1: pickle.TUPLE1, 2: pickle.TUPLE2, 3: pickle.TUPLE3}.get(len(values), pickle.TUPLE)
+        self.put()
 
-class _TorchPickler(pickle.Pickler):
-    def persistent_id(self, obj: object) -> tuple | None:
-        if isinstance(obj, _Storage):  # torch.save's storage reference
-            import torch
-
-            return ("storage", getattr(torch, obj.storage_class), obj.key, "cpu", obj.numel)
-        return None
+    def tensor(self, storage_class: str, key: str, shape: tuple[int, ...]) -> None:
+        """_rebuild_tensor_v2(storage, 0, shape, strides, False, OrderedDict()): a contiguous CPU tensor."""
+        self.global_name("torch._utils", "_rebuild_tensor_v2")
+        self.out += pickle.MARK
+        self.out += pickle.MARK  # the storage's persistent id: ("storage", class, key, "cpu", numel)
+        self.text("storage", shared=True)
+        self.global_name("torch", storage_class)
+        self.text(key)
+        self.text("cpu", shared=True)
+        self.integer(int(np.prod(shape, dtype=np.int64)))
+        self.out += pickle.TUPLE
+        self.put()
+        self.out += pickle.BINPERSID
+        self.integer(0)
+        self.int_tuple(shape)
+        self.int_tuple(tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(len(shape))))
+        self.out += pickle.NEWFALSE
+        self.global_name("collections", "OrderedDict")
+        self.out += pickle.EMPTY_TUPLE + pickle.REDUCE
+        self.put()
+        self.out += pickle.TUPLE
+        self.put()
+        self.out += pickle.REDUCE
+        self.put()
 
 
 def torch_data_pickle(entries: Sequence[tuple[str, str, tuple[int, ...]]]) -> bytes:
     """The `data.pkl` torch.save writes for {name: tensor}, from (name, storage class, shape) entries;
-    storage keys are the entries' positions. torch is imported for the globals the pickle names
-    (`torch FloatStorage`, `torch._utils _rebuild_tensor_v2`); no tensor is created."""
-    state = {}
-    for key, (name, storage_class, shape) in enumerate(entries):
-        numel = int(np.prod(shape, dtype=np.int64))
-        state[name] = _TensorRecord(_Storage(storage_class, str(key), numel), tuple(int(d) for d in shape))
-    buffer = io.BytesIO()
-    _TorchPickler(buffer, protocol=2).dump(state)
-    return buffer.getvalue()
+    storage keys are the entries' positions. No tensor is created and torch is not imported."""
+    writer = _DataPickle()
+    writer.out += pickle.EMPTY_DICT
+    writer.put()
+    items = list(enumerate(entries))
+    # As the C pickler does it: one item is a SETITEM; more go in MARK ... SETITEMS batches of BATCH, and a batch
+    # that came out full is followed by another, even an empty one.
+    batches = [items] if len(items) == 1 else [items[start:start + _DataPickle.BATCH]
+                                               for start in range(0, len(items) + 1, _DataPickle.BATCH)]
+    for batch in batches if items else []:
+        if len(items) > 1:
+            writer.out += pickle.MARK
+        for key, (name, storage_class, shape) in batch:
+            writer.text(name)
+            writer.tensor(storage_class, str(key), tuple(int(d) for d in shape))
+        writer.out += pickle.SETITEMS if len(items) > 1 else pickle.SETITEM
+    writer.out += pickle.STOP
+    return bytes(writer.out)
 
 
 ZIP_ALIGNMENT = 64  # torch aligns record data to 64 bytes (needed by torch.load(mmap=True))

@@ -88,6 +88,41 @@ def test_bin_pickle_is_the_one_torch_save_writes():
     assert ours == expected
 
 
+# The C pickler's dict batches of 1000: one item alone (SETITEM), a full batch then an empty one, one left over.
+@pytest.mark.parametrize("count", [1, 1000, 1001, 2000])
+def test_bin_pickle_of_many_tensors_is_the_one_torch_save_writes(count):
+    """The memo past 255 entries (4-byte indexes), dict batches, and dimensions needing 2- and 4-byte ints."""
+    import io
+    import zipfile
+
+    from converters.writers import TORCH_STORAGES, torch_data_pickle
+
+    dtypes = ["float32", "float16", "bfloat16"]
+    shapes = [((70_000,) if i == 3 else (300, 2) if i % 7 == 0 else (i % 5 + 1,) * (i % 4), dtypes[i % 3])
+              for i in range(count)]
+    entries = {f"encoder.layer.{i}.weight": shape_and_dtype for i, shape_and_dtype in enumerate(shapes)}
+    buffer = io.BytesIO()
+    torch.save({name: torch.zeros(shape, dtype=getattr(torch, dtype)) for name, (shape, dtype) in entries.items()},
+               buffer)
+    with zipfile.ZipFile(buffer) as archive:
+        (record,) = [name for name in archive.namelist() if name.endswith("/data.pkl")]
+        expected = archive.read(record)
+    assert torch_data_pickle([(name, TORCH_STORAGES[dtype], shape)
+                              for name, (shape, dtype) in entries.items()]) == expected
+
+
+@pytest.mark.parametrize("value", [0, 255, 256, 65_535, 65_536, 2**31 - 1, 2**31, 2**40, 2**63])
+def test_bin_pickle_integers_are_pickles(value):
+    """Element counts past 2**31 (never at RemBERT's sizes, so not through torch.save above) as pickle writes them."""
+    import pickle
+
+    from converters.writers import _DataPickle
+
+    writer = _DataPickle()
+    writer.integer(value)
+    assert bytes(writer.out) + pickle.STOP == pickle.dumps(value, protocol=2)
+
+
 def test_config_and_report(converted):
     config = json.loads((converted / "config.json").read_text())
     assert config["model_type"] == "rembert"
