@@ -560,17 +560,22 @@ def torch_data_pickle(entries: Sequence[tuple[str, str, tuple[int, ...]]]) -> by
     writer.out += pickle.EMPTY_DICT
     writer.put()
     items = list(enumerate(entries))
-    # As the C pickler does it: one item is a SETITEM; more go in MARK ... SETITEMS batches of BATCH, and a batch
-    # that came out full is followed by another, even an empty one.
-    batches = [items] if len(items) == 1 else [items[start:start + _DataPickle.BATCH]
-                                               for start in range(0, len(items) + 1, _DataPickle.BATCH)]
-    for batch in batches if items else []:
-        if len(items) > 1:
-            writer.out += pickle.MARK
+
+    def add(batch: list) -> None:
         for key, (name, storage_class, shape) in batch:
             writer.text(name)
             writer.tensor(storage_class, str(key), tuple(int(d) for d in shape))
-        writer.out += pickle.SETITEMS if len(items) > 1 else pickle.SETITEM
+
+    # As the C pickler does it: one item is a SETITEM; more go in MARK ... SETITEMS batches of BATCH, and a batch
+    # that came out full is followed by another, even an empty one.
+    if len(items) == 1:
+        add(items)
+        writer.out += pickle.SETITEM
+    elif items:
+        for start in range(0, len(items) + 1, _DataPickle.BATCH):
+            writer.out += pickle.MARK
+            add(items[start:start + _DataPickle.BATCH])
+            writer.out += pickle.SETITEMS
     writer.out += pickle.STOP
     return bytes(writer.out)
 

@@ -71,42 +71,39 @@ def test_pytorch_and_safetensors_hold_identical_tensors(converted):
 
 def test_bin_pickle_is_the_one_torch_save_writes():
     """data.pkl is written without tensors: its bytes must be those torch.save writes for real ones."""
-    import io
-    import zipfile
-
     from converters.writers import TORCH_STORAGES, torch_data_pickle
 
     shapes = {"a.weight": ((2, 3), "float32"), "b.bias": ((5,), "float16"), "scalar": ((), "float32"),
               "c.weight": ((7, 4, 1), "bfloat16")}
+    expected = _torch_save_pickle(shapes)
+    ours = torch_data_pickle([(name, TORCH_STORAGES[dtype], shape) for name, (shape, dtype) in shapes.items()])
+    assert ours == expected
+
+
+def _torch_save_pickle(shapes: dict) -> bytes:
+    """The data.pkl torch.save writes for zero tensors of these {name: (shape, dtype)}."""
+    import io
+    import zipfile
+
     buffer = io.BytesIO()
     torch.save({name: torch.zeros(shape, dtype=getattr(torch, dtype)) for name, (shape, dtype) in shapes.items()},
                buffer)
     with zipfile.ZipFile(buffer) as archive:
         (record,) = [name for name in archive.namelist() if name.endswith("/data.pkl")]
-        expected = archive.read(record)
-    ours = torch_data_pickle([(name, TORCH_STORAGES[dtype], shape) for name, (shape, dtype) in shapes.items()])
-    assert ours == expected
+        return archive.read(record)
 
 
 # The C pickler's dict batches of 1000: one item alone (SETITEM), a full batch then an empty one, one left over.
 @pytest.mark.parametrize("count", [1, 1000, 1001, 2000])
 def test_bin_pickle_of_many_tensors_is_the_one_torch_save_writes(count):
     """The memo past 255 entries (4-byte indexes), dict batches, and dimensions needing 2- and 4-byte ints."""
-    import io
-    import zipfile
-
     from converters.writers import TORCH_STORAGES, torch_data_pickle
 
     dtypes = ["float32", "float16", "bfloat16"]
     shapes = [((70_000,) if i == 3 else (300, 2) if i % 7 == 0 else (i % 5 + 1,) * (i % 4), dtypes[i % 3])
               for i in range(count)]
     entries = {f"encoder.layer.{i}.weight": shape_and_dtype for i, shape_and_dtype in enumerate(shapes)}
-    buffer = io.BytesIO()
-    torch.save({name: torch.zeros(shape, dtype=getattr(torch, dtype)) for name, (shape, dtype) in entries.items()},
-               buffer)
-    with zipfile.ZipFile(buffer) as archive:
-        (record,) = [name for name in archive.namelist() if name.endswith("/data.pkl")]
-        expected = archive.read(record)
+    expected = _torch_save_pickle(entries)
     assert torch_data_pickle([(name, TORCH_STORAGES[dtype], shape)
                               for name, (shape, dtype) in entries.items()]) == expected
 
