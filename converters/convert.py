@@ -32,7 +32,7 @@ from converters.mapping import (
     refuse_object_graph_checkpoint,
 )
 from converters.output import NamedInput, check_output, checkpoint_inputs, inputs_of, staged_output
-from converters.pipeline import BufferPool, FileHasher, ScratchArray, read_ahead
+from converters.pipeline import BufferPool, ScratchArray, read_ahead
 from converters.tf1_checkpoint import DEFAULT_CHUNK_BYTES, CheckpointReader, checkpoint_home, resolve_checkpoint
 from converters.writers import (
     FLOAT_SOURCE_DTYPES,
@@ -41,7 +41,6 @@ from converters.writers import (
     TorchBinWriter,
     Writer,
     cast,
-    drop_cached_file,
     parse_size,
     storage_dtype,
     torch_layout,
@@ -180,7 +179,8 @@ def _writer_factories(formats: Sequence[str], options: ConvertOptions,
     factories: list[Callable[..., Writer]] = []
     for name in formats:
         if name == "pytorch":
-            factories.append(lambda d, m, t, plan: TorchBinWriter(d, m, t))
+            factories.append(lambda d, m, t, plan, hashed=options.checksums or hash_in_stream:
+                             TorchBinWriter(d, m, t, checksums=hashed))
         elif name == "safetensors":
             max_shard = parse_size(str(options.max_shard_size))
             factories.append(lambda d, m, t, plan, size=max_shard, hashed=options.checksums or hash_in_stream:
@@ -188,7 +188,8 @@ def _writer_factories(formats: Sequence[str], options: ConvertOptions,
         elif name == "tf2":
             from converters.h5_writer import H5Writer  # h5py only when asked for
 
-            factories.append(lambda d, m, t, plan: H5Writer(d, m, t, architecture=plan.architecture))
+            factories.append(lambda d, m, t, plan, hashed=options.checksums or hash_in_stream:
+                             H5Writer(d, m, t, architecture=plan.architecture, checksums=hashed))
     return factories
 
 
@@ -204,9 +205,9 @@ def convert_checkpoint(
     """Convert a TF1 RemBERT checkpoint into the requested formats (one pass over the checkpoint).
 
     `before_commit` sees the finished files in the staging directory and may add files or raise (then nothing
-    is written): `bundle` verifies parity there, before the output appears. `hash_in_stream`: the files that can
-    be hashed while they are written (safetensors by its writer, pytorch_model.bin as its records are final) get
-    their sha256 in `ConversionResult.digests` even without `options.checksums`."""
+    is written): `bundle` verifies parity there, before the output appears. `hash_in_stream`: every weight file
+    gets its sha256 in `ConversionResult.digests` even without `options.checksums` (each writer hashes its files
+    as it writes them)."""
     options = options or ConvertOptions()
     if options.dtype not in TARGET_DTYPES:
         raise UserError(f"unknown dtype {options.dtype!r}; use one of: {', '.join(TARGET_DTYPES)}")
@@ -245,31 +246,19 @@ def convert_checkpoint(
             del spm_info
             config.save(staging / "config.json")
             writers = [factory(staging, plan.mappings, options.dtype, plan) for factory in factories]
-            hasher = FileHasher() if options.checksums or hash_in_stream else None
-            for writer in writers:  # pages wait in the cache for the hasher only in files it will hash
-                hashed = hasher is not None and (options.checksums or writer.final_bytes_as_written)
-                writer.hashed_bytes = hasher.hashed if hashed else None
             try:
-                _stream(reader, plan.mappings, writers, options, hasher)
-                closed = {writer: writer.close() for writer in writers}
+                _stream(reader, plan.mappings, writers, options)
+                closed = [path for writer in writers for path in writer.close()]
             except BaseException:
                 for writer in writers:
                     writer.abort()
-                if hasher is not None:
-                    hasher.cancel()
                 raise
-            files = [path for written in closed.values() for path in written] + tokenizer_files
+            files = closed + tokenizer_files
             own = {path: digest for writer in writers for path, digest in writer.digests().items()}
             digests = None
-            if options.checksums:
-                digests = {**hasher.finish([f for f in files if f not in own]), **own}
-            elif hasher is not None:
-                own.update(hasher.finish([path for writer, written in closed.items()
-                                          if writer.final_bytes_as_written for path in written]))
-            if hasher is not None:  # the writers kept what the hasher had not read yet in the page cache
-                for path in files:
-                    drop_cached_file(path)
-            del writers, closed, hasher  # their buffers, before `before_commit` (bundle's verify) needs the memory
+            if options.checksums:  # the weights were hashed as they were written; the small files now
+                digests = {**{path: sha256_file(path) for path in files if path not in own}, **own}
+            del writers  # their buffers, before `before_commit` (bundle's verify) needs the memory
             report = conversion_report(reader.prefix, plan, options, formats, staging, files, digests)
             (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             if before_commit is not None:
@@ -309,7 +298,7 @@ READ_AHEAD_SLICES = 2
 
 
 def _stream(reader: CheckpointReader, mappings: Sequence[TensorMapping], writers: Sequence[Writer],
-            options: ConvertOptions, hasher: FileHasher | None = None) -> None:
+            options: ConvertOptions) -> None:
     total = sum(reader.entries[m.source].nbytes for m in mappings)
     progress = _progress(total, options.quiet)
     # Every slice is read into one of a few buffers allocated here, cast into one of a few more, and
@@ -360,8 +349,6 @@ def _stream(reader: CheckpointReader, mappings: Sequence[TensorMapping], writers
             for job in jobs:
                 job.result()  # a writer's error, raised here
             (buffers if mapping.source_dtype == options.dtype else cast_buffers).give_back(converted)
-            if hasher is not None:
-                hasher.advance({path: n for writer in writers for path, n in writer.finished_bytes().items()})
             progress.update(source_bytes)
     finally:
         writing.shutdown()

@@ -27,7 +27,7 @@ import numpy as np
 
 from rembert_ref.errors import UserError
 from converters.mapping import ENCODER, HEAD, MLM, POOLER, RULES, TensorMapping
-from converters.writers import CacheRelease, Writer
+from converters.writers import DirectFile, Writer
 
 TF_WEIGHTS_NAME = "tf_model.h5"
 H5_DTYPES = {"float32": np.float32, "float16": np.float16}  # HDF5 has no bfloat16 type
@@ -71,62 +71,117 @@ def save_attribute(group, name: str, values: list[bytes]) -> None:
 
 
 class H5Writer(Writer):
+    """tf_model.h5 in two steps. h5py lays the file out: groups, attributes and every dataset, contiguous and
+    allocated at creation but never written (a sparse layout file in the staging folder). Then the final file is
+    streamed front to back past the page cache (`DirectFile`, hashed on the way when `checksums` is set): the
+    layout's own bytes up to each dataset, then that dataset's values as they arrive. That is byte for byte the
+    file h5py would have written into the same layout (tests compare), without the 4 GB of page cache that
+    writing through h5py fills (`DirectFile` says why that matters)."""
+
     def __init__(self, directory: Path, mappings: Sequence[TensorMapping], dtype: str,
-                 architecture: str = "RemBertForMaskedLM"):
+                 architecture: str = "RemBertForMaskedLM", checksums: bool = False):
         super().__init__(directory, mappings, dtype)
         if dtype not in H5_DTYPES:
             raise UserError(f"tf_model.h5 cannot hold {dtype} (HDF5 has no such type); "
                             f"use --dtype {' or '.join(H5_DTYPES)} for the tf2 format")
-        import h5py
-
         self.root = KERAS_ROOTS[architecture]
         self.path = Path(directory) / TF_WEIGHTS_NAME
-        ordered = sorted(self.mappings, key=keras_order)
-        self.layers = list(dict.fromkeys(top_level_layer(m.tf_name) for m in ordered))
-        # Every dataset starts on a 64-byte boundary in the file, so verify can map it and hand the mapping to
-        # TensorFlow without a copy (TensorFlow requires 64-byte aligned buffers); Keras reads it as usual.
-        self.file = h5py.File(self.path, "w", track_order=False, alignment_threshold=1, alignment_interval=64)
-        self.cache = CacheRelease(self.path)
-        save_attribute(self.file, "layer_names", [name.encode("utf-8") for name in self.layers])
-        self.file.attrs["backend"] = b"tensorflow"
-        for layer in self.layers:
-            group = self.file.create_group(layer)
-            save_attribute(group, "weight_names", [self.stored_name(m).encode("utf-8") for m in ordered
-                                                   if top_level_layer(m.tf_name) == layer])
-        self.dataset = None
+        self.layout_path = Path(directory) / f".{TF_WEIGHTS_NAME}.layout"
+        self.regions, self.layout_size = self._lay_out()
+        self.layout_fd = os.open(self.layout_path, os.O_RDONLY)
+        self.out = DirectFile(self.path, digest=checksums)
+        self.hashed: dict[Path, str] = {}
         self.current: str | None = None
-        self.row = self.expected_rows = 0
+        self.left = 0  # bytes of the current dataset still to come
+        self.done: set[str] = set()
 
     def stored_name(self, mapping: TensorMapping) -> str:
         return f"{self.root}/{mapping.tf_name}"
 
+    def _lay_out(self) -> tuple[dict[str, tuple[int, int]], int]:
+        """Write the layout file; return each dataset's (offset, size) by its Keras name, and the file size."""
+        import h5py
+
+        ordered = sorted(self.mappings, key=keras_order)
+        layers = list(dict.fromkeys(top_level_layer(m.tf_name) for m in ordered))
+        regions: dict[str, tuple[int, int]] = {}
+        # Every dataset starts on a 64-byte boundary in the file, so verify can map it and hand the mapping to
+        # TensorFlow without a copy (TensorFlow requires 64-byte aligned buffers); Keras reads it as usual.
+        with h5py.File(self.layout_path, "w", track_order=False, alignment_threshold=1,
+                       alignment_interval=64, fs_strategy="none") as file:
+            save_attribute(file, "layer_names", [name.encode("utf-8") for name in layers])
+            file.attrs["backend"] = b"tensorflow"
+            for layer in layers:
+                group = file.create_group(layer)
+                save_attribute(group, "weight_names", [self.stored_name(m).encode("utf-8") for m in ordered
+                                                       if top_level_layer(m.tf_name) == layer])
+            # Created in the order the values arrive, so that the file can be written front to back.
+            for mapping in self.mappings:
+                creation = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+                creation.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # its place in the file, now
+                # Keras kernels are [in, out] like TF1 dense kernels; BERT's output_weights arrive transposed.
+                dataset = file[top_level_layer(mapping.tf_name)].create_dataset(
+                    self.stored_name(mapping), shape=mapping.tf_shape, dtype=H5_DTYPES[self.dtype],
+                    track_times=False, dcpl=creation, fill_time="never")
+                regions[mapping.tf_name] = (dataset.id.get_offset() or 0, dataset.id.get_storage_size())
+        size = os.stat(self.layout_path).st_size
+        end = 0
+        for name, (offset, nbytes) in regions.items():  # in creation order
+            if nbytes and offset < end:
+                raise RuntimeError(f"HDF5 placed {name} before the dataset created ahead of it")
+            end = max(end, offset + nbytes)
+        if end > size:
+            raise RuntimeError(f"HDF5's layout file ends at {size}, inside a dataset (which ends at {end})")
+        return regions, size
+
+    def _copy_layout(self, stop: int) -> None:
+        """The layout's own bytes (headers, attributes, group tables) from where the output is up to `stop`."""
+        while self.out.tell() < stop:
+            piece = os.pread(self.layout_fd, min(stop - self.out.tell(), DirectFile.BUFFER_BYTES), self.out.tell())
+            if not piece:
+                raise RuntimeError(f"{self.layout_path.name} ends at {self.out.tell()}, before {stop}")
+            self.out.write(piece)
+
     def add(self, mapping: TensorMapping, chunk: np.ndarray) -> None:
         if self.current != mapping.tf_name:
             self._finish_current()
-            group = self.file[top_level_layer(mapping.tf_name)]
-            # Keras kernels are [in, out] like TF1 dense kernels; BERT's output_weights arrive transposed.
-            self.dataset = group.create_dataset(self.stored_name(mapping), shape=mapping.tf_shape,
-                                                dtype=H5_DTYPES[self.dtype], track_times=False)
-            self.current, self.row, self.expected_rows = mapping.tf_name, 0, mapping.tf_shape[0]
-        rows = chunk.shape[0] if chunk.ndim else 1
-        self.dataset[self.row:self.row + rows] = chunk
-        self.row += rows
-        self.cache.advance(self.releasable(self.path, os.fstat(self.cache.fd).st_size))
+            offset, self.left = self.regions[mapping.tf_name]
+            if offset < self.out.tell() and self.left:
+                raise RuntimeError(f"{mapping.tf_name} arrived after the data that follows it in the file")
+            self._copy_layout(offset)
+            self.current = mapping.tf_name
+        data = memoryview(np.ascontiguousarray(chunk, dtype=H5_DTYPES[self.dtype])).cast("B")
+        if len(data) > self.left:
+            raise RuntimeError(f"{mapping.tf_name}: {len(data) - self.left} bytes more than its dataset holds")
+        self.out.write(data)
+        self.left -= len(data)
 
     def _finish_current(self) -> None:
-        if self.current is not None and self.row != self.expected_rows:
-            raise RuntimeError(f"{self.current}: wrote {self.row} of {self.expected_rows} rows")
+        if self.current is not None and self.left:
+            raise RuntimeError(f"{self.current}: {self.left} bytes short of its dataset")
+        self.done.add(self.current)
+
+    def digests(self) -> dict[Path, str]:
+        return dict(self.hashed)
 
     def close(self) -> list[Path]:
         self._finish_current()
-        self.file.close()
-        self.cache.close(None if self.hashed_bytes is None else self.hashed_bytes(self.path))
+        missing = [name for name, (_, nbytes) in self.regions.items() if nbytes and name not in self.done]
+        if missing:
+            raise RuntimeError(f"no values arrived for {', '.join(missing)}")
+        self._copy_layout(self.layout_size)
+        digest = self.out.close()
+        if digest is not None:
+            self.hashed[self.path] = digest
+        self._remove_layout()
         return [self.path]
 
     def abort(self) -> None:
         try:
-            self.file.close()
-        except Exception:  # the staging directory is deleted anyway; the original error matters
-            pass
+            self.out.abort()
         finally:
-            self.cache.abort()
+            self._remove_layout()
+
+    def _remove_layout(self) -> None:
+        os.close(self.layout_fd)
+        self.layout_path.unlink(missing_ok=True)

@@ -6,20 +6,14 @@
 - `BufferPool` and `ScratchArray` hold the slice-sized buffers a conversion reads into and casts into,
   allocated once: however big the model, a conversion allocates the same few buffers, and the allocator never
   sees a stream of 16 MiB blocks freed in one thread and allocated in another (which fragments its heaps).
-- `FileHasher` computes the sha256 of output files while they are still being written, in a thread of its
-  own: writers say how many leading bytes of each file are final, and the hasher reads those back from the
-  page cache. Hashing 4 GB costs more CPU than reading and writing it, so it must not wait for the end.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator
-from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -103,90 +97,3 @@ class ScratchArray:
         if nbytes > self._buffer.nbytes:
             self._buffer = np.empty(nbytes, dtype=np.uint8)
         return self._buffer[:nbytes].view(dtype).reshape(shape)
-
-
-class RunningHash(Protocol):
-    """What FileHasher needs of a hashlib object (hashlib has no public type for it)."""
-
-    def update(self, data: bytes, /) -> None: ...
-
-    def hexdigest(self) -> str: ...
-
-
-class FileHasher:
-    """sha256 of files being written. `advance({path: final_bytes})` may be called as often as convenient;
-    `finish(paths)` hashes what remains of each (now complete) file and returns the hex digests."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Condition()
-        self._final: dict[Path, int] = {}  # bytes of each file known to be final
-        self._done: dict[Path, int] = {}  # bytes hashed
-        self._sha: dict[Path, RunningHash] = {}
-        self._closing = False
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
-        self._thread.start()
-
-    def advance(self, final: dict[Path, int]) -> None:
-        with self._lock:
-            for path, size in final.items():
-                if size > self._final.get(path, 0):
-                    self._final[path] = size
-            self._lock.notify()
-
-    def hashed(self, path: Path) -> int:
-        """How many leading bytes of `path` are hashed (the writer may let them leave the page cache)."""
-        with self._lock:
-            return self._done.get(path, 0)
-
-    def finish(self, paths: Iterable[Path]) -> dict[Path, str]:
-        paths = list(paths)
-        self.advance({path: path.stat().st_size for path in paths})
-        self._stop()
-        if self._error is not None:
-            raise self._error
-        return {path: (self._sha.get(path) or hashlib.sha256()).hexdigest() for path in paths}
-
-    def cancel(self) -> None:
-        with self._lock:
-            self._final.clear()
-        self._stop()
-
-    def _stop(self) -> None:
-        with self._lock:
-            self._closing = True
-            self._lock.notify()
-        self._thread.join()
-
-    def _next(self) -> tuple[Path, int, int] | None:
-        """The next block to hash (path, offset, size), waiting for one; None once closing and all done."""
-        with self._lock:
-            while True:
-                for path, final in self._final.items():
-                    done = self._done.get(path, 0)
-                    if final > done:
-                        return path, done, min(HASH_BLOCK, final - done)
-                if self._closing:
-                    return None
-                self._lock.wait()
-
-    def _run(self) -> None:
-        descriptors: dict[Path, int] = {}
-        try:
-            while (work := self._next()) is not None:
-                path, offset, size = work
-                if path not in descriptors:
-                    descriptors[path] = os.open(path, os.O_RDONLY)
-                    self._sha[path] = hashlib.sha256()
-                block = os.pread(descriptors[path], size, offset)
-                if len(block) != size:
-                    raise RuntimeError(f"{path} is shorter than its writer said "
-                                       f"({offset + len(block)} bytes)")
-                self._sha[path].update(block)
-                with self._lock:
-                    self._done[path] = offset + size
-        except BaseException as exc:  # raised by finish() in the driver's thread
-            self._error = exc
-        finally:
-            for fd in descriptors.values():
-                os.close(fd)

@@ -16,7 +16,7 @@ import os
 import pickle
 import struct
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -164,10 +164,6 @@ class Writer:
     """
 
     layout = "tf"
-    # Set by the driver when a FileHasher reads the files as they are written: bytes it has not hashed yet
-    # stay in the page cache (see CacheRelease).
-    hashed_bytes: Callable[[Path], int] | None = None
-    final_bytes_as_written = False  # whether `finished_bytes` follows the writing (else files are final at close)
 
     def __init__(self, directory: Path, mappings: Sequence[TensorMapping], dtype: str):
         self.directory = directory
@@ -184,21 +180,12 @@ class Writer:
     def abort(self) -> None:
         """Release open files after a failure (the driver deletes the temporary directory)."""
 
-    def finished_bytes(self) -> dict[Path, int]:
-        """How many leading bytes of each file are final and in the OS (not in a Python buffer), so that
-        hashing can start before `close()`. By default none: files are hashed once closed."""
-        return {}
-
     def digests(self) -> dict[Path, str]:
         """sha256 of the files the writer hashed itself while writing them (known after `close()`)."""
         return {}
 
-    def releasable(self, path: Path, written: int) -> int:
-        """How many leading bytes of a file written through the page cache may leave it."""
-        return written if self.hashed_bytes is None else min(written, self.hashed_bytes(path))
 
-
-# -- output that leaves the page cache as it was ---------------------------------------------------------------
+# -- files out of the page cache (bundle's verify drops each format once proven) -------------------------------
 
 
 def drop_cached_pages(fd: int, length: int = 0) -> None:
@@ -214,49 +201,6 @@ def drop_cached_file(path: Path) -> None:
         drop_cached_pages(fd)
     finally:
         os.close(fd)
-
-
-class CacheRelease:
-    """Keeps a file written through the page cache (zipfile, h5py) from filling it: as the file grows, the pages
-    the kernel has written back are dropped, so a 4 GB format holds a few hundred MB of cache, not 4 GB.
-
-    Why: on small VMs, memory the guest has freed goes back to the host, and touching it again costs a fault on
-    the host: putting 4 GB of new pages into the cache took 5.7-6.8 s of system time on the 2-core benchmark
-    machine, refilling pages just freed 0.5 s (benchmarks/README.md). Dropping as we go reuses the same pages.
-    The drops run in a thread of their own: each one also starts the write-back of the step before, about 0.1 s
-    of system time that the writer need not wait for. `close()` flushes the file to disk (it is about to be
-    renamed into place) and drops the rest."""
-
-    STEP = 256 << 20  # each call drops what the previous one queued for write-back: about two steps stay cached
-
-    def __init__(self, path: Path):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.fd = os.open(path, os.O_RDONLY)
-        self.released = 0
-        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-release")
-        self.pending = None
-
-    def advance(self, written: int) -> None:
-        if written - self.released >= self.STEP and (self.pending is None or self.pending.done()):
-            self.pending = self.thread.submit(drop_cached_pages, self.fd, written)
-            self.released = written
-
-    def close(self, releasable: int | None = None) -> None:
-        """`releasable`: the leading bytes that may leave the cache (others still need them); None: all."""
-        try:
-            self.thread.shutdown()
-            if self.pending is not None:
-                self.pending.result()
-            getattr(os, "fdatasync", os.fsync)(self.fd)  # macOS has only fsync
-            if releasable is None or releasable > 0:
-                drop_cached_pages(self.fd, releasable or 0)
-        finally:
-            os.close(self.fd)
-
-    def abort(self) -> None:
-        self.thread.shutdown()
-        os.close(self.fd)
 
 
 # -- sequential output that bypasses the page cache -------------------------------------------------------
@@ -584,20 +528,43 @@ ZIP_ALIGNMENT = 64  # torch aligns record data to 64 bytes (needed by torch.load
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
+class _ForwardOnly:
+    """A DirectFile as zipfile sees it: write and tell, no seek. zipfile then writes each record's CRC and sizes in
+    a data descriptor after its data (zip's streaming form) instead of seeking back to its header, so every byte
+    is final once written and the file can be hashed as it goes."""
+
+    def __init__(self, out: DirectFile):
+        self.out = out
+        self.discarding = False  # after an abort: zipfile may still flush a central directory on its way out
+
+    def write(self, data) -> int:
+        if not self.discarding:
+            self.out.write(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.out.tell()
+
+    def flush(self) -> None:
+        pass
+
+
 class TorchBinWriter(Writer):
-    """`pytorch_model.bin` in torch.save's zip format, written record by record as tensors stream in."""
+    """`pytorch_model.bin` in torch.save's zip format, written record by record as tensors stream in, front to
+    back past the page cache (`DirectFile`), hashed on the way when `checksums` is set. torch.load reads records
+    through the zip's central directory, as it does torch.save's."""
 
     ARCHIVE = "pytorch_model"
     layout = "torch"
-    final_bytes_as_written = True
 
-    def __init__(self, directory: Path, mappings: Sequence[TensorMapping], dtype: str, name: str = "pytorch_model.bin"):
+    def __init__(self, directory: Path, mappings: Sequence[TensorMapping], dtype: str, name: str = "pytorch_model.bin",
+                 checksums: bool = False):
         super().__init__(directory, mappings, dtype)
         self.path = directory / name
-        # Our own file object: its position and its raw stream's are what zipfile has written so far.
-        self.file = open(self.path, "wb")
+        self.out = DirectFile(self.path, digest=checksums)
+        self.file = _ForwardOnly(self.out)
         self.zip = zipfile.ZipFile(self.file, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
-        self.cache = CacheRelease(self.path)
+        self.hashed: dict[Path, str] = {}
         self.key_of = {m.torch_name: i for i, m in enumerate(self.mappings)}
         pickled = torch_data_pickle([(m.torch_name, TORCH_STORAGES[dtype], m.target_shape) for m in self.mappings])
         self._record("data.pkl", pickled)
@@ -612,8 +579,10 @@ class TorchBinWriter(Writer):
         info = zipfile.ZipInfo(f"{self.ARCHIVE}/{record}", date_time=ZIP_DATE)
         info.compress_type = zipfile.ZIP_STORED
         info.file_size = size
-        # Pad the local header's extra field so the record's data starts on an aligned offset.
-        header_size = 30 + len(info.filename.encode()) + (20 if size > zipfile.ZIP64_LIMIT else 0)
+        # Pad the local header's extra field so the record's data starts on an aligned offset. zipfile adds a
+        # 20-byte zip64 field when the size is within 5% of the 4 GiB limit (ZipFile._open_to_write).
+        zip64 = size * 1.05 > zipfile.ZIP64_LIMIT
+        header_size = 30 + len(info.filename.encode()) + (20 if zip64 else 0)
         start = self.file.tell() + header_size + 4
         info.extra = struct.pack("<HH", 0x4246, -start % ZIP_ALIGNMENT) + b"Z" * (-start % ZIP_ALIGNMENT)
         return info
@@ -626,18 +595,12 @@ class TorchBinWriter(Writer):
             if self.stream is not None:
                 self.stream.close()
             key = self.key_of[mapping.torch_name]
-            self.record = self._info(f"data/{key}", target_nbytes(mapping, self.dtype))
-            self.stream = self.zip.open(self.record, "w")
+            self.stream = self.zip.open(self._info(f"data/{key}", target_nbytes(mapping, self.dtype)), "w")
             self.current = mapping.torch_name
         self.stream.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
-        self.cache.advance(self.releasable(self.path, self.file.raw.tell()))
 
-    def finished_bytes(self) -> dict[Path, int]:
-        # zipfile rewrites a record's local header (with its CRC) when the record closes: everything
-        # before the open record's header is final.
-        if self.stream is None:
-            return {}
-        return {self.path: min(self.record.header_offset, self.file.raw.tell())}
+    def digests(self) -> dict[Path, str]:
+        return dict(self.hashed)
 
     def close(self) -> list[Path]:
         if self.stream is not None:
@@ -646,11 +609,13 @@ class TorchBinWriter(Writer):
         self._record("version", b"3\n")
         self._record(".data/serialization_id", self.serialization_id.encode())
         self.zip.close()
-        self.file.close()  # zipfile leaves a file object it was given open
-        self.cache.close(None if self.hashed_bytes is None else self.hashed_bytes(self.path))
+        digest = self.out.close()
+        if digest is not None:
+            self.hashed[self.path] = digest
         return [self.path]
 
     def abort(self) -> None:
+        self.file.discarding = True
         try:
             if self.stream is not None:
                 self.stream.close()
@@ -658,5 +623,4 @@ class TorchBinWriter(Writer):
         except Exception:  # the directory is deleted anyway; the original error matters
             pass
         finally:
-            self.file.close()
-            self.cache.abort()
+            self.out.abort()

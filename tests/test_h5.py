@@ -78,6 +78,29 @@ def test_values_are_the_checkpoint_values_in_tf_layout(tiny_ckpt, h5_dir):
         c["input_embedding_size"], c["hidden_size"])
 
 
+def test_streamed_file_is_what_h5py_writes_into_the_same_layout(tiny_ckpt, tmp_path, monkeypatch):
+    """The writer streams h5py's layout file with the values spliced in; h5py itself writing the checkpoint's
+    values into a copy of that layout gives the same bytes."""
+    import converters.h5_writer as h5_writer
+
+    kept = tmp_path / "layout.h5"
+    real_lay_out = h5_writer.H5Writer._lay_out
+
+    def lay_out(self):
+        regions = real_lay_out(self)
+        shutil.copyfile(self.layout_path, kept)
+        return regions
+
+    monkeypatch.setattr(h5_writer.H5Writer, "_lay_out", lay_out)
+    out = tmp_path / "out"
+    convert_checkpoint(tiny_ckpt.prefix, out, ["tf2"], ConvertOptions(quiet=True, chunk_bytes=256))
+    config = RemBertConfig.from_original(tiny_ckpt.config)
+    with h5py.File(kept, "r+") as f:
+        for tf_name, source in _expected(config, mlm_head=True).items():
+            f[f"{tf_name.split('/', 1)[0]}/tf_rem_bert_for_masked_lm/{tf_name}"][...] = tiny_ckpt.variables[source]
+    assert kept.read_bytes() == (out / "tf_model.h5").read_bytes()
+
+
 def test_no_mlm_head_layout(tiny_ckpt, tmp_path):
     out = tmp_path / "bare"
     convert_checkpoint(tiny_ckpt.prefix, out, ["tf2"], ConvertOptions(quiet=True, mlm_head=False))

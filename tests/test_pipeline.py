@@ -1,4 +1,4 @@
-"""The read-ahead thread and the while-writing sha256 of converters/pipeline.py, and the report digests."""
+"""The read-ahead thread and buffers of converters/pipeline.py, DirectFile, and the digests of what convert writes."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from converters.convert import ConvertOptions, convert_checkpoint
-from converters.pipeline import FileHasher, read_ahead
-import converters.writers as writers
+from converters.pipeline import read_ahead
 from converters.writers import DirectFile
 
 
@@ -82,21 +81,6 @@ def test_scratch_array_reuses_its_buffer():
     assert not np.shares_memory(scratch.array((5, 8), np.float32), big)  # grown: a new buffer
 
 
-def test_hasher_interleaved_with_writes(tmp_path):
-    paths = [tmp_path / "a", tmp_path / "b", tmp_path / "empty"]
-    paths[2].write_bytes(b"")
-    hasher = FileHasher()
-    handles = [open(p, "wb", buffering=0) for p in paths[:2]]
-    for i in range(200):
-        for k, handle in enumerate(handles):
-            handle.write(bytes([i % 256, k]) * 5000)
-        hasher.advance({p: h.tell() for p, h in zip(paths, handles, strict=False)})
-    for handle in handles:
-        handle.close()
-    digests = hasher.finish(paths)
-    assert digests == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
-
-
 @pytest.mark.parametrize("checksums", [True, False])
 def test_report_digests_match_the_files(tiny_ckpt, tmp_path, checksums):
     out = tmp_path / "out"
@@ -146,65 +130,28 @@ def test_direct_file_empty(tmp_path):
     assert path.read_bytes() == b""
 
 
-def _record_drops(monkeypatch, events: list) -> None:
-    """Record every page-cache drop as (file name, length) and still make it."""
-    real = writers.drop_cached_pages
+def test_every_weight_file_is_written_past_the_page_cache(tiny_ckpt, tmp_path, monkeypatch):
+    opened: list[str] = []
+    real_init = DirectFile.__init__
 
-    def record(fd: int, length: int = 0) -> None:
-        events.append((Path(os.readlink(f"/proc/self/fd/{fd}")).name, length))
-        real(fd, length)
+    def init(self, path, digest=False):
+        opened.append(Path(path).name)
+        real_init(self, path, digest)
 
-    monkeypatch.setattr(writers, "drop_cached_pages", record)
-
-
-@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files through /proc")
-def test_buffered_writers_drop_their_pages_as_they_write(tiny_ckpt, tmp_path, monkeypatch):
-    drops: list[tuple[str, int]] = []
-    _record_drops(monkeypatch, drops)
-    monkeypatch.setattr(writers.CacheRelease, "STEP", 4096)
+    monkeypatch.setattr(DirectFile, "__init__", init)
     out = tmp_path / "out"
     convert_checkpoint(tiny_ckpt.prefix, out, ["pytorch", "safetensors", "tf2"],
-                       ConvertOptions(quiet=True, chunk_bytes=256))
-    for name in ("pytorch_model.bin", "tf_model.h5"):
-        lengths = [length for file, length in drops if file == name]
-        growing = lengths[:-1]
-        assert len(growing) > 3 and growing == sorted(growing) and growing[0] > 0, (name, lengths)
-        assert growing[-1] < (out / name).stat().st_size
-        assert lengths[-1] == 0, name  # the whole file once it is closed (and flushed)
-    assert not [file for file, _ in drops if file.endswith(".safetensors")]  # O_DIRECT: never in the cache
+                       ConvertOptions(quiet=True, chunk_bytes=256, max_shard_size="20KB"))
+    weights = sorted(p.name for p in out.iterdir() if p.suffix in (".bin", ".safetensors", ".h5"))
+    assert len(weights) > 3 and sorted(opened) == weights
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # h5's layout file is gone
 
 
-@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files through /proc")
-def test_pages_the_hasher_has_not_read_stay_cached(tiny_ckpt, tmp_path, monkeypatch):
-    drops: list[tuple[str, int]] = []
-    _record_drops(monkeypatch, drops)
-    monkeypatch.setattr(writers.CacheRelease, "STEP", 4096)
-    monkeypatch.setattr(FileHasher, "hashed", lambda self, path: 0)  # as if the hasher were far behind
-    finished = []  # drops made before the hasher finished
-    real_finish = FileHasher.finish
-
-    def finish(self, paths):
-        finished.append(len(drops))
-        return real_finish(self, paths)
-
-    monkeypatch.setattr(FileHasher, "finish", finish)
-    out = tmp_path / "out"
-    convert_checkpoint(tiny_ckpt.prefix, out, ["pytorch", "tf2"],
-                       ConvertOptions(quiet=True, chunk_bytes=256, checksums=True))
-    assert finished == [0]  # nothing dropped before the hasher was done
-    assert {"pytorch_model.bin", "tf_model.h5"} <= {file for file, _ in drops}  # then everything, whole files
-    assert all(length == 0 for _, length in drops)
-    files = json.loads((out / "conversion_report.json").read_text())["files"]
-    for name in ("pytorch_model.bin", "tf_model.h5"):
-        assert files[name]["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest()
-
-
-def test_hash_in_stream_gives_the_digests_of_files_final_as_written(tiny_ckpt, tmp_path):
+def test_hash_in_stream_gives_the_digest_of_every_weight_file(tiny_ckpt, tmp_path):
     out = tmp_path / "out"
     result = convert_checkpoint(tiny_ckpt.prefix, out, ["pytorch", "safetensors", "tf2"],
                                 ConvertOptions(quiet=True, chunk_bytes=256), hash_in_stream=True)
-    # tf_model.h5 is final only once h5py closes it: hashing it then would read it all again.
     assert result.digests == {name: hashlib.sha256((out / name).read_bytes()).hexdigest()
-                              for name in ("pytorch_model.bin", "model.safetensors")}
+                              for name in ("pytorch_model.bin", "model.safetensors", "tf_model.h5")}
     files = json.loads((out / "conversion_report.json").read_text())["files"]
     assert not any("sha256" in info for info in files.values())

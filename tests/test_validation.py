@@ -140,39 +140,32 @@ def test_a_closed_format_is_freed_without_the_garbage_collector(tiny_ckpt, conve
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files through /proc")
 @pytest.mark.parametrize("release", [True, False])
-def test_each_format_leaves_the_cache_after_the_work_beside_it(tiny_ckpt, converted, monkeypatch, release):
-    # bundle hashes each format's files while verify has them cached, then verify drops them for the next format.
+def test_each_format_leaves_the_cache_once_proven(tiny_ckpt, converted, monkeypatch, release):
+    # bundle's verify drops each format from the page cache after its proofs, before the next format opens.
     import os
-    from concurrent.futures import Future
 
     import converters.writers as writers
+    from validation import tensor_proof
 
-    events: list[tuple[str, tuple[str, ...]]] = []
+    events: list[tuple[str, str]] = []
+    real_open, real_drop = tensor_proof.open_format, writers.drop_cached_pages
 
-    class Beside(Future):
-        def result(self, timeout=None):
-            events.append(("waited", self.names))
-            return super().result(timeout)
-
-    def while_cached(paths: list[Path]) -> Future:
-        job = Beside()
-        job.names = tuple(path.name for path in paths)
-        events.append(("opened", job.names))
-        job.set_result(None)
-        return job
-
-    real_drop = writers.drop_cached_pages
+    def open_format(directory: Path, fmt: str):
+        handle = real_open(directory, fmt)
+        events.append(("opened", handle.paths[0].name))
+        return handle
 
     def drop(fd: int, length: int = 0) -> None:
-        events.append(("dropped", (Path(os.readlink(f"/proc/self/fd/{fd}")).name,)))
+        events.append(("dropped", Path(os.readlink(f"/proc/self/fd/{fd}")).name))
         real_drop(fd, length)
 
+    monkeypatch.setattr(tensor_proof, "open_format", open_format)
     monkeypatch.setattr(writers, "drop_cached_pages", drop)
-    report = verify_conversion(tiny_ckpt.prefix, converted, release_cache=release, while_cached=while_cached)
+    report = verify_conversion(tiny_ckpt.prefix, converted, release_cache=release)
     assert report.passed
     expected = []
     for name in ("pytorch_model.bin", "model.safetensors"):
-        expected += [("opened", (name,)), ("waited", (name,))] + [("dropped", (name,))] * release
+        expected += [("opened", name)] + [("dropped", name)] * release
     assert events == expected
 
 

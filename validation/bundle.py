@@ -14,7 +14,6 @@ import os
 import re
 import sys
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,26 +90,13 @@ def bundle_checkpoint(
     parity: dict[str, ParityReport] = {}
 
     def verify_and_describe(staged: ConversionResult) -> None:
-        # model.safetensors and pytorch_model.bin were hashed as convert wrote them (hash_in_stream). tf_model.h5
-        # is final only once closed: it is hashed beside its proof, in a thread of its own, while verify has it in
-        # the page cache. verify drops each format from the cache once proven, so that the next one reuses those
-        # pages (converters.writers.CacheRelease says why). The small files are hashed at the end.
-        hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
-        hashed: list[Future] = []
-
-        def hash_files(paths: list[Path]) -> Future:
-            missing = [path for path in paths if path.name not in staged.digests]
-            hashed.append(hashing.submit(lambda: {path.name: sha256_file(path) for path in missing}))
-            return hashed[-1]
-
-        try:
-            report = verify_conversion(ckpt, staged.output_dir, original_config=options.config, heads=heads,
-                                       tolerance=tolerance,
-                                       progress=progress_printer(not options.quiet and sys.stderr.isatty()),
-                                       release_cache=True, while_cached=hash_files)
-            digests = {**staged.digests, **{name: digest for job in hashed for name, digest in job.result().items()}}
-        finally:
-            hashing.shutdown(cancel_futures=True)
+        # The weight files were hashed as convert wrote them (hash_in_stream); the small files are hashed at the end.
+        # verify drops each format from the page cache once proven, so that the next one reuses those pages
+        # (bundle has just written them all: converters.writers.DirectFile says why new pages cost).
+        report = verify_conversion(ckpt, staged.output_dir, original_config=options.config, heads=heads,
+                                   tolerance=tolerance,
+                                   progress=progress_printer(not options.quiet and sys.stderr.isatty()),
+                                   release_cache=True)
         parity["report"] = report
         if not report.passed:
             worst = sorted(report.failures, key=lambda r: -r.max_abs / max(r.tolerance, 1e-30))[:3]
@@ -121,7 +107,7 @@ def bundle_checkpoint(
                                 f"({'; '.join(rows)}); nothing was written: run `convert-rembert verify` on a plain "
                                 "conversion for the full table")
         report.write(staged.output_dir)
-        write_checksums(staged.output_dir, digests)  # before the card: it leaves the card out
+        write_checksums(staged.output_dir, staged.digests)  # before the card: it leaves the card out
         # After verify, not beside it: a 250,300-piece tokenizer in memory would add to verify's peak.
         tokenizer = _tokenizer_agreement(staged.output_dir)
         text = model_card(staged, report, card, tokenizer, folder=Path(output_dir).resolve().name)

@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache, partial
 from pathlib import Path
@@ -483,13 +483,12 @@ def verify_conversion(
     task_head_weights: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     progress: Callable[[str], None] | None = None,
     release_cache: bool = False,
-    while_cached: Callable[[list[Path]], Future] | None = None,
 ) -> ParityReport:
     """Prove `converted` against the checkpoint: every tensor of every format (tensor proof) and every head in
     every format against the float64 original graph (functional proof).
 
     For a folder just written (bundle): `release_cache` drops each format's files from the page cache once
-    proven, and `while_cached` starts work on each format's files while they are there (tensor_proof.iter_formats)."""
+    proven (tensor_proof.iter_formats)."""
     from converters.tf1_checkpoint import CheckpointReader, resolve_checkpoint
     from validation import tensor_proof
 
@@ -502,7 +501,7 @@ def verify_conversion(
         importing.start()
         try:
             return _verify(setup, reader, converted, found, seed, tolerance, tensors, functional, progress,
-                           partial(tensor_proof.iter_formats, release=release_cache, while_cached=while_cached))
+                           partial(tensor_proof.iter_formats, release=release_cache))
         finally:  # never leave an import half done behind us (a process exiting mid-import can crash)
             importing.join()
 

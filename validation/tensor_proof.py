@@ -22,7 +22,6 @@ import json
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -447,17 +446,13 @@ def agreement_rows(plan: ConversionPlan, digests: dict[str, dict[str, str]]) -> 
     return rows
 
 
-def iter_formats(converted: Path, formats: list[str], *, release: bool = False,
-                 while_cached: Callable[[list[Path]], Future] | None = None) -> Iterator[tuple[str, Any]]:
+def iter_formats(converted: Path, formats: list[str], *, release: bool = False) -> Iterator[tuple[str, Any]]:
     """Open each format in turn, closing the previous one first: one format's files mapped at a time.
 
-    `while_cached`: work on a format's files started when it opens (bundle hashes them there, while they are in
-    the page cache); it must be done before the next format opens. `release`: then drop the format's files from
-    the page cache, so that the next format reuses those pages (bundle's freshly written files: see
-    converters.writers.CacheRelease for why that matters)."""
+    `release`: then drop the format's files from the page cache, so that the next format reuses those pages
+    (bundle's freshly written files: see converters.writers.DirectFile for why new pages cost)."""
     for fmt in formats:
         handle = open_format(converted, fmt)
-        beside = while_cached(handle.paths) if while_cached is not None else None
         try:
             yield fmt, handle
         finally:
@@ -470,8 +465,6 @@ def iter_formats(converted: Path, formats: list[str], *, release: bool = False,
             del handle
             if fmt != formats[-1] and any(ref() is not None for ref in handed_out):
                 gc.collect()
-            if beside is not None:
-                beside.result()
             if release:
                 for path in paths:
                     drop_cached_file(path)
