@@ -88,7 +88,7 @@ def main() -> None:
     script.write_text(HF_SCRIPT)
     hf_out = work / "hf_pytorch_model.bin"
     format_files = [converted / "pytorch_model.bin", converted / "model.safetensors", converted / "tf_model.h5"]
-    # convert leaves its output out of the page cache (DirectFile, CacheRelease): read it once, so that every
+    # convert writes past the page cache (DirectFile): read its output once, so that every
     # repeat's floor and verify start from a warm cache, as in the earlier runs (bundle's verify reads from disk).
     for path in format_files:
         subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
