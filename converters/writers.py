@@ -295,6 +295,8 @@ class DirectFile:
             if self.error is not None:
                 raise self.error
             os.ftruncate(self.fd, self.size)  # drop the padding of the last block
+            # The size and the block map on disk too, before the caller renames the file into place.
+            getattr(os, "fdatasync", os.fsync)(self.fd)  # macOS has only fsync
         finally:
             os.close(self.fd)
         return self.sha.hexdigest() if self.sha is not None else None

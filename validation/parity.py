@@ -531,12 +531,16 @@ def _verify(setup: _Setup, reader, converted: Path, found: list[str], seed: int,
         return result
 
     digests: dict[str, dict[str, str]] = {}
-    # Two plain threads, so both cores work: the tensor proof of a format runs in a helper thread beside the
-    # functional proof of the same format here (the same mapped files, so still one format in memory), and the
-    # float64 reference runs here beside the first format's tensor proof (in this thread, whose freed memory the
-    # C library hands back more readily than a helper thread's). The heavy parts (reads, numpy, torch,
-    # TensorFlow) release the GIL; results are collected in order, so the report is the same as one thread's.
+    # The float64 reference first, alone: numpy's BLAS runs it on both cores, and its threads spin between products,
+    # so beside another proof each slowed the other (at full size in bundle, 7.5-8.5 s for the two side by side,
+    # 3 s + the proof alone). Then two plain threads per format, so both cores work: the tensor proof in a helper
+    # thread beside the functional proof here (the same mapped files, so still one format in memory). The heavy
+    # parts (reads, numpy, torch, TensorFlow) release the GIL; results are collected in order, so the report is
+    # the same as one thread's.
     truth = None
+    if functional and specs:
+        say("functional: float64 reference of the original graph")
+        truth = timed("reference", partial(setup.compute_reference, reader))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-tensors") as helper:
         for fmt, handle in iter_formats(converted, found):
             tensor_job = None
@@ -545,9 +549,6 @@ def _verify(setup: _Setup, reader, converted: Path, found: list[str], seed: int,
                     tensor_proof.prove_format, reader, plan, handle, fmt, setup.dtype, root, say))
             try:
                 if functional and specs:
-                    if truth is None:
-                        say("functional: float64 reference of the original graph")
-                        truth = timed("reference", partial(setup.compute_reference, reader))
                     say(f"functional: {len(specs)} heads in {fmt}")
                     checker = _Checker(report, config, inputs, truth, atol, rtol, specs, head_weights)
                     timed(f"functional {fmt}", partial(checker.run_format, fmt, handle, converted))
