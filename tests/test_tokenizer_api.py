@@ -109,3 +109,27 @@ def test_bad_options_are_user_errors(pair) -> None:
         fast(["x"], return_tensors="jax")
     with pytest.raises(UserError, match="one pair per text"):
         fast(["x", "y"], ["z"])
+
+
+def test_json_member_reads_what_json_loads_reads() -> None:
+    import json
+
+    from rembert_ref.tokenization import json_member
+
+    document = {"version": "1.0", "added_tokens": [{"id": 0, "content": "}{\":,"}],
+                "model": {"vocab": [["\"unk_id\": 7", -1.5], ["b", 0.0]], "type": "Unigram", "unk_id": 3},
+                "other": None}
+    for text in (json.dumps(document), json.dumps(document, indent=2), json.dumps(document, separators=(",", ":"))):
+        assert json_member(text, "model", "unk_id") == 3  # after the vocabulary, whose text mentions the key
+        assert json_member(text, "model", "vocab") == document["model"]["vocab"]
+        assert json_member(text, "added_tokens") == document["added_tokens"]
+        assert json_member(text, "other") is None
+        for path in (("model", "unk_token"), ("missing",), ("version", "x")):
+            with pytest.raises(KeyError):
+                json_member(text, *path)
+
+
+def test_fast_tokenizer_finds_the_unknown_token(pair) -> None:
+    _, fast = pair
+    assert fast.unk_token == "<unk>"
+    assert fast.unk_token_id == fast.backend_tokenizer.token_to_id("<unk>")
