@@ -51,6 +51,7 @@ from rembert_ref.tokenization import (
     USER_DEFINED,
     SpmInfo,
     added_piece_ids,
+    json_member,
     read_sentencepiece,
     split_on_specials,
 )
@@ -210,7 +211,7 @@ def nfc_helps(info: SpmInfo) -> bool:
     Composing first hands it precomposed letters, which an NFKC-style charsmap maps one by one exactly like
     SentencePiece: for nmt_nfkc this takes NFD text from 373 to 440 of 441 probe lines. Whether it helps is
     measured here, on the probe corpus and its NFD form, not assumed: a custom charsmap may not be NFKC."""
-    sp = spm.SentencePieceProcessor(model_proto=info.serialized)
+    sp = info.processor
     plain, composed = (build_normalizer(info, compose_first=flag) for flag in (False, True))
     lines = probe_corpus()
     lines += [unicodedata.normalize("NFD", line) for line in lines]
@@ -360,7 +361,7 @@ def special_tokens_map(info: SpmInfo) -> dict[str, Any]:
 
 def tokenizer_config(info: SpmInfo, tokenizer: Tokenizer, model_max_length: int = DEFAULT_MODEL_MAX_LENGTH
                      ) -> dict[str, Any]:
-    added = json.loads(tokenizer.to_str())["added_tokens"]
+    added = json_member(tokenizer.to_str(), "added_tokens")  # not the whole vocabulary
     unk = info.pieces[info.unk_id][0]
     config: dict[str, Any] = {
         "added_tokens_decoder": {
@@ -457,7 +458,7 @@ def _classify(info: SpmInfo, tokenizer: Tokenizer, sp: spm.SentencePieceProcesso
 
 def measure_agreement(info: SpmInfo, tokenizer: Tokenizer, lines: Iterable[str]) -> Agreement:
     """Fast ids vs SentencePiece's (special-token strings as specials) for each line, explained."""
-    sp = spm.SentencePieceProcessor(model_proto=info.serialized)
+    sp = info.processor
     specials = _special_strings(info)
     charsmap_alone = build_normalizer(info, compose_first=False)
     agreement = Agreement()

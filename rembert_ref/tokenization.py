@@ -52,6 +52,9 @@ class SpmInfo:
     special_ids: dict[str, int]  # "[CLS]" -> id, for the RemBERT specials present
     control_ids: list[int]  # every control piece, specials included
     user_defined_ids: list[int]
+    # SentencePiece's own processor of the model, loaded once: the check below, and the encoder every parity
+    # measurement compares with (loading 250,300 pieces costs 0.13 s each time).
+    processor: Any = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def read_sentencepiece(path: str | Path) -> SpmInfo:
@@ -66,7 +69,7 @@ def read_sentencepiece(path: str | Path) -> SpmInfo:
     try:
         proto.ParseFromString(data)
         # The C++ loader checks what protobuf parsing alone accepts (a text file can parse as a proto).
-        spm.SentencePieceProcessor(model_proto=data)
+        processor = spm.SentencePieceProcessor(model_proto=data)
     except Exception as exc:  # protobuf DecodeError or sentencepiece RuntimeError
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise UserError(f"{path} is not a valid SentencePiece model ({reason}); pass the .model file "
@@ -102,6 +105,7 @@ def read_sentencepiece(path: str | Path) -> SpmInfo:
         special_ids=specials,
         control_ids=[i for i, (_, _, t) in enumerate(pieces) if t == CONTROL],
         user_defined_ids=[i for i, (_, _, t) in enumerate(pieces) if t == USER_DEFINED],
+        processor=processor,
     )
 
 
@@ -401,7 +405,7 @@ class RemBertTokenizer(_RemBertTokenizerBase):
     def __init__(self, vocab_file: str | Path, model_max_length: int = 512) -> None:
         self.vocab_file = Path(vocab_file)
         self._info = read_sentencepiece(self.vocab_file)
-        self.sp_model = spm.SentencePieceProcessor(model_proto=self._info.serialized)
+        self.sp_model = self._info.processor
         specials = [self._info.pieces[i][0] for i, special in added_piece_ids(self._info) if special]
         spec = self._info.proto.normalizer_spec
         self._strip_first_space = spec.add_dummy_prefix
