@@ -142,6 +142,21 @@ def check_class(name: str, bundle: Path, config: RemBertConfig, rng: np.random.G
     check_outputs(name, mine, other, "past_key_values", config.num_hidden_layers, "outputs within 1e-5 of ours")
 
 
+def check_weight_files_agree(bundle: Path) -> None:
+    """pytorch_model.bin (a zip in its streaming form, with data descriptors) loads in transformers and holds
+    exactly what model.safetensors holds."""
+    import transformers
+
+    if not ((bundle / "pytorch_model.bin").is_file() and (bundle / "model.safetensors").is_file()):
+        return
+    states = {flag: transformers.AutoModelForMaskedLM.from_pretrained(bundle, use_safetensors=flag).state_dict()
+              for flag in (False, True)}
+    equal = set(states[False]) == set(states[True]) and all(
+        torch.equal(states[False][k], states[True][k]) for k in states[True])
+    check(equal, "pytorch_model.bin (use_safetensors=False) loads the same weights as model.safetensors",
+          f"{len(states[False])} vs {len(states[True])} tensors")
+
+
 def check_truncation(bundle: Path, config: RemBertConfig) -> None:
     import transformers
 
@@ -271,6 +286,7 @@ def main() -> int:
         rng = np.random.default_rng(0)
         for name in AUTO_CLASSES:
             check_class(name, bundle, config, rng)
+        check_weight_files_agree(bundle)
         check_auto_tokenizer(bundle, config.max_position_embeddings)
         check_truncation(bundle, config)
         check_fill_mask(bundle)
