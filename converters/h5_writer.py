@@ -89,7 +89,11 @@ class H5Writer(Writer):
         self.layout_path = Path(directory) / f".{TF_WEIGHTS_NAME}.layout"
         self.regions, self.layout_size = self._lay_out()
         self.layout_fd = os.open(self.layout_path, os.O_RDONLY)
-        self.out = DirectFile(self.path, digest=checksums)
+        try:
+            self.out = DirectFile(self.path, digest=checksums)
+        except BaseException:
+            self._remove_layout()
+            raise
         self.hashed: dict[Path, str] = {}
         self.current: str | None = None
         self.left = 0  # bytes of the current dataset still to come
@@ -157,7 +161,9 @@ class H5Writer(Writer):
         self.left -= len(data)
 
     def _finish_current(self) -> None:
-        if self.current is not None and self.left:
+        if self.current is None:
+            return
+        if self.left:
             raise RuntimeError(f"{self.current}: {self.left} bytes short of its dataset")
         self.done.add(self.current)
 

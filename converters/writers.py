@@ -537,11 +537,9 @@ class _ForwardOnly:
 
     def __init__(self, out: DirectFile):
         self.out = out
-        self.discarding = False  # after an abort: zipfile may still flush a central directory on its way out
 
     def write(self, data) -> int:
-        if not self.discarding:
-            self.out.write(data)
+        self.out.write(data)
         return len(data)
 
     def tell(self) -> int:
@@ -617,12 +615,10 @@ class TorchBinWriter(Writer):
         return [self.path]
 
     def abort(self) -> None:
-        self.file.discarding = True
-        try:
-            if self.stream is not None:
-                self.stream.close()
-            self.zip.close()
-        except Exception:  # the directory is deleted anyway; the original error matters
-            pass
-        finally:
-            self.out.abort()
+        self.out.abort()  # first: what zipfile still writes on closing goes nowhere (each write raises)
+        # Both closed, each on its own: a zip left open would try again when collected, and complain.
+        for close in ([self.stream.close] if self.stream is not None else []) + [self.zip.close]:
+            try:
+                close()
+            except Exception:  # the directory is deleted anyway; the original error matters
+                pass
