@@ -247,21 +247,20 @@ def unigram_scores(info: SpmInfo) -> list[float]:
     max_score over normal pieces floored at FLT_MIN) so they win as in SentencePiece. Pieces SentencePiece
     never matches in text (control, unknown, byte, unused) get a score no text path can lose to.
     """
-    normal = [np.float32(s) for _, s, t in info.pieces if t == NORMAL]
-    max_score = max([FLT_MIN] + normal)
-    min_score = min(normal) if normal else np.float32(0.0)
+    # As arrays: 250,300 numpy scalars one by one took 0.18 s.
+    count = len(info.pieces)
+    kinds = np.fromiter((kind for _, _, kind in info.pieces), dtype=np.int64, count=count)
+    stored = np.fromiter((score for _, score, _ in info.pieces), dtype=np.float64, count=count).astype(np.float32)
+    normal = stored[kinds == NORMAL]
+    max_score = max(FLT_MIN, normal.max()) if normal.size else FLT_MIN
+    min_score = normal.min() if normal.size else np.float32(0.0)
     # Any SentencePiece path over k characters scores at least k * (min_score - 10) (single pieces or
     # unknown nodes), so this is below every path over fewer than 1000 characters.
     never = float(1000 * (min_score - 10.0))
-    scores = []
-    for piece, score, kind in info.pieces:
-        if kind == NORMAL:
-            scores.append(float(np.float32(score)))
-        elif kind == USER_DEFINED:
-            scores.append(float(np.float32(len(piece.encode("utf-8"))) * max_score - np.float32(0.1)))
-        else:
-            scores.append(never)
-    return scores
+    scores = np.where(kinds == NORMAL, stored.astype(np.float64), never)
+    for i in np.flatnonzero(kinds == USER_DEFINED):
+        scores[i] = float(np.float32(len(info.pieces[i][0].encode("utf-8"))) * max_score - np.float32(0.1))
+    return scores.tolist()
 
 
 def bpe_merges(info: SpmInfo) -> list[tuple[str, str]]:
