@@ -176,20 +176,19 @@ def inspect_checkpoint(ckpt: str | os.PathLike, options: ConvertOptions | None =
 
 def _writer_factories(formats: Sequence[str], options: ConvertOptions,
                       hash_in_stream: bool = False) -> list[Callable[..., Writer]]:
+    hashed = options.checksums or hash_in_stream  # each writer hashes its files as it writes them
     factories: list[Callable[..., Writer]] = []
     for name in formats:
         if name == "pytorch":
-            factories.append(lambda d, m, t, plan, hashed=options.checksums or hash_in_stream:
-                             TorchBinWriter(d, m, t, checksums=hashed))
+            factories.append(lambda d, m, t, plan: TorchBinWriter(d, m, t, checksums=hashed))
         elif name == "safetensors":
             max_shard = parse_size(str(options.max_shard_size))
-            factories.append(lambda d, m, t, plan, size=max_shard, hashed=options.checksums or hash_in_stream:
-                             SafetensorsWriter(d, m, t, size, hashed))
+            factories.append(lambda d, m, t, plan, size=max_shard: SafetensorsWriter(d, m, t, size, hashed))
         elif name == "tf2":
             from converters.h5_writer import H5Writer  # h5py only when asked for
 
-            factories.append(lambda d, m, t, plan, hashed=options.checksums or hash_in_stream:
-                             H5Writer(d, m, t, architecture=plan.architecture, checksums=hashed))
+            factories.append(lambda d, m, t, plan: H5Writer(d, m, t, architecture=plan.architecture,
+                                                             checksums=hashed))
     return factories
 
 

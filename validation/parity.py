@@ -531,12 +531,12 @@ def _verify(setup: _Setup, reader, converted: Path, found: list[str], seed: int,
         return result
 
     digests: dict[str, dict[str, str]] = {}
-    # The float64 reference first, alone: numpy's BLAS runs it on both cores, and its threads spin between products,
-    # so beside another proof each slowed the other (at full size in bundle, 7.5-8.5 s for the two side by side,
-    # 3 s + the proof alone). Then two plain threads per format, so both cores work: the tensor proof in a helper
-    # thread beside the functional proof here (the same mapped files, so still one format in memory). The heavy
-    # parts (reads, numpy, torch, TensorFlow) release the GIL; results are collected in order, so the report is
-    # the same as one thread's.
+    # The float64 reference first, alone: numpy's BLAS runs it on both cores, and its threads spin between
+    # products, so beside another proof each slowed the other (at full size in bundle: the two side by side
+    # 7.2-7.8 s, the reference alone 2.8-3 s). Then two plain threads per format, so both cores work: the tensor
+    # proof in a helper thread beside the functional proof here (the same mapped files, so still one format in
+    # memory). The heavy parts (reads, numpy, torch, TensorFlow) release the GIL; results are collected in
+    # order, so the report is the same as one thread's.
     truth = None
     if functional and specs:
         say("functional: float64 reference of the original graph")
