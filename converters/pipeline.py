@@ -18,7 +18,6 @@ from typing import TypeVar
 import numpy as np
 
 T = TypeVar("T")
-HASH_BLOCK = 16 << 20
 
 
 def read_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:

@@ -551,7 +551,7 @@ class RemBertTokenizerFast(_RemBertTokenizerBase):
         special_ids = {t: self._tokenizer.token_to_id(t) for t in (CLS, SEP, PAD, MASK)
                        if self._tokenizer.token_to_id(t) is not None}
         # Unigram names its unk by id, BPE by text; both come before the vocabulary in the model's JSON, whose
-        # 250,300 entries as Python objects took 0.5 s to parse (and a second of garbage collection after).
+        # 250,300 entries as Python objects took 0.5 s to parse (and 0.45 s of garbage collection after).
         serialized = self._tokenizer.to_str()
         if json_member(serialized, "model", "type") == "Unigram":
             unk_id = json_member(serialized, "model", "unk_id")

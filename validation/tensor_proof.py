@@ -449,8 +449,8 @@ def agreement_rows(plan: ConversionPlan, digests: dict[str, dict[str, str]]) -> 
 def iter_formats(converted: Path, formats: list[str], *, release: bool = False) -> Iterator[tuple[str, Any]]:
     """Open each format in turn, closing the previous one first: one format's files mapped at a time.
 
-    `release`: then drop the format's files from the page cache, so that the next format reuses those pages
-    (bundle's freshly written files: see converters.writers.DirectFile for why new pages cost)."""
+    `release`: once a format is closed, drop its files from the page cache, so that the next format reuses those
+    pages (bundle's freshly written files: see converters.writers.DirectFile for why new pages cost)."""
     for fmt in formats:
         handle = open_format(converted, fmt)
         try:
