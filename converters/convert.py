@@ -257,14 +257,15 @@ def convert_checkpoint(
             digests = None
             if options.checksums:  # the weights were hashed as they were written; the small files now
                 digests = {**{path: sha256_file(path) for path in files if path not in own}, **own}
+            hashed_as_written = {path.name: digest for path, digest in own.items()}
             del writers  # their buffers, before `before_commit` (bundle's verify) needs the memory
             report = conversion_report(reader.prefix, plan, options, formats, staging, files, digests)
             (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             if before_commit is not None:
                 before_commit(ConversionResult(staging, files + [staging / "config.json", staging / REPORT_NAME],
-                                               plan, report, {path.name: digest for path, digest in own.items()}))
+                                               plan, report, hashed_as_written))
     final_files = [output_dir / p.name for p in files] + [output_dir / "config.json", output_dir / REPORT_NAME]
-    return ConversionResult(output_dir, final_files, plan, report, {path.name: digest for path, digest in own.items()})
+    return ConversionResult(output_dir, final_files, plan, report, hashed_as_written)
 
 
 def _read_tokenizer(spm_path: Path, config: RemBertConfig):

@@ -94,7 +94,6 @@ class H5Writer(Writer):
         except BaseException:
             self._remove_layout()
             raise
-        self.hashed: dict[Path, str] = {}
         self.current: str | None = None
         self.left = 0  # bytes of the current dataset still to come
         self.done: set[str] = set()
@@ -167,18 +166,13 @@ class H5Writer(Writer):
             raise RuntimeError(f"{self.current}: {self.left} bytes short of its dataset")
         self.done.add(self.current)
 
-    def digests(self) -> dict[Path, str]:
-        return dict(self.hashed)
-
     def close(self) -> list[Path]:
         self._finish_current()
         missing = [name for name, (_, nbytes) in self.regions.items() if nbytes and name not in self.done]
         if missing:
             raise RuntimeError(f"no values arrived for {', '.join(missing)}")
         self._copy_layout(self.layout_size)
-        digest = self.out.close()
-        if digest is not None:
-            self.hashed[self.path] = digest
+        self._close_file(self.out)
         self._remove_layout()
         return [self.path]
 

@@ -169,6 +169,7 @@ class Writer:
         self.directory = directory
         self.mappings = list(mappings)
         self.dtype = dtype
+        self.hashed: dict[Path, str] = {}  # what `digests` returns
 
     def add(self, mapping: TensorMapping, chunk: np.ndarray) -> None:
         raise NotImplementedError
@@ -182,7 +183,13 @@ class Writer:
 
     def digests(self) -> dict[Path, str]:
         """sha256 of the files the writer hashed itself while writing them (known after `close()`)."""
-        return {}
+        return dict(self.hashed)
+
+    def _close_file(self, handle: DirectFile) -> None:
+        """Close one of the writer's files, keeping its sha256 if it was hashed."""
+        digest = handle.close()
+        if digest is not None:
+            self.hashed[handle.path] = digest
 
 
 # -- files out of the page cache (bundle's verify drops each format once proven) -------------------------------
@@ -355,7 +362,6 @@ class SafetensorsWriter(Writer):
         self.shard_of = {m.torch_name: i for i, (_, group) in enumerate(self.shards) for m in group}
         self.handle: DirectFile | None = None
         self.current = -1
-        self.hashed: dict[Path, str] = {}
 
     def _open(self, index: int) -> None:
         self._close_shard()
@@ -382,13 +388,8 @@ class SafetensorsWriter(Writer):
 
     def _close_shard(self) -> None:
         if self.handle is not None:
-            digest = self.handle.close()
-            if digest is not None:
-                self.hashed[self.handle.path] = digest
+            self._close_file(self.handle)
             self.handle = None
-
-    def digests(self) -> dict[Path, str]:
-        return dict(self.hashed)
 
     def close(self) -> list[Path]:
         self._close_shard()
@@ -564,7 +565,6 @@ class TorchBinWriter(Writer):
         self.out = DirectFile(self.path, digest=checksums)
         self.file = _ForwardOnly(self.out)
         self.zip = zipfile.ZipFile(self.file, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
-        self.hashed: dict[Path, str] = {}
         self.key_of = {m.torch_name: i for i, m in enumerate(self.mappings)}
         pickled = torch_data_pickle([(m.torch_name, TORCH_STORAGES[dtype], m.target_shape) for m in self.mappings])
         self._record("data.pkl", pickled)
@@ -599,9 +599,6 @@ class TorchBinWriter(Writer):
             self.current = mapping.torch_name
         self.stream.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
 
-    def digests(self) -> dict[Path, str]:
-        return dict(self.hashed)
-
     def close(self) -> list[Path]:
         if self.stream is not None:
             self.stream.close()
@@ -609,9 +606,7 @@ class TorchBinWriter(Writer):
         self._record("version", b"3\n")
         self._record(".data/serialization_id", self.serialization_id.encode())
         self.zip.close()
-        digest = self.out.close()
-        if digest is not None:
-            self.hashed[self.path] = digest
+        self._close_file(self.out)
         return [self.path]
 
     def abort(self) -> None:
