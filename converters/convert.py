@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -49,9 +48,6 @@ from converters.writers import (
 )
 from rembert_ref.config import ACTIVATION_TO_HF, RemBertConfig, _read_json, is_original_config
 
-if TYPE_CHECKING:
-    from converters.tokenizer import WrittenTokenizer
-
 FORMATS = ("pytorch", "safetensors", "tf2")
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 REPORT_NAME = "conversion_report.json"
@@ -83,7 +79,6 @@ class ConversionResult:
     plan: ConversionPlan
     report: dict = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)  # sha256 by file name, of files hashed as written
-    tokenizer: WrittenTokenizer | None = None  # the tokenizer written, measured (measure_tokenizer)
 
 
 def find_config(prefix: Path, explicit: str | os.PathLike | None) -> Path:
@@ -205,15 +200,13 @@ def convert_checkpoint(
     *,
     before_commit: Callable[[ConversionResult], None] | None = None,
     hash_in_stream: bool = False,
-    measure_tokenizer: bool = False,
 ) -> ConversionResult:
     """Convert a TF1 RemBERT checkpoint into the requested formats (one pass over the checkpoint).
 
     `before_commit` sees the finished files in the staging directory and may add files or raise (then nothing
     is written): `bundle` verifies parity there, before the output appears. `hash_in_stream`: every weight file
     gets its sha256 in `ConversionResult.digests` even without `options.checksums` (each writer hashes its files
-    as it writes them). `measure_tokenizer`: the tokenizer written is measured against SentencePiece while its
-    parsed model is still in memory (`ConversionResult.tokenizer`)."""
+    as it writes them)."""
     options = options or ConvertOptions()
     if options.dtype not in TARGET_DTYPES:
         raise UserError(f"unknown dtype {options.dtype!r}; use one of: {', '.join(TARGET_DTYPES)}")
@@ -249,11 +242,6 @@ def convert_checkpoint(
             # The tokenizer first (it sets the config's special-token ids): the parsed SentencePiece model, 250,300
             # pieces as Python objects at full size, is freed before the weights and `before_commit` need memory.
             tokenizer_files = _write_tokenizer(spm_info, config, staging) if spm_info is not None else []
-            written_tokenizer = None
-            if measure_tokenizer and spm_info is not None:
-                from converters.tokenizer import measure_written
-
-                written_tokenizer = measure_written(spm_info, staging)
             del spm_info
             config.save(staging / "config.json")
             writers = [factory(staging, plan.mappings, options.dtype, plan) for factory in factories]
@@ -275,9 +263,9 @@ def convert_checkpoint(
             (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             if before_commit is not None:
                 before_commit(ConversionResult(staging, files + [staging / "config.json", staging / REPORT_NAME],
-                                               plan, report, hashed_as_written, written_tokenizer))
+                                               plan, report, hashed_as_written))
     final_files = [output_dir / p.name for p in files] + [output_dir / "config.json", output_dir / REPORT_NAME]
-    return ConversionResult(output_dir, final_files, plan, report, hashed_as_written, written_tokenizer)
+    return ConversionResult(output_dir, final_files, plan, report, hashed_as_written)
 
 
 def _read_tokenizer(spm_path: Path, config: RemBertConfig):

@@ -179,8 +179,8 @@ def test_the_chosen_activation_is_the_one_verified(tiny_ckpt, tmp_path):
 
 
 def test_the_cards_tokenizer_agreement_is_what_the_published_files_give(tmp_path):
-    """bundle measures the tokenizer while convert writes it (from the parsed model in memory); measuring the
-    published tokenizer.json against the published sentencepiece.model afterwards must give the card's figures."""
+    """Measuring the published tokenizer.json against the published sentencepiece.model, apart from bundle, must
+    give the card's figures."""
     from tokenizers import Tokenizer
 
     from converters.tokenizer import measure_agreement, probe_corpus, read_sentencepiece
@@ -188,16 +188,14 @@ def test_the_cards_tokenizer_agreement_is_what_the_published_files_give(tmp_path
     example = Path(__file__).resolve().parent.parent / "examples" / "tiny-rembert"
     out = tmp_path / "tiny"
     options = ConvertOptions(quiet=True, tokenizer=example / "sentencepiece.model")
-    result = bundle_checkpoint(example, out, options, formats=("safetensors",), heads=BASE_HEADS)
+    bundle_checkpoint(example, out, options, formats=("safetensors",), heads=BASE_HEADS)
     info = read_sentencepiece(out / "sentencepiece.model")
     agreement = measure_agreement(info, Tokenizer.from_file(str(out / "tokenizer.json")), probe_corpus())
     assert agreement.total == len(probe_corpus()) > 0
-    assert result.conversion.tokenizer.agreement == agreement
     card = (out / "README.md").read_text()
     assert (f"`sentencepiece.model` ({info.model_type}, {len(info.pieces)} pieces)" in card
-            and f"{agreement.equal} of {agreement.total} lines" in card)
-    plain = convert_checkpoint(example, tmp_path / "plain", ["safetensors"], options)
-    assert plain.tokenizer is None  # measured only when asked (bundle)
+            and f"{agreement.equal} of {agreement.total} lines" in card
+            and f"({100 * agreement.rate:.1f}%)" in card)
 
 
 def test_failed_parity_writes_no_bundle(tiny_ckpt, tmp_path):

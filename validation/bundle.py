@@ -16,14 +16,10 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from converters.convert import ConversionResult, ConvertOptions, convert_checkpoint, sha256_file
 from rembert_ref.errors import UserError, require_tensorflow
 from validation.parity import HEADS, ParityReport, import_ahead, progress_printer, verify_conversion
-
-if TYPE_CHECKING:
-    from converters.tokenizer import WrittenTokenizer
 
 CHECKSUMS_NAME = "SHA256SUMS"
 MODEL_CARD_NAME = "README.md"
@@ -112,7 +108,9 @@ def bundle_checkpoint(
                                 "conversion for the full table")
         report.write(staged.output_dir)
         write_checksums(staged.output_dir, staged.digests)  # before the card: it leaves the card out
-        text = model_card(staged, report, card, staged.tokenizer, folder=Path(output_dir).resolve().name)
+        # After verify, not beside it: a 250,300-piece tokenizer in memory would add to verify's peak.
+        tokenizer = _tokenizer_agreement(staged.output_dir)
+        text = model_card(staged, report, card, tokenizer, folder=Path(output_dir).resolve().name)
         (staged.output_dir / MODEL_CARD_NAME).write_text(text, encoding="utf-8")
 
     # verify's imports (torch, TensorFlow: 2-3 s of one core) run while convert writes, which leaves a core idle,
@@ -120,10 +118,8 @@ def bundle_checkpoint(
     importing = threading.Thread(target=import_ahead, args=(list(formats),), name="import-ahead")
     importing.start()
     try:
-        # The tokenizer is measured as convert writes it, while its parsed model is in memory (parsing it again
-        # for the card cost 0.45 s at full size).
         conversion = convert_checkpoint(ckpt, output_dir, list(formats), options, before_commit=verify_and_describe,
-                                        hash_in_stream=True, measure_tokenizer=True)
+                                        hash_in_stream=True)
     finally:
         importing.join()
     out = Path(output_dir)
@@ -150,6 +146,19 @@ def write_checksums(directory: Path, known: dict[str, str] | None = None) -> Pat
     path = directory / CHECKSUMS_NAME
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _tokenizer_agreement(directory: Path):
+    """The staged tokenizer.json measured against the staged sentencepiece.model, or None without one."""
+    if not (directory / "tokenizer.json").is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    from converters.tokenizer import measure_agreement, probe_corpus, read_sentencepiece
+
+    info = read_sentencepiece(directory / "sentencepiece.model")
+    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    return info, measure_agreement(info, tokenizer, probe_corpus())
 
 
 def _tool_version() -> str:
@@ -190,8 +199,7 @@ def front_matter(card: CardOptions, mlm_head: bool, formats: list[str], task_kin
     ]
 
 
-def model_card(staged: ConversionResult, parity: ParityReport, card: CardOptions,
-               tokenizer: WrittenTokenizer | None = None,
+def model_card(staged: ConversionResult, parity: ParityReport, card: CardOptions, tokenizer=None,
                folder: str = ".") -> str:
     """A deterministic model card: what the folder holds, how it was made, what parity was measured, how to
     use and check it. `folder` is the bundle folder's name, which the usage snippets load."""
@@ -349,17 +357,17 @@ def _usage(folder: str, formats: list[str], mlm_head: bool, has_tokenizer: bool,
     return lines
 
 
-def _tokenizer_section(tokenizer: WrittenTokenizer | None) -> list[str]:
+def _tokenizer_section(tokenizer) -> list[str]:
     if tokenizer is None:
         return []
     from converters.tokenizer import DIFFERENCE_SUMMARIES
 
-    agreement = tokenizer.agreement
+    info, agreement = tokenizer
     lines = [
         "## Tokenizer",
         "",
-        f"`tokenizer.json` is the SentencePiece model `sentencepiece.model` ({tokenizer.model_type}, "
-        f"{tokenizer.vocab_size} pieces) as a fast tokenizer; `AutoTokenizer` loads it as it is, in transformers 5 "
+        f"`tokenizer.json` is the SentencePiece model `sentencepiece.model` ({info.model_type}, "
+        f"{len(info.pieces)} pieces) as a fast tokenizer; `AutoTokenizer` loads it as it is, in transformers 5 "
         "and 4.57. Its ids equal SentencePiece's on "
         f"{agreement.equal} of {agreement.total} lines of rembert-convert's multilingual probe corpus "
         f"({100 * agreement.rate:.1f}%).",
