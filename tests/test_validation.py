@@ -290,6 +290,27 @@ def test_a_dropped_and_an_extra_tensor_are_caught(tiny_ckpt, converted, tmp_path
     assert loads and all(r.output.startswith("load") and bare in r.output for r in loads)
 
 
+def test_a_tensor_dropped_from_tf_model_h5_fails_every_tf2_head_by_name(tiny_ckpt, tmp_path):
+    """The TF heads are built with one layer around the shared encoder: a weight of a later layer is still
+    required, by the shared encoder, and every head names it."""
+    import h5py
+
+    out = tmp_path / "h5"
+    convert_checkpoint(tiny_ckpt.prefix, out, ["tf2"], ConvertOptions(quiet=True))
+    with h5py.File(out / "tf_model.h5", "a") as file:  # the dataset and its entry in weight_names, as Keras would
+        (dataset,) = [ds for ds in _datasets(file) if "/layer_._2/attention/output/LayerNorm/beta" in ds.name]
+        layer = file[dataset.name.split("/")[1]]
+        stored = dataset.name.split("/", 2)[2]
+        layer.attrs["weight_names"] = [n for n in layer.attrs["weight_names"] if n.decode() != stored]
+        del file[dataset.name]
+    report = verify_conversion(tiny_ckpt.prefix, out)
+    scope = "rembert/encoder/layer_._2/attention/output/LayerNorm/beta:0"
+    assert ("tf2", f"rembert/tf_rem_bert_for_masked_lm/{scope}", "missing") in _failing_tensors(report)
+    loads = [r for r in report.failures if r.format == "tf2"]
+    assert {r.head for r in loads} == set(HEADS)
+    assert all(r.output.startswith("load: the file lacks") and scope in r.output for r in loads)
+
+
 def test_pytorch_and_safetensors_disagreeing_on_one_value(tiny_ckpt, converted, tmp_path):
     folder = _copy(converted, tmp_path)
     name = "rembert.encoder.layer.2.intermediate.dense.weight"
@@ -520,14 +541,15 @@ def test_h5_datasets_are_mapped_when_aligned_and_read_otherwise(tiny_ckpt, tmp_p
         handle.close()
         report = verify_conversion(tiny_ckpt.prefix, folder, heads=BASE_HEADS)
         assert report.passed and report.formats == ["tf2"], folder.name
-    unaligned_offsets = [ds.id.get_offset() % 64 for ds in _datasets(unaligned / "tf_model.h5")]
+    with h5py.File(unaligned / "tf_model.h5", "r") as file:
+        unaligned_offsets = [ds.id.get_offset() % 64 for ds in _datasets(file)]
     assert any(unaligned_offsets)  # the copy really is unaligned, so the read path ran
 
 
-def _datasets(path: Path) -> list:
+def _datasets(file) -> list:
+    """Every dataset of an open h5py file."""
     import h5py
 
     found = []
-    file = h5py.File(path, "r")
     file.visititems(lambda name, item: found.append(item) if isinstance(item, h5py.Dataset) else None)
     return found
