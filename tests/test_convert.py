@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 from pathlib import Path
@@ -356,8 +357,6 @@ def test_crc_failure_leaves_no_partial_output(tiny_ckpt, tmp_path):
     with pytest.raises(UserError, match="checksum mismatch in cls/predictions/output_embedding"):
         convert_checkpoint(copy, out, ["pytorch", "safetensors", "tf2"], ConvertOptions(quiet=True))
     _assert_nothing_written(out)
-    import gc
-
     gc.collect()  # the aborted writers' objects, zipfile's included, are finalised here
 
 

@@ -3,6 +3,7 @@ with SentencePiece, and (interop) with Hugging Face transformers loading the con
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -112,8 +113,6 @@ def test_bad_options_are_user_errors(pair) -> None:
 
 
 def test_json_member_reads_what_json_loads_reads() -> None:
-    import json
-
     from rembert_ref.tokenization import json_member
 
     document = {"version": "1.0", "added_tokens": [{"id": 0, "content": "}{\":,"}],
