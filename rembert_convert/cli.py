@@ -428,7 +428,7 @@ def verify(ckpt: str, converted: str, config: str | None, formats: tuple[str, ..
             click.echo(f"{'ok  ' if row.passed else 'FAIL'} {row.head:34} {row.format:11} {row.output:20} "
                        f"max abs {row.max_abs:.2e}  rel {row.rel_err:.2e}  tol {row.tolerance:.2e}")
     for row in report.tensor_failures:
-        click.echo(f"FAIL tensor {row.format:11} {row.tensor} ({row.check}; source {row.source}): {row.detail}")
+        click.echo(f"FAIL {row.subject:18} {row.tensor} ({row.check}; source {row.source}): {row.detail}")
     if report_dir is not None:
         with staged_output(report_dir, report_inputs, force=force, option="--report") as staging:
             written = report.write(staging)
@@ -439,8 +439,8 @@ def verify(ckpt: str, converted: str, config: str | None, formats: tuple[str, ..
         Path(junit_file).write_text(report.to_junit(), encoding="utf-8")
         click.echo(f"wrote {junit_file}")
     verdict = "passed" if report.passed else "FAILED"
-    click.echo(f"parity {verdict}: tensors {len(report.tensor_rows) - len(report.tensor_failures)}/"
-               f"{len(report.tensor_rows)} exact, outputs {len(report.rows) - len(report.failures)}/"
+    click.echo(f"parity {verdict}: tensor checks {len(report.tensor_rows) - len(report.tensor_failures)}/"
+               f"{len(report.tensor_rows)} pass, outputs {len(report.rows) - len(report.failures)}/"
                f"{len(report.rows)} within tolerance (weights {report.dtype}, {', '.join(report.formats)})")
     if not report.passed:
         sys.exit(EXIT_PARITY_FAILURE)

@@ -23,6 +23,7 @@ import converters.mapping as mapping
 from converters.convert import ConvertOptions, convert_checkpoint
 from rembert_convert.cli import main
 from rembert_ref.config import RemBertConfig
+from rembert_ref.errors import UserError
 from rembert_ref.tokenization import RemBertTokenizerFast
 from validation.bundle import ParityFailure, bundle_checkpoint, card_snippets
 from validation.parity import HEADS, MAX_PROBE_TOKENS, MULTILINGUAL_SAMPLE, make_inputs, verify_conversion
@@ -74,10 +75,11 @@ def test_bundle_measures_every_head_format_and_output(bundled, tiny_ckpt):
     assert all(r.reference == "original-fp64" for r in report.rows)
     qa = {r.output for r in report.rows if r.head == "RemBertForQuestionAnswering"}
     assert qa == {"start_logits", "end_logits"}
-    # The tensor proof: one row per mapped tensor and format, plus one agreement row per tensor.
+    # The tensor proof: one row per mapped tensor and format, plus one agreement row per tensor, and one row
+    # saying config.json agrees with the checkpoint's config.
     mapped = len(bundled.conversion.plan.mappings)
-    assert len(report.tensor_rows) == mapped * 4
-    assert {r.check for r in report.tensor_rows} == {"values", "agree"}
+    assert len(report.tensor_rows) == mapped * 4 + 1
+    assert {r.check for r in report.tensor_rows} == {"values", "agree", "config"}
 
 
 def test_the_probe_is_text_through_the_folders_tokenizer_cut_to_16_tokens(tmp_path):
@@ -442,6 +444,146 @@ def test_the_summary_names_failing_tensors(tiny_ckpt, converted, tmp_path):
     assert {(w["head"], w["format"]) for w in summary["worst_per_head_and_format"]} == {
         (h, f) for h in HEADS for f in ("pytorch", "safetensors")}
     assert name in (tmp_path / "rep" / "parity_report.md").read_text()
+
+
+# -- what a loader reads besides the values: file types, links, metadata, config.json, other files -------------
+
+H5_POOLER = "rembert/tf_rem_bert_for_masked_lm/rembert/pooler/dense/kernel:0"
+H5_GAMMA = "rembert/tf_rem_bert_for_masked_lm/rembert/encoder/layer_._{}/attention/output/LayerNorm/gamma:0"
+
+
+@pytest.fixture(scope="module")
+def converted_h5(tiny_ckpt, tmp_path_factory) -> Path:
+    """tf_model.h5 of the tiny checkpoint (read-only: tests copy it)."""
+    out = tmp_path_factory.mktemp("h5") / "out"
+    convert_checkpoint(tiny_ckpt.prefix, out, ["tf2"], ConvertOptions(quiet=True))
+    return out
+
+
+def _replace_h5_dataset(path: Path, name: str, type_id, values: np.ndarray) -> None:
+    """Store `values`' bytes unchanged as dataset `name`, declared with the HDF5 type `type_id`, contiguous and
+    64-byte aligned (as convert writes datasets, so verify would memory-map it)."""
+    import h5py
+
+    access = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    access.set_alignment(1, 64)
+    with h5py.File(h5py.h5f.open(str(path).encode(), h5py.h5f.ACC_RDWR, access)) as file:
+        parent, leaf = name.rsplit("/", 1)
+        del file[name]
+        layout = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        layout.set_layout(h5py.h5d.CONTIGUOUS)
+        layout.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        dataset = h5py.h5d.create(file[parent].id, leaf.encode(), type_id, h5py.h5s.create_simple(values.shape),
+                                  dcpl=layout)
+        dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.ascontiguousarray(values), mtype=type_id)
+
+
+def test_an_h5_dataset_whose_type_changes_its_values_is_caught(tiny_ckpt, converted_h5, tmp_path):
+    """The same bytes under a float type without the implied leading 1: h5py still calls it float32, but HDF5
+    (and so Keras) reads other values. verify must not take the raw bytes for the values."""
+    import h5py
+
+    folder = _copy(converted_h5, tmp_path)
+    with h5py.File(folder / "tf_model.h5", "r") as file:
+        values = file[H5_POOLER][()]
+    custom = h5py.h5t.IEEE_F32LE.copy()
+    custom.set_norm(h5py.h5t.NORM_NONE)
+    _replace_h5_dataset(folder / "tf_model.h5", H5_POOLER, custom, values)
+    with h5py.File(folder / "tf_model.h5", "r") as file:
+        assert file[H5_POOLER].dtype == np.float32 and file[H5_POOLER].id.get_offset() % 64 == 0
+        assert not np.array_equal(file[H5_POOLER][()], values)  # what a reader gets
+    report = verify_conversion(tiny_ckpt.prefix, folder, heads=BASE_HEADS)
+    assert _failing_tensors(report) == {("tf2", H5_POOLER, "dtype")}
+    assert "not a standard IEEE float" in report.tensor_failures[0].detail
+    assert any(r.output == "pooler_output" for r in report.failures)  # the model read what HDF5 gives
+
+
+def test_an_h5_dataset_stored_big_endian_is_read_as_its_values(tiny_ckpt, converted_h5, tmp_path):
+    import h5py
+
+    folder = _copy(converted_h5, tmp_path)
+    with h5py.File(folder / "tf_model.h5", "r") as file:
+        values = file[H5_POOLER][()]
+    _replace_h5_dataset(folder / "tf_model.h5", H5_POOLER, h5py.h5t.IEEE_F32BE, values.astype(">f4"))
+    assert verify_conversion(tiny_ckpt.prefix, folder, heads=BASE_HEADS).passed
+
+
+def test_h5_links_are_followed_or_refused(tiny_ckpt, converted_h5, tmp_path):
+    """A hard link gives layer 1's gamma layer 0's values (Keras reads them by that name); an external link
+    points into a file outside the folder's proof."""
+    import h5py
+
+    folder = _copy(converted_h5, tmp_path)
+    with h5py.File(folder / "tf_model.h5", "a") as file:
+        del file[H5_GAMMA.format(1)]
+        file[H5_GAMMA.format(1)] = file[H5_GAMMA.format(0)]
+        with h5py.File(tmp_path / "elsewhere.h5", "w") as other:
+            other["kernel"] = file[H5_POOLER][()]
+        del file[H5_POOLER]
+        file[H5_POOLER] = h5py.ExternalLink(str(tmp_path / "elsewhere.h5"), "kernel")
+    report = verify_conversion(tiny_ckpt.prefix, folder, heads=BASE_HEADS)
+    failing = _failing_tensors(report)
+    assert ("tf2", H5_GAMMA.format(1), "values") in failing
+    assert ("tf2", H5_POOLER, "link") in failing and ("tf2", H5_POOLER, "missing") in failing
+
+
+def test_an_h5_dataset_past_the_end_of_the_file_is_one_line(converted_h5):
+    from validation.tensor_proof import open_format
+
+    handle = open_format(converted_h5, "tf2")
+    handle.size = 1024  # as if the file ended there
+    with pytest.raises(UserError, match="past the end of the file"):
+        handle.array(H5_POOLER)
+    handle.close()
+
+
+def test_safetensors_metadata_a_loader_refuses_is_caught(tiny_ckpt, converted, tmp_path):
+    folder = _copy(converted, tmp_path)
+    save_file(load_file(folder / ST), folder / ST, metadata={"format": "np"})  # transformers refuses "np"
+    report = verify_conversion(tiny_ckpt.prefix, folder, heads=BASE_HEADS)
+    assert _failing_tensors(report) == {("safetensors", ST, "metadata")}
+
+
+def test_weight_files_verify_does_not_read_fail_by_name(tiny_ckpt, converted_h5, tmp_path):
+    """A sharded pytorch_model.bin beside tf_model.h5: transformers' PyTorch classes would load it."""
+    folder = _copy(converted_h5, tmp_path)
+    (folder / "pytorch_model-00001-of-00001.bin").write_bytes(b"weights")
+    (folder / "pytorch_model.bin.index.json").write_text('{"weight_map": {}}')
+    (folder / "flax_model.msgpack").write_bytes(b"weights")
+    (folder / "NOTES.txt").write_text("not weights")
+    report = verify_conversion(tiny_ckpt.prefix, folder, heads=BASE_HEADS)
+    assert _failing_tensors(report) == {("folder", name, "unproven") for name in (
+        "pytorch_model-00001-of-00001.bin", "pytorch_model.bin.index.json", "flax_model.msgpack")}
+    assert not report.failures
+
+
+def test_safetensors_shards_the_index_does_not_name_fail(tiny_ckpt, tmp_path):
+    out = tmp_path / "sharded"
+    convert_checkpoint(tiny_ckpt.prefix, out, ["safetensors"], ConvertOptions(quiet=True, max_shard_size=100_000))
+    shards = sorted(p.name for p in out.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    assert verify_conversion(tiny_ckpt.prefix, out, heads=BASE_HEADS).passed
+    shutil.copy(out / shards[0], out / "model-extra.safetensors")
+    report = verify_conversion(tiny_ckpt.prefix, out, heads=BASE_HEADS)
+    assert _failing_tensors(report) == {("folder", "model-extra.safetensors", "unproven")}
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("pruned_heads", {"0": [0]}),  # transformers prunes a head: its weights no longer fit
+    ("return_dict", False),  # outputs become tuples: `.logits` on the card breaks
+    ("layer_norm_eps", 1e-6),  # within the functional tolerance at this size, but not what TF1 computes
+    ("hidden_act", "gelu"),  # conversion_report.json records gelu_new (tanh): only config.json changed
+    ("architectures", ["RemBertForCausalLM"]),
+])
+def test_config_json_that_changes_the_model_is_caught(tiny_ckpt, converted, tmp_path, key, value):
+    folder = _copy(converted, tmp_path)
+    values = json.loads((folder / "config.json").read_text())
+    values[key] = value
+    (folder / "config.json").write_text(json.dumps(values))
+    report = verify_conversion(tiny_ckpt.prefix, folder, heads=BASE_HEADS)
+    assert ("config", f"config.json {key}", "config") in _failing_tensors(report)
+    row = next(r for r in report.tensor_failures if r.format == "config")
+    assert repr(value) in row.detail and row.source == "bert_config.json"
 
 
 def test_bf16_bundle_refuses_h5_with_one_line(tiny_ckpt, tmp_path):

@@ -402,6 +402,7 @@ class _Setup:
     inputs: dict[str, Any]
     head_weights: dict[str, tuple[np.ndarray, np.ndarray]]
     plan: Any  # the conversion plan the folder was written with (converters.mapping.ConversionPlan)
+    config_rows: list[TensorRow]  # config.json against the checkpoint's own config
 
     def compute_reference(self, reader) -> dict[str, dict[str, Any]]:
         return _reference(CheckpointWeights(reader), self.original, self.inputs, self.activation,
@@ -433,7 +434,7 @@ def _check_folder(converted: Path, formats: tuple[str, ...] | None, functional: 
 def _prepare(reader, converted: Path, original_config: str | os.PathLike | None, heads: tuple[str, ...], seed: int,
              task_head_weights: Mapping[str, tuple[np.ndarray, np.ndarray]] | None) -> _Setup:
     from converters.convert import find_config
-    from rembert_ref.config import RemBertConfig, _read_json
+    from rembert_ref.config import RemBertConfig, _read_json, is_original_config
     from validation import tensor_proof
 
     unknown = sorted(set(heads) - set(HEADS))
@@ -443,7 +444,8 @@ def _prepare(reader, converted: Path, original_config: str | os.PathLike | None,
     activation = {"gelu_new": "tanh", "gelu": "exact"}.get(config.hidden_act)
     if activation is None:
         raise UserError(f"config.json has hidden_act {config.hidden_act!r}; only gelu_new / gelu are verifiable")
-    original = _read_json(find_config(reader.prefix, original_config))
+    original_path = find_config(reader.prefix, original_config)
+    original = _read_json(original_path)
     dtype = config.torch_dtype if config.torch_dtype in TOLERANCES else "float32"
     mlm_head = not set(config.architectures or ()) & {"RemBertModel", *_finetuned_architectures()}
     finetuned = finetuned_head(config)
@@ -460,13 +462,17 @@ def _prepare(reader, converted: Path, original_config: str | os.PathLike | None,
                  and (mlm_head or name not in ("RemBertForMaskedLM", "RemBertForCausalLM"))}
     inputs = make_inputs(config, converted, seed)
     plan = tensor_proof.plan_for(reader, converted, config)
+    expected = (RemBertConfig.from_original(original) if is_original_config(original)
+                else RemBertConfig.from_dict(original))
+    config_rows = tensor_proof.config_rows(config, expected, plan, tensor_proof.conversion_report(converted),
+                                           original_path.name)
     head_weights = dict(seeded_task_heads(config, specs, seed), **(task_head_weights or {}))
     if finetuned is not None and finetuned in specs:
         from rembert_ref.numpy_reference import original_head_weights
 
         _, weight, bias = original_head_weights(CheckpointWeights(reader))  # the checkpoint's own head
         head_weights[finetuned] = (weight, bias)
-    return _Setup(config, original, activation, dtype, specs, inputs, head_weights, plan)
+    return _Setup(config, original, activation, dtype, specs, inputs, head_weights, plan, config_rows)
 
 
 def verify_conversion(
@@ -558,6 +564,7 @@ def _verify(setup: _Setup, reader, converted: Path, found: list[str], seed: int,
                     report.tensor_rows += rows
     if tensors:
         report.tensor_rows += tensor_proof.agreement_rows(plan, digests)
+        report.tensor_rows += setup.config_rows + tensor_proof.unproven_files(converted)
     report.seconds["total"] = time.perf_counter() - clock
     return report
 
@@ -932,7 +939,10 @@ def _tf_tensor_from_h5(tf, dataset, handle) -> Any:
     from validation.tensor_proof import aligned_empty
 
     name = dataset.name.lstrip("/")
-    array = handle.array(name)
+    if name not in handle.datasets or dataset.file.filename != handle.file.filename:
+        array = handle.read(dataset)  # through an external link: the values Keras would load (the proof fails it)
+    else:
+        array = handle.array(name)
     if array.dtype != np.float32:  # float16 files: a float32 copy, and the file's values are dropped
         widened = aligned_empty(array.shape, np.float32)
         widened[...] = array

@@ -35,15 +35,18 @@ from rembert_ref.errors import UserError
 
 SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 AGREEMENT = "all formats"
+CONFIG, FOLDER = "config", "folder"  # the rows about config.json and about the folder's other files
 Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class TensorRow:
-    format: str  # pytorch | safetensors | tf2 | "all formats" (do the formats agree with each other)
+    format: str  # pytorch | safetensors | tf2 | "all formats" (do the formats agree) | "config" | "folder"
     tensor: str  # the name in the file (for tf2 the dataset path in tf_model.h5)
     source: str  # the checkpoint variable it must hold ("-" for an extra tensor)
-    check: str  # values | missing | extra | duplicate | shape | dtype | agree
+    # values | missing | extra | duplicate | shape | dtype | agree (the tensors); index | metadata | link | unlisted
+    # (how a file holds them); config | unproven (config.json and the folder's other files)
+    check: str
     shape: tuple[int, ...]
     dtype: str
     differing: int  # elements that differ from the expected bits
@@ -51,6 +54,11 @@ class TensorRow:
     first_index: tuple[int, ...] | None  # the first differing element
     passed: bool
     detail: str = ""
+
+    @property
+    def subject(self) -> str:
+        """What the row checks, for a person: 'tensor pytorch', 'tensor all formats', 'config', 'folder'."""
+        return self.format if self.format in (CONFIG, FOLDER) else f"tensor {self.format}"
 
 
 # -- the files, as readers of row slices ----------------------------------------------------------------------
@@ -72,6 +80,7 @@ class _TorchFile:
             raise UserError(f"{path} holds a {type(state).__name__}, not a state dict; convert the checkpoint again")
         self.state = state
         self.duplicates: list[str] = []  # a pickled dict cannot hold a key twice
+        self.problems: list[tuple[str, str, str]] = []
 
     def tensors(self) -> dict[str, tuple[tuple[int, ...], str]]:
         return {name: (tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in self.state.items()}
@@ -106,7 +115,7 @@ class _SafetensorsFiles:
         self.loaded: dict[str, Any] = {}
         self.where: dict[str, str] = {}
         self.duplicates = []
-        self.problems: list[tuple[str, str]] = []  # (tensor, what is wrong with the index)
+        self.problems: list[tuple[str, str, str]] = []  # (tensor, check, what is wrong)
         for shard in shards:
             path = directory / shard
             if not path.is_file():
@@ -116,6 +125,10 @@ class _SafetensorsFiles:
             except Exception as exc:  # SafetensorError: a broken header
                 raise UserError(f"cannot read {path} ({exc}); convert the checkpoint again") from exc
             self.handles[shard] = handle
+            stated = (handle.metadata() or {}).get("format")
+            if stated != "pt":  # transformers reads the weights by this flag, and refuses a file without it
+                self.problems.append((shard, "metadata", f"the header's metadata says format {stated!r}, not 'pt' "
+                                      "(as convert writes it)"))
             for name in handle.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
                 if name in self.where:
                     self.duplicates.append(f"{name} (in {self.where[name]} and {shard})")
@@ -124,11 +137,12 @@ class _SafetensorsFiles:
         if weight_map is not None:
             for name, shard in sorted(weight_map.items()):
                 if self.where.get(name, shard) != shard:
-                    self.problems.append((name, f"the index says {shard}, the tensor is in {self.where[name]}"))
+                    self.problems.append((name, "index",
+                                          f"the index says {shard}, the tensor is in {self.where[name]}"))
                 elif name not in self.where:
-                    self.problems.append((name, f"the index names it in {shard}, which lacks it"))
+                    self.problems.append((name, "index", f"the index names it in {shard}, which lacks it"))
             for name in sorted(set(self.where) - set(weight_map)):
-                self.problems.append((name, f"in {self.where[name]} but not in the index"))
+                self.problems.append((name, "index", f"in {self.where[name]} but not in the index"))
 
     def tensors(self) -> dict[str, tuple[tuple[int, ...], str]]:
         out = {}
@@ -168,19 +182,41 @@ class _H5File:
             raise UserError(f"{path} is not a readable HDF5 file ({exc}); convert the checkpoint again") from exc
         self.path = path
         self.paths = [path]
+        self.size = path.stat().st_size
         self.lock = threading.Lock()
-        self.datasets: dict[str, Any] = {}
         self.loaded: dict[str, np.ndarray] = {}
-        self.file.visititems(lambda name, item: self.datasets.__setitem__(name, item)
-                             if isinstance(item, h5py.Dataset) else None)
+        self.problems: list[tuple[str, str, str]] = []  # (name, check, what is wrong)
+        self.datasets: dict[str, Any] = {}
+        self._walk(self.file, "", set())
         listed = [f"{layer}/{weight}" for layer in _h5_names(self.file, "layer_names") if layer in self.file
                   for weight in _h5_names(self.file[layer], "weight_names")]
         seen: set[str] = set()
         self.duplicates = sorted({name for name in listed if name in seen or seen.add(name)})
         self.unlisted = sorted(set(self.datasets) - set(listed))  # in the file, invisible to Keras' loader
 
+    def _walk(self, group, prefix: str, seen: set) -> None:
+        """Every dataset under every name a reader can open it by: a hard link gives a dataset a second name
+        (visititems would show it once), a soft link a path to follow; an external link points into another
+        file, which this proof does not read, and a dangling link to nothing. Both of those fail."""
+        import h5py
+
+        seen.add(group.id)
+        for key in group:
+            name = f"{prefix}{key}"
+            link = group.get(key, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                self.problems.append((name, "link", f"an external link into {link.filename}: not in this file"))
+                continue
+            item = group.get(key)
+            if item is None:
+                self.problems.append((name, "link", f"a link to {getattr(link, 'path', '?')}, which is not there"))
+            elif isinstance(item, h5py.Dataset):
+                self.datasets[name] = item
+            elif isinstance(item, h5py.Group) and item.id not in seen:
+                self._walk(item, f"{name}/", seen)
+
     def tensors(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        return {name: (tuple(d.shape), str(d.dtype)) for name, d in self.datasets.items()}
+        return {name: (tuple(d.shape), _h5_dtype(d)) for name, d in self.datasets.items()}
 
     def array(self, name: str) -> np.ndarray:
         """The whole dataset as a 64-byte aligned array, kept: the functional proof hands the same arrays to
@@ -190,19 +226,25 @@ class _H5File:
         with self.lock:  # the tensor proof and the functional proof may ask for the same dataset at once
             if name not in self.loaded:
                 mapped = self._map(self.datasets[name])
-                self.loaded[name] = mapped if mapped is not None else self._read(self.datasets[name])
+                self.loaded[name] = mapped if mapped is not None else self.read(self.datasets[name])
             return self.loaded[name]
 
     def _map(self, dataset) -> np.ndarray | None:
+        """The raw bytes are the values only for a standard little-endian IEEE float: HDF5 converts any other
+        float type (another byte order, or a custom layout h5py still calls float32) when a reader reads it."""
         offset = dataset.id.get_offset()
         if (dataset.chunks is not None or dataset.compression is not None or offset is None or offset % 64
-                or dataset.size == 0 or dataset.dtype.kind != "f" or not dataset.dtype.isnative):
+                or dataset.size == 0 or _h5_dtype(dataset, little_endian_only=True) is None):
             return None
+        if offset + dataset.nbytes > self.size:
+            raise UserError(f"{self.path}: dataset {dataset.name} ends past the end of the file (the file is "
+                            "truncated); convert the checkpoint again")
         return np.memmap(self.path, dtype=dataset.dtype, mode="c", offset=offset, shape=dataset.shape)
 
     @staticmethod
-    def _read(dataset) -> np.ndarray:
-        array = aligned_empty(dataset.shape, dataset.dtype)
+    def read(dataset) -> np.ndarray:
+        """Read through HDF5, which converts whatever the file stores into native floats, as Keras reads it."""
+        array = aligned_empty(dataset.shape, dataset.dtype.newbyteorder("="))
         if array.size:
             dataset.read_direct(array)
         return array
@@ -226,6 +268,24 @@ def aligned_empty(shape: tuple[int, ...], dtype: Any, alignment: int = 64) -> np
     raw = np.empty(nbytes + alignment, dtype=np.uint8)
     offset = (-raw.ctypes.data) % alignment
     return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+def _h5_dtype(dataset, little_endian_only: bool = False) -> str | None:
+    """'float32' / 'float16' for a dataset stored as a standard IEEE float (either byte order, unless
+    `little_endian_only`); else a name that says what it is (None with `little_endian_only`)."""
+    import h5py
+
+    stored = dataset.id.get_type()
+    standard = {"float32": (h5py.h5t.IEEE_F32LE, h5py.h5t.IEEE_F32BE),
+                "float16": (h5py.h5t.IEEE_F16LE, h5py.h5t.IEEE_F16BE)}
+    for name, (little, big) in standard.items():
+        if stored.equal(little) or (stored.equal(big) and not little_endian_only):
+            return name
+    if little_endian_only:
+        return None
+    if dataset.dtype.kind == "f":
+        return f"{dataset.dtype.str} (not a standard IEEE float type)"
+    return str(dataset.dtype)
 
 
 def _h5_names(group, attribute: str) -> list[str]:
@@ -259,21 +319,25 @@ def open_format(directory: Path, fmt: str):
 # -- what each file must hold -----------------------------------------------------------------------------------
 
 
+def conversion_report(converted: Path) -> dict[str, Any]:
+    """conversion_report.json of the folder, or {} where there is none (or it is not JSON)."""
+    from converters.convert import REPORT_NAME
+
+    try:
+        report = json.loads((converted / REPORT_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
 def plan_for(reader: CheckpointReader, converted: Path, config) -> ConversionPlan:
     """The conversion plan the folder was written with: what conversion_report.json says (MLM head, output
     embedding, task head), else what config.json's architecture implies."""
     import dataclasses
 
-    from converters.convert import REPORT_NAME
     from converters.mapping import HEAD_KINDS, find_task_head
 
-    report: dict[str, Any] = {}
-    path = converted / REPORT_NAME
-    if path.is_file():
-        try:
-            report = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            report = {}
+    report = conversion_report(converted)
     architectures = config.architectures or []
     mlm_head = report.get("mlm_head", "RemBertModel" not in architectures)
     output_embedding = (report.get("source") or {}).get("output_embedding")
@@ -313,6 +377,67 @@ def expected_shape(mapping: TensorMapping, fmt: str) -> tuple[int, ...]:
     return tuple(reversed(mapping.source_shape)) if _transposed(mapping, fmt) else mapping.source_shape
 
 
+# -- the folder around the tensors -------------------------------------------------------------------------------
+
+# config.json keys that shape the model transformers builds from the folder: they must be the checkpoint's own.
+# The others convert writes (dropout, initializer range, token ids, label names) leave a loaded model's outputs
+# as they are.
+MODEL_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "input_embedding_size",
+              "output_embedding_size", "intermediate_size", "max_position_embeddings", "type_vocab_size",
+              "layer_norm_eps", "is_decoder", "add_cross_attention", "tie_word_embeddings")
+# Keys convert never writes that change what transformers builds or returns, and the value that changes nothing.
+FOREIGN_KEYS: dict[str, Any] = {"pruned_heads": {}, "return_dict": True, "torchscript": False,
+                                "is_encoder_decoder": False}
+CONFIG_ROW = "config.json"
+# What a loader of weights would pick up: any such file verify does not prove is a failure, not a silent skip.
+WEIGHT_SUFFIXES = (".bin", ".safetensors", ".h5", ".msgpack", ".pt", ".pth", ".ckpt", ".npz", ".gguf", ".onnx")
+
+
+def config_rows(config, expected, plan: ConversionPlan, report: dict[str, Any], source: str) -> list[TensorRow]:
+    """config.json against the config convert derives from the checkpoint's own (`expected`): the model's sizes
+    and structure, its class and labels count, the activation conversion_report.json records, and no key that
+    would make transformers build or return something else. One row per key that differs, or one passing row."""
+    found = {key: getattr(config, key) for key in MODEL_KEYS}
+    wanted = {key: getattr(expected, key) for key in MODEL_KEYS}
+    found["architectures"], wanted["architectures"] = list(config.architectures or ()), [plan.architecture]
+    if plan.task_head is not None:
+        found["num_labels"], wanted["num_labels"] = config.num_labels, plan.task_head.num_labels
+    activation = report.get("activation")
+    if isinstance(activation, dict) and "hidden_act" in activation:  # the --activation the folder was made with
+        found["hidden_act"], wanted["hidden_act"] = config.hidden_act, activation["hidden_act"]
+    for key, default in FOREIGN_KEYS.items():
+        found[key], wanted[key] = config.extra.get(key, default), default
+    rows = []
+    for key in found:
+        if found[key] == wanted[key]:
+            continue
+        if key in FOREIGN_KEYS:
+            why = f"{found[key]!r}: convert never sets it, and only transformers' default {wanted[key]!r} is proven"
+        else:
+            why = f"{found[key]!r}, but the conversion of this checkpoint gives {wanted[key]!r}"
+        rows.append(TensorRow(CONFIG, f"{CONFIG_ROW} {key}", source, "config", (), "-", 0, 0.0, None, False, why))
+    return rows or [TensorRow(CONFIG, CONFIG_ROW, source, "config", (), "-", 0, 0.0, None, True,
+                              f"the {len(found)} keys that shape the model agree with {source}")]
+
+
+def unproven_files(directory: Path) -> list[TensorRow]:
+    """Weight files in the folder that no format's proof reads (a sharded pytorch_model.bin, flax weights, a
+    safetensors shard the index does not name...): a loader may take them, so each is a failing row."""
+    read = {"pytorch_model.bin", "tf_model.h5", "model.safetensors"}
+    index = directory / "model.safetensors.index.json"
+    if not (directory / "model.safetensors").is_file() and index.is_file():
+        read.add(index.name)
+        try:
+            read.update(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass  # the safetensors proof reports a broken index
+    return [TensorRow(FOLDER, path.name, "-", "unproven", (), "-", 0, 0.0, None, False,
+                      "a weight file verify does not read (it proves pytorch_model.bin, model.safetensors or the "
+                      "shards its index names, and tf_model.h5): remove it, or it is published unproven")
+            for path in sorted(directory.iterdir()) if path.is_file() and path.name not in read
+            and (path.name.endswith(WEIGHT_SUFFIXES) or path.name.endswith(".index.json"))]
+
+
 # -- the proof --------------------------------------------------------------------------------------------------
 
 
@@ -330,8 +455,8 @@ def prove_format(reader: CheckpointReader, plan: ConversionPlan, handle, fmt: st
                               "not in the mapping table: no checkpoint variable belongs here"))
     for duplicate in handle.duplicates:
         rows.append(TensorRow(fmt, duplicate, "-", "duplicate", (), "-", 0, 0.0, None, False, "held twice"))
-    for name, problem in getattr(handle, "problems", []):
-        rows.append(TensorRow(fmt, name, "-", "index", (), "-", 0, 0.0, None, False, problem))
+    for name, check, problem in handle.problems:
+        rows.append(TensorRow(fmt, name, "-", check, (), "-", 0, 0.0, None, False, problem))
     for name in getattr(handle, "unlisted", []):
         if name in expected:
             rows.append(TensorRow(fmt, name, expected[name].source, "unlisted", present[name][0], present[name][1],
