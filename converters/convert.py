@@ -220,7 +220,7 @@ def convert_checkpoint(
     # Everything that can fail without reading weights fails first: output location, config, shapes,
     # tokenizer size. Only then does the first byte of tensor data get read.
     prefix = resolve_checkpoint(ckpt)
-    inputs = conversion_inputs(prefix, options)
+    inputs = conversion_inputs(prefix, options, ckpt)
     check_output(output_dir, inputs, force=options.force)
     output_dir = Path(output_dir)
     factories = _writer_factories(formats, options, hash_in_stream)
@@ -466,9 +466,11 @@ def check_dtype_formats(dtype: str, formats: Sequence[str]) -> None:
                         "for tf2 use --dtype float32 or float16")
 
 
-def conversion_inputs(prefix: Path, options: ConvertOptions) -> list[NamedInput]:
-    """Every file and folder a conversion reads: no output may be, hold or lie inside one of them."""
+def conversion_inputs(prefix: Path, options: ConvertOptions, named: str | os.PathLike | None = None
+                      ) -> list[NamedInput]:
+    """Every file and folder a conversion reads (`named`: the checkpoint as the user gave it): no output may be,
+    hold or lie inside one of them."""
     config = find_config(prefix, options.config)
-    return checkpoint_inputs(prefix) + inputs_of([(config, "config file"),
+    return checkpoint_inputs(prefix, named) + inputs_of([(config, "config file"),
                                                   (options.tokenizer, "SentencePiece model"),
                                                   (options.labels, "labels file")])

@@ -18,6 +18,7 @@ by a complete new one, and an interrupted or killed run leaves nothing that the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -31,6 +32,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rembert_ref.errors import UserError
 
@@ -38,6 +40,7 @@ MARKER_NAME = ".rembert-convert-partial"
 # staging: a new output being written; aside: an old output moved out of the way while the new one goes in;
 # replaced: an old output whose replacement is in place (safe to delete).
 STAGING_KIND, ASIDE_KIND, REPLACED_KIND = "staging", "aside", "replaced"
+REDELIVERY_DELAY_S = 0.05
 HANDLED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
@@ -75,10 +78,16 @@ def inputs_of(pairs: Iterable[tuple[str | os.PathLike | None, str]]) -> list[Nam
     return [NamedInput(Path(p), what) for p, what in pairs if p is not None and os.path.lexists(p)]
 
 
-def checkpoint_inputs(prefix: Path) -> list[NamedInput]:
-    """A checkpoint's files (index, data shards, `checkpoint` state) and the folder holding them."""
+def checkpoint_inputs(prefix: Path, named: str | os.PathLike | None = None) -> list[NamedInput]:
+    """A checkpoint's files (index, data shards, `checkpoint` state) and the folder holding them, and the folder
+    the user named (`named`: a directory, or a file's folder), which may be another one: its `checkpoint` file
+    can point elsewhere (TensorFlow writes absolute paths), and a SavedModel keeps its variables a level down."""
     files = [NamedInput(p, "checkpoint file") for p in sorted(prefix.parent.glob(f"{prefix.name}.*"))]
-    return [NamedInput(prefix.parent, "checkpoint folder"), *files]  # the folder first: the clearest message
+    folders = [NamedInput(prefix.parent, "checkpoint folder")]  # the folder first: the clearest message
+    if named is not None:
+        named = Path(named)
+        folders.append(NamedInput(named if named.is_dir() else named.parent, "checkpoint folder"))
+    return [*folders, *files]
 
 
 # -- where an output may go --------------------------------------------------------------------------------
@@ -132,6 +141,7 @@ def check_output(output: str | os.PathLike, inputs: Sequence[NamedInput], *, for
     if os.path.lexists(output) and not output.is_dir():
         raise UserError(f"output {output} exists and is not a directory; choose another {option}")
     real = Path(os.path.realpath(output))
+    check_writable_place(output, real.parent, option)
     cwd = Path(os.path.realpath(os.getcwd()))
     if real == cwd or real in cwd.parents:
         raise UserError(f"output {output} is the current directory or holds it, which cannot be replaced "
@@ -139,10 +149,91 @@ def check_output(output: str | os.PathLike, inputs: Sequence[NamedInput], *, for
     if real.is_dir() and os.path.ismount(real):
         raise UserError(f"output {output} is a mount point, which cannot be replaced atomically; "
                         f"name a folder inside it with {option}")
-    if real.is_dir() and any(real.iterdir()) and not force:
-        raise UserError(f"output directory {output} is not empty; pass --force to replace it or choose "
-                        f"another {option}")
+    if real.is_dir() and any(real.iterdir()):
+        if not force:
+            raise UserError(f"output directory {output} is not empty; pass --force to replace it or choose "
+                            f"another {option}")
+        _refuse_mounts_inside(output, real, inputs, option)
     return real
+
+
+def check_output_file(path: str | os.PathLike, inputs: Sequence[NamedInput], *, force: bool, option: str) -> Path:
+    """Refuse, before any work, a one-file output (`verify --junit`) that is, or lies inside, an input, that is an
+    input's file under another name (a hard link), an existing file without `force`, or a place that cannot be
+    written. `write_file_atomically` then replaces the name, never the file behind it."""
+    path = Path(path)
+    for source in inputs:
+        how = overlap(path, source.path)
+        if how is not None:
+            raise UserError(f"{option} {path} {how} the {source.what} {source.path}; inputs are never written: "
+                            "write it elsewhere")
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a directory; give a file name")
+    identity = _identity(path)
+    if identity is not None:
+        for source in inputs:
+            held = [source.path] if not source.path.is_dir() else [p for p in source.path.iterdir() if p.is_file()]
+            same = next((p for p in held if _identity(p) == identity), None)
+            if same is not None:
+                raise UserError(f"{option} {path} is {same} of the {source.what} {source.path} under another name "
+                                "(a hard link); inputs are never written: write it elsewhere")
+        if not force:
+            raise UserError(f"{option} {path} exists; pass --force to replace it or choose another file")
+    check_writable_place(path, Path(os.path.realpath(path)).parent, option)
+    return path
+
+
+def write_file_atomically(path: Path, text: str) -> None:
+    """Write a new file beside `path` and rename it over `path`: a reader never sees half of it, and another
+    name for the old file (a hard link) keeps the old contents."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def check_writable_place(output: Path, folder: Path, option: str) -> None:
+    """The output goes into `folder` (made if missing): its nearest existing ancestor must be a folder this
+    process may write in, else one line now rather than a failed write later."""
+    existing = folder
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{option} {output} cannot be made: {existing} is a file, not a folder; choose another "
+                        f"{option}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {output} cannot be made: {existing} is not writable (a read-only file system or "
+                        f"no permission); choose another {option}")
+
+
+def _refuse_mounts_inside(output: Path, real: Path, inputs: Sequence[NamedInput], option: str) -> None:
+    """Replacing an old output deletes it, and deleting a folder descends into what is mounted inside it: refuse
+    an old output holding an input folder (a bind mount or a hard-linked directory) or another file system."""
+    guarded: dict[tuple[int, int], NamedInput] = {}
+    for source in inputs:  # the first input a folder holds names it: the checkpoint folder before its files
+        for ident in _ancestor_identities(source.path):
+            guarded.setdefault(ident, source)
+    device = os.stat(real).st_dev
+    for root, folders, _ in os.walk(real):  # symlinks are not followed (deleting one removes only the link)
+        for name in folders:
+            info = os.lstat(Path(root, name))
+            if stat.S_ISLNK(info.st_mode):
+                continue
+            inside = Path(root, name).relative_to(real)
+            source = guarded.get((info.st_dev, info.st_ino))
+            if source is not None:
+                raise UserError(f"output {output} holds {inside}, which is or holds the {source.what} "
+                                f"{source.path} (mounted or linked there); replacing the output would delete it: "
+                                f"unmount it or choose another {option}")
+            if info.st_dev != device:
+                raise UserError(f"output {output} holds {inside}, a mount point of another file system; replacing "
+                                f"the output would delete what is mounted there: unmount it or choose another {option}")
 
 
 # -- markers and leftovers of killed runs ------------------------------------------------------------------
@@ -216,6 +307,23 @@ def recover_leftovers(real: Path) -> list[Path]:
 # -- signals -----------------------------------------------------------------------------------------------
 
 
+def redeliver_outside_imports(signum: int, frame: Any) -> bool:
+    """A signal handler's first step: if the signal landed in the import system's own code, send it again a
+    moment later and return True (the handler then does nothing now). An exception raised there can leave the
+    global import lock held for good (CPython 3.11), and the next import in another thread (the one importing
+    torch ahead) then waits for ever, and with it the process."""
+    if frame is None or not frame.f_code.co_filename.startswith("<frozen importlib"):
+        return False
+    threading.Timer(REDELIVERY_DELAY_S, os.kill, (os.getpid(), signum)).start()
+    return True
+
+
+def interrupt_outside_imports(signum: int, frame: Any) -> None:
+    """Python's own SIGINT handler (KeyboardInterrupt), but never inside the import system's code."""
+    if not redeliver_outside_imports(signum, frame):
+        signal.default_int_handler(signum, frame)
+
+
 class _SignalGuard:
     """While open, SIGINT/SIGTERM/SIGHUP raise Interrupted (deferred while `critical`); the previous handlers
     are restored on close. Only the main thread can set handlers; elsewhere this guard does nothing."""
@@ -228,6 +336,8 @@ class _SignalGuard:
     def _handle(self, signum: int, frame: object) -> None:
         if self.critical:
             self.pending = signum
+            return
+        if redeliver_outside_imports(signum, frame):
             return
         raise Interrupted(signum)
 

@@ -305,14 +305,22 @@ class DirectFile:
             # The size and the block map on disk too, before the caller renames the file into place.
             getattr(os, "fdatasync", os.fsync)(self.fd)  # macOS has only fsync
         finally:
-            os.close(self.fd)
+            self._close_fd()
         return self.sha.hexdigest() if self.sha is not None else None
 
     def abort(self) -> None:
+        """Stop after a failure or a signal, also one that came during `close` (its flush takes seconds)."""
         self.error = self.error or RuntimeError("aborted")
-        self.full.put(None)
-        self.thread.join()
-        os.close(self.fd)
+        if self.thread.is_alive():
+            self.full.put(None)
+            self.thread.join()
+        self._close_fd()
+
+    def _close_fd(self) -> None:
+        # Once: a second close could close a descriptor another thread has opened under the same number since.
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 # -- safetensors ----------------------------------------------------------------------------------------------
@@ -327,7 +335,7 @@ def parse_size(text: str) -> int:
     unit = cleaned[len(number):]
     try:
         value = int(float(number) * units[unit])
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, OverflowError):  # OverflowError: inf, 1e400
         raise UserError(f"cannot read size {text!r}; write it like 5GB, 500MB or 10000000") from None
     if value <= 0:
         raise UserError(f"size {text!r} must be positive")

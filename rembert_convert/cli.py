@@ -6,8 +6,11 @@ Each command parses options, calls one library function and formats its result. 
 
 from __future__ import annotations
 
+import errno
 import functools
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -56,11 +59,28 @@ def handle_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:  # an internal error: still one line, the traceback is one flag away
             if debug:
                 raise
+            where = _unwritable_place(exc)
+            if where is not None:  # the output's place, not a bug: the staged output is already removed
+                click.echo(f"error: {where}", err=True)
+                sys.exit(EXIT_USER_ERROR)
             click.echo(f"error: internal error {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
                        err=True)
             sys.exit(EXIT_INTERNAL_ERROR)
 
     return wrapper
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_REFUSED = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _unwritable_place(exc: Exception) -> str | None:
+    """The message for a write the file system refused (full, read-only, no permission), or None."""
+    if not isinstance(exc, OSError) or exc.errno not in _FULL | _REFUSED:
+        return None
+    what = f"cannot write {exc.filename}" if exc.filename else "cannot write the output"
+    step = "free space there" if exc.errno in _FULL else "choose a writable place"
+    return f"{what}: {exc.strerror}; {step} or choose another output location"
 
 
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # Click >= 8.2
@@ -74,6 +94,10 @@ class OneLineErrorGroup(click.Group):
              standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        if threading.current_thread() is threading.main_thread():
+            from converters.output import interrupt_outside_imports
+
+            signal.signal(signal.SIGINT, interrupt_outside_imports)
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.ClickException as exc:
@@ -385,9 +409,10 @@ def _tokenizer_beside(ckpt: str, tokenizer: str | None, no_tokenizer: bool) -> s
               help="Write parity_report.json and parity_report.md into this directory (written atomically; "
                    "a non-empty one only with --force; never inside an input).")
 @click.option("--junit", "junit_file", type=click.Path(dir_okay=False), default=None,
-              help="Write JUnit XML here: one test case per row, failures carry the figures (for CI).")
+              help="Write JUnit XML here: one test case per row, failures carry the figures (for CI; an "
+                   "existing file only with --force).")
 @click.option("--all-rows", is_flag=True, help="Print every functional row, not only the worst per head and format.")
-@force_option
+@click.option("--force", is_flag=True, help="Replace an existing --report directory or --junit file.")
 @quiet_option
 @debug_option
 @handle_user_errors
@@ -408,17 +433,18 @@ def verify(ckpt: str, converted: str, config: str | None, formats: tuple[str, ..
     """
     from pathlib import Path
 
-    from converters.output import check_output, checkpoint_inputs, inputs_of, require_existing_dir, staged_output
+    from converters.output import (check_output, check_output_file, checkpoint_inputs, inputs_of,
+                                   require_existing_dir, staged_output, write_file_atomically)
     from converters.tf1_checkpoint import resolve_checkpoint
-    from validation.parity import check_junit_destination, progress_printer, verify_conversion
+    from validation.parity import progress_printer, verify_conversion
 
     require_existing_dir(converted, "converted folder")
-    report_inputs = checkpoint_inputs(resolve_checkpoint(ckpt)) + inputs_of(
+    report_inputs = checkpoint_inputs(resolve_checkpoint(ckpt), ckpt) + inputs_of(
         [(config, "config file"), (converted, "folder being verified")])
     if report_dir is not None:  # before measuring: a refused --report costs nothing
         check_output(report_dir, report_inputs, force=force, option="--report")
     if junit_file is not None:
-        check_junit_destination(junit_file, report_inputs)
+        check_output_file(junit_file, report_inputs, force=force, option="--junit")
     progress = progress_printer(not quiet and sys.stderr.isatty())
     report = verify_conversion(ckpt, converted, original_config=config, tolerance=tolerance, formats=formats or None,
                                progress=progress)
@@ -435,8 +461,7 @@ def verify(ckpt: str, converted: str, config: str | None, formats: tuple[str, ..
         for path in written:
             click.echo(f"wrote {report_dir}/{path.name}")
     if junit_file is not None:
-        Path(junit_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(junit_file).write_text(report.to_junit(), encoding="utf-8")
+        write_file_atomically(Path(junit_file), report.to_junit())
         click.echo(f"wrote {junit_file}")
     verdict = "passed" if report.passed else "FAILED"
     click.echo(f"parity {verdict}: tensor checks {len(report.tensor_rows) - len(report.tensor_failures)}/"

@@ -63,7 +63,8 @@ def read_sentencepiece(path: str | Path) -> SpmInfo:
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"SentencePiece model {path} does not exist; pass the path of a .model file")
+        problem = "is a directory" if path.is_dir() else "does not exist"
+        raise UserError(f"SentencePiece model {path} {problem}; pass the path of a .model file")
     data = path.read_bytes()
     proto = sentencepiece_model_pb2.ModelProto()
     try:

@@ -440,3 +440,187 @@ def test_an_old_output_set_aside_stays_when_something_took_its_place(work, tmp_p
     line = one_error_line(run("pytorch", work / "ckpt", "-o", out))
     assert "is not empty; pass --force" in line
     assert snapshot(parent) == before  # neither the set-aside output nor the new one is deleted
+
+
+# -- 4. found by an adversarial review: more ways an input or an old output could be touched --------------------
+
+
+def test_the_folder_named_as_the_checkpoint_is_an_input_where_its_state_file_points_elsewhere(work, tmp_path):
+    """TensorFlow writes absolute paths into `checkpoint`: a copied folder names the original. The folder the
+    user named is still an input, so `-o` that folder (or inside it) is refused, whatever it points at."""
+    copy = tmp_path / "copy"
+    shutil.copytree(work / "ckpt", copy)
+    state = f'model_checkpoint_path: "{work / "ckpt" / "model.ckpt-3"}"\n'
+    (copy / "checkpoint").write_text(state)
+    before = snapshot(copy)
+    for out in (copy, copy / "sub"):
+        line = one_error_line(run("pytorch", copy, "-o", out, "--force"))
+        assert f"checkpoint folder {copy}" in line and "inputs are never written" in line
+    assert "checkpoint folder" in one_error_line(run("verify", copy, work / "ckpt", "--report", copy / "rep"))
+    assert snapshot(copy) == before
+
+
+def _bind_mount(source: Path, target: Path) -> None:
+    target.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here (needs privileges): {mounted.stderr.decode().strip()}")
+
+
+@pytest.mark.parametrize("command", ["pytorch", "tokenizer", "report"])
+def test_an_old_output_holding_a_mount_of_an_input_is_not_replaced(work, tmp_path, command):
+    """Replacing an old output deletes it; deleting a folder descends into a mount inside it."""
+    out = tmp_path / "out"
+    view = out / "ckpt-view"
+    _bind_mount(work / "ckpt", view)
+    try:
+        before = snapshot(work / "ckpt")
+        spm = work / "ckpt" / "sentencepiece.model"
+        args, named = {"pytorch": (["pytorch", work / "ckpt", "-o"], f"checkpoint folder {work / 'ckpt'}"),
+                       "tokenizer": (["tokenizer", spm, "-o"], f"SentencePiece model {spm}"),
+                       "report": (["verify", work / "ckpt", work / "ckpt", "--report"],
+                                  f"checkpoint folder {work / 'ckpt'}")}[command]
+        line = one_error_line(run(*args, out, "--force"))
+        assert "holds ckpt-view, which is or holds the " + named in line
+        assert snapshot(work / "ckpt") == before and sorted(p.name for p in tmp_path.iterdir()) == ["out", "work"]
+    finally:
+        subprocess.run(["umount", str(view)], check=True)
+
+
+def test_an_old_output_holding_another_file_system_is_not_replaced(work, tmp_path):
+    out = tmp_path / "out"
+    mount = out / "scratch"
+    mount.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount here (needs privileges): {mounted.stderr.decode().strip()}")
+    try:
+        (mount / "precious.txt").write_text("not ours\n")
+        line = one_error_line(run("pytorch", work / "ckpt", "-o", out, "--force"))
+        assert "holds scratch, a mount point of another file system" in line
+        assert (mount / "precious.txt").read_text() == "not ours\n"
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_junit_never_writes_through_a_hard_link_and_replaces_only_with_force(converted, tmp_path):
+    ci = tmp_path / "ci"
+    ci.mkdir()
+    config = converted / "config.json"
+    linked = ci / "verify.xml"
+    os.link(config, linked)  # e.g. a folder copied with `cp -al`
+    before = config.read_bytes()
+    line = one_error_line(run("verify", EXAMPLE, converted, "--junit", linked, "--force"))
+    assert "under another name (a hard link)" in line and config.read_bytes() == before
+
+    earlier = tmp_path / "earlier.xml"
+    earlier.write_text("an earlier result\n")
+    keeper = tmp_path / "keeper.xml"
+    os.link(earlier, keeper)
+    assert "exists; pass --force" in one_error_line(run("verify", EXAMPLE, converted, "--junit", earlier))
+    replaced = run("verify", EXAMPLE, converted, "--junit", earlier, "--force")
+    assert replaced.exit_code == 0, replaced.output
+    assert earlier.read_text().startswith("<?xml")  # the name now holds the new file...
+    assert keeper.read_text() == "an earlier result\n"  # ...and the old file, under its other name, is untouched
+
+
+def test_an_output_that_cannot_be_made_is_one_line_before_any_work(work, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    line = one_error_line(run("pytorch", work / "ckpt", "-o", afile / "out"))
+    assert f"{afile} is a file, not a folder" in line
+    line = one_error_line(run("verify", work / "ckpt", work / "ckpt", "--junit", afile / "verify.xml"))
+    assert "--junit" in line and "is a file, not a folder" in line
+
+
+def test_a_full_disk_is_the_output_places_problem_not_a_bug(work, tmp_path, monkeypatch):
+    from converters.writers import SafetensorsWriter
+
+    parent = tmp_path / "outs"
+    out = old_output(parent)
+    before = snapshot(parent)
+
+    def add(self, mapping, chunk):
+        raise OSError(28, "No space left on device", str(out))
+
+    monkeypatch.setattr(SafetensorsWriter, "add", add)
+    line = one_error_line(run("safetensors", work / "ckpt", "-o", out, "--force"))
+    assert "No space left on device" in line and "free space" in line
+    assert snapshot(parent) == before
+
+
+# A signal during the flush at the end of a weight file (seconds for 4 GB): the file's descriptor must be
+# closed once, so the signal's exit code comes out, not EBADF from a second close.
+SIGNAL_IN_FLUSH = textwrap.dedent("""
+    import os, signal, sys
+    real = os.fdatasync
+
+    def fdatasync(fd):
+        real(fd)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    os.fdatasync = fdatasync
+    from rembert_convert.cli import main
+    main(sys.argv[1:])
+""")
+
+
+@pytest.mark.skipif(not hasattr(os, "fdatasync"), reason="the flush is fsync without fdatasync")
+def test_a_signal_during_the_final_flush_exits_with_the_signals_code(work, tmp_path):
+    parent = tmp_path / "outs"
+    out = old_output(parent)
+    before = snapshot(parent)
+    child, _ = spawn(SIGNAL_IN_FLUSH, ["safetensors", work / "ckpt", "-o", out, "--force", "-q"], tmp_path)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr.strip().splitlines() == ["error: interrupted by SIGTERM; the partial output was removed and the "
+                                           "previous output (if any) is unchanged"]
+    assert snapshot(parent) == before
+
+
+def test_an_interrupt_inside_the_import_system_comes_a_moment_later():
+    """Raised there, KeyboardInterrupt can leave the global import lock held (CPython 3.11), and a thread
+    importing beside the main one then waits for ever."""
+    from converters.output import interrupt_outside_imports
+
+    class Code:
+        co_filename = "<frozen importlib._bootstrap>"
+
+    class Frame:
+        f_code = Code()
+
+    interrupt_outside_imports(signal.SIGINT, Frame())  # nothing raised here...
+    with pytest.raises(KeyboardInterrupt):  # ...but the interrupt comes back, outside it
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    with pytest.raises(KeyboardInterrupt):
+        interrupt_outside_imports(signal.SIGINT, sys._getframe())
+
+
+def test_an_import_thread_that_never_ends_does_not_hold_up_an_error(monkeypatch):
+    import threading
+
+    import validation.parity as parity
+
+    stuck = threading.Event()
+    monkeypatch.setattr(parity, "import_ahead", lambda formats: stuck.wait(30))
+    monkeypatch.setattr(parity, "IMPORT_GRACE_S", 0.1)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="the work failed"), parity.imports_ahead(["pytorch"]):
+        raise RuntimeError("the work failed")
+    assert time.monotonic() - started < 5
+    stuck.set()
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["verify", EXAMPLE, EXAMPLE, "--tolerance", "-1"], "--tolerance -1.0 is not a positive number"),
+    (["verify", EXAMPLE, EXAMPLE, "--tolerance", "nan"], "--tolerance nan is not a positive number"),
+    (["safetensors", EXAMPLE, "-o", "never", "--max-shard-size", "inf"], "cannot read size 'inf'"),
+    (["safetensors", EXAMPLE, "-o", "never", "--max-shard-size", "1e400"], "cannot read size '1e400'"),
+    (["tokenizer", EXAMPLE, "-o", "never"], "is a directory; pass the path of a .model file"),
+])
+def test_bad_option_values_are_one_line(args, expected, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert expected in one_error_line(run(*args))
+    assert not (tmp_path / "never").exists()

@@ -412,8 +412,12 @@ def test_verify_cli_exit_codes_junit_and_report(tiny_ckpt, converted, tmp_path):
     assert inside.exit_code == 2 and "inputs are never written" in inside.output
     assert not (converted / "verify.xml").exists()
 
-    strict = runner.invoke(main, ["verify", str(tiny_ckpt.prefix), str(converted), "--tolerance", "1e-12",
-                                  "--junit", str(junit), "--format", "safetensors"])
+    strict_args = ["verify", str(tiny_ckpt.prefix), str(converted), "--tolerance", "1e-12", "--junit", str(junit),
+                   "--format", "safetensors"]
+    passing_junit = junit.read_bytes()
+    kept = runner.invoke(main, strict_args)  # an earlier JUnit file is replaced only with --force
+    assert kept.exit_code == 2 and "exists; pass --force" in kept.output and junit.read_bytes() == passing_junit
+    strict = runner.invoke(main, [*strict_args, "--force"])
     assert strict.exit_code == 1 and "parity FAILED" in strict.output
     failures = ET.parse(junit).getroot().findall(".//failure")
     assert failures and all("max abs" in f.get("message") and "tolerance" in f.get("message") for f in failures)

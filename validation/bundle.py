@@ -13,13 +13,13 @@ import json
 import os
 import re
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from converters.convert import ConversionResult, ConvertOptions, convert_checkpoint, sha256_file
 from rembert_ref.errors import UserError, require_tensorflow
-from validation.parity import HEADS, ParityReport, import_ahead, progress_printer, verify_conversion
+from validation.parity import (HEADS, ParityReport, check_tolerance, imports_ahead, progress_printer,
+                               verify_conversion)
 
 CHECKSUMS_NAME = "SHA256SUMS"
 MODEL_CARD_NAME = "README.md"
@@ -82,6 +82,7 @@ def bundle_checkpoint(
 ) -> BundleResult:
     card = card or CardOptions()
     card.check()
+    check_tolerance(tolerance)
     if "tf2" in formats:  # before converting: bundle verifies every file it publishes
         require_tensorflow("verifying tf_model.h5 (bundle proves every file it publishes)",
                            "leave tf_model.h5 out with --format pytorch --format safetensors")
@@ -115,13 +116,9 @@ def bundle_checkpoint(
 
     # verify's imports (torch, TensorFlow: 2-3 s of one core) run while convert writes, which leaves a core idle,
     # instead of beside verify, which keeps both busy.
-    importing = threading.Thread(target=import_ahead, args=(list(formats),), name="import-ahead")
-    importing.start()
-    try:
+    with imports_ahead(list(formats)):
         conversion = convert_checkpoint(ckpt, output_dir, list(formats), options, before_commit=verify_and_describe,
                                         hash_in_stream=True)
-    finally:
-        importing.join()
     out = Path(output_dir)
     return BundleResult(out, sorted(p for p in out.iterdir() if p.is_file()), parity["report"], conversion)
 

@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import importlib
 import json
+import math
 import os
 import sys
 import threading
@@ -409,6 +410,12 @@ class _Setup:
                           self.plan.output_embedding, self.specs, self.head_weights)
 
 
+def check_tolerance(tolerance: float | None) -> None:
+    if tolerance is not None and not (math.isfinite(tolerance) and tolerance > 0):
+        raise UserError(f"--tolerance {tolerance} is not a positive number; pass one like 1e-4 (or leave it out "
+                        "for the per-dtype default)")
+
+
 def _check_folder(converted: Path, formats: tuple[str, ...] | None, functional: bool) -> list[str]:
     """The formats to verify; one line naming the problem for a folder that cannot be verified."""
     if not converted.is_dir():
@@ -498,18 +505,14 @@ def verify_conversion(
     from converters.tf1_checkpoint import CheckpointReader, resolve_checkpoint
     from validation import tensor_proof
 
+    check_tolerance(tolerance)
     converted = Path(converted)
     found = _check_folder(converted, formats, functional)
     with CheckpointReader(resolve_checkpoint(ckpt)) as reader:
         setup = _prepare(reader, converted, original_config, heads, seed, task_head_weights)
-        importing = threading.Thread(target=import_ahead, args=(found if functional else [],),
-                                     name="import-ahead")
-        importing.start()
-        try:
+        with imports_ahead(found if functional else []):
             return _verify(setup, reader, converted, found, seed, tolerance, tensors, functional, progress,
                            partial(tensor_proof.iter_formats, release=release_cache))
-        finally:  # never leave an import half done behind us (a process exiting mid-import can crash)
-            importing.join()
 
 
 def _verify(setup: _Setup, reader, converted: Path, found: list[str], seed: int, tolerance: float | None,
@@ -567,6 +570,27 @@ def _verify(setup: _Setup, reader, converted: Path, found: list[str], seed: int,
         report.tensor_rows += setup.config_rows + tensor_proof.unproven_files(converted)
     report.seconds["total"] = time.perf_counter() - clock
     return report
+
+
+# How long to wait for the imports' thread at the end: on an error or interrupt only long enough for an import
+# under way to finish (a process exiting mid-import can crash); else for the longest import (TensorFlow, cold).
+IMPORT_GRACE_S, IMPORT_WAIT_S = 5.0, 120.0
+
+
+@contextlib.contextmanager
+def imports_ahead(formats: list[str]) -> Iterator[None]:
+    """`import_ahead` in a thread of its own while the block runs. Waited for at the end, but never for good:
+    an interrupt that lands inside an import in the main thread can leave that module's import lock held
+    (CPython discards the interrupt there), and the thread, importing the same module, would wait on it for ever.
+    A daemon thread, so that a process abandoning it can still exit."""
+    thread = threading.Thread(target=import_ahead, args=(formats,), name="import-ahead", daemon=True)
+    thread.start()
+    try:
+        yield
+    except BaseException:
+        thread.join(IMPORT_GRACE_S)
+        raise
+    thread.join(IMPORT_WAIT_S)
 
 
 def import_ahead(formats: list[str]) -> None:
@@ -984,21 +1008,6 @@ class _SharedWeights:
         shared = Shared(config, root)
         shared.created_fresh = []
         return shared
-
-
-def check_junit_destination(junit_file: str | os.PathLike, inputs) -> None:
-    """Refuse, before any work, a JUnit file among the inputs (`converters.output.NamedInput`s): verify never
-    writes among the files it proves."""
-    from converters.output import overlap
-
-    path = Path(junit_file)
-    for source in inputs:
-        how = overlap(path, source.path)
-        if how is not None:
-            raise UserError(f"--junit {path} {how} the {source.what} {source.path}; inputs are never written: "
-                            "write it elsewhere")
-    if path.is_dir():
-        raise UserError(f"--junit {junit_file} is a directory; give a file name")
 
 
 def progress_printer(enabled: bool) -> Callable[[str], None] | None:
