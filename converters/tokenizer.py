@@ -91,6 +91,19 @@ DIFFERENCE_CLASSES = {
         "sums path scores in float32, tokenizers in float64 (exactly), so each breaks the tie its own way. "
         "Reproducer: pieces '▁' -4.6444073, '.' -5.6014724, '..' 2x that: '...' -> SentencePiece "
         "'▁ .. .', tokenizers '▁ . ..'.",
+    "user-defined-charsmap":
+        "a user-defined piece that the charsmap (or NFC) would change, like '™', '…', full-width 'ＡＢＣ' or "
+        "a decomposed 'e\u0301' under nmt_nfkc. SentencePiece's normalizer tries the user-defined pieces first "
+        "at each position of the RAW text and copies a match unnormalized; tokenizers normalizes the whole "
+        "text before any model sees it, so the piece is gone by then. Matching it as an added token in the raw "
+        "text instead would drop the '▁' before every such piece (as bpe-user-defined does), which costs more "
+        "than it saves. Reproducer (unigram, nmt_nfkc, user-defined '™'): '™' -> SentencePiece '▁ ™', "
+        "tokenizers '▁TM'. Pieces the normalizer leaves as they are (RemBERT's [CLS], [SEP], [MASK]) are exact.",
+    "deleted-text-prefix":
+        "with remove_extra_whitespaces=false, a text (or the part between special tokens) that the charsmap "
+        "deletes entirely, like the control character '\x07' under nmt_nfkc: SentencePiece adds the dummy "
+        "prefix before normalizing and keeps it ('▁'), tokenizers' Prepend adds nothing to an empty string. "
+        "Reproducer: '\x07' -> SentencePiece '▁', tokenizers no tokens.",
     "bpe-user-defined":
         "a user-defined piece in a BPE model that does not begin with '▁' (like '<url>' or '<|tag|>'). "
         "tokenizers' BPE cannot produce a multi-character symbol that is no merge, so the piece is an added "
@@ -105,7 +118,9 @@ DIFFERENCE_CLASSES = {
         "BPE model holding '<url>', '▁\"', '<|tag|>', '@@' (benchmarks/tokenizer_bpe_user_defined.py): "
         "before (every piece raw-matched) 411/441 probe lines, 0/441 with ' \"' inserted; now 424/441 and "
         "424/441 (the rest precompiled-grapheme); lines with ' <url> ' or ' <|tag|> ' inserted: 0/441 "
-        "before and after. (In a unigram model user-defined pieces are exact.)",
+        "before and after. For the same reason a piece that only the normalizer spells out (full-width "
+        "'ｈｅｌｌｏ' for a piece 'hello') is matched by SentencePiece and not here. (In a unigram model "
+        "user-defined pieces are exact unless the charsmap changes them: user-defined-charsmap.)",
 }
 # One line each, for the model card.
 DIFFERENCE_SUMMARIES = {
@@ -116,6 +131,10 @@ DIFFERENCE_SUMMARIES = {
                            "its own way.",
     "bpe-user-defined": "a BPE user-defined piece that does not begin with ▁ (like <url>) is matched before "
                         "normalization: it stays whole, the ▁ before it is dropped.",
+    "user-defined-charsmap": "a user-defined piece the normalizer would change (like ™ under nmt_nfkc) is kept "
+                             "as written by SentencePiece, normalized here.",
+    "deleted-text-prefix": "text the charsmap deletes entirely (a control character) keeps SentencePiece's "
+                           "dummy-prefix ▁ when extra whitespace is kept; here it gives no token.",
 }
 # Not a class of encode() differences, but limits worth knowing:
 # - split_special_tokens / encode_special_tokens=True: control pieces stay in the Unigram vocabulary with a
@@ -432,7 +451,14 @@ def _classify(info: SpmInfo, tokenizer: Tokenizer, sp: spm.SentencePieceProcesso
     """Name the documented class that explains a difference, or None if none does."""
     segments = [p for i, p in enumerate(split_on_specials(text, specials)) if i % 2 == 0]
     differing = [s for s in segments if tokenizer.normalizer.normalize_str(s) != sp.normalize(s)]
+    user_defined = [info.pieces[i][0] for i in info.user_defined_ids]
     if differing:
+        normalize = tokenizer.normalizer.normalize_str
+        changed = [u for u in user_defined if normalize(u).lstrip(SPACE_SYMBOL) != u]
+        if any(u in s for s in differing for u in changed):
+            return "user-defined-charsmap"
+        if all(normalize(s) == "" and set(sp.normalize(s)) == {SPACE_SYMBOL} for s in differing):
+            return "deleted-text-prefix"
         # Without the NFC step (if there is one), would the charsmap alone have matched? Then NFC caused it.
         if all(charsmap_alone.normalize_str(s) == sp.normalize(s) for s in differing):
             return "nfc-composition"
@@ -441,7 +467,8 @@ def _classify(info: SpmInfo, tokenizer: Tokenizer, sp: spm.SentencePieceProcesso
         # Only pieces matched in the raw text; those matched in the normalized text are exact.
         raw_matched = {t.content for t in tokenizer.get_added_tokens_decoder().values()
                        if not t.special and not t.normalized}
-        if any(u in text for u in raw_matched):
+        normalized = [sp.normalize(s) for s in segments]  # SentencePiece matches there: 'ｈｅｌｌｏ' -> 'hello'
+        if any(u in text or any(u in n for n in normalized) for u in raw_matched):
             return "bpe-user-defined"
     got_pieces = [info.pieces[i][0] for i in got]
     want_pieces = [info.pieces[i][0] for i in want]

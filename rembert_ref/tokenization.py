@@ -85,6 +85,9 @@ def read_sentencepiece(path: str | Path) -> SpmInfo:
     if proto.trainer_spec.treat_whitespace_as_suffix:
         raise UserError(f"{path} uses treat_whitespace_as_suffix, which tokenizers cannot express; "
                         "retrain without it")
+    if proto.HasField("denormalizer_spec") and proto.denormalizer_spec.precompiled_charsmap:
+        raise UserError(f"{path} has denormalization rules (applied when decoding), which a tokenizer.json "
+                        "decoder cannot express; retrain without denormalization_rule_tsv")
     pieces = [(p.piece, float(p.score), int(p.type)) for p in proto.pieces]
     broken = next((i for i, (piece, _, _) in enumerate(pieces) if not isinstance(piece, str)), None)
     if broken is not None:  # protobuf hands a string field that is not UTF-8 back as bytes

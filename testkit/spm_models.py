@@ -153,12 +153,14 @@ def train_sentencepiece(
     control_symbols: Sequence[str] = (),
     sentences: Iterable[str] | None = None,
     seed: int = 1234,
+    **trainer_options: object,
 ) -> Path:
     """Train a small SentencePiece model on the generated corpus and write it to `output_path`.
 
     Ids follow RemBERT's layout at the start: `[PAD]` 0, `<unk>` 1, no BOS/EOS pieces. `[CLS]`, `[SEP]`
     and `[MASK]` are user-defined symbols by default (pass them as `control_symbols` instead to get
-    control pieces). Returns the path written.
+    control pieces). `trainer_options` go to SentencePieceTrainer as they are (remove_extra_whitespaces=False,
+    denormalization_rule_tsv=...). Returns the path written.
     """
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,6 +187,7 @@ def train_sentencepiece(
         # Single-threaded and seeded so the same call writes the same bytes.
         num_threads=1,
         minloglevel=2,
+        **trainer_options,
     )
     output_path.write_bytes(model.getvalue())
     return output_path

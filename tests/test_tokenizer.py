@@ -213,6 +213,44 @@ def test_bpe_user_defined_class_reproducer(models: dict[str, Path]) -> None:
     assert tokenizer.encode("a<url>b", add_special_tokens=False).ids == sp.encode("a") + [url] + sp.encode("b")
 
 
+def test_bpe_user_defined_piece_spelled_out_by_the_normalizer_is_the_bpe_class(tmp_path: Path) -> None:
+    path = train_sentencepiece(tmp_path / "bpe.model", model_type="bpe",
+                               user_defined_symbols=["[CLS]", "[SEP]", "[MASK]", "hello"])
+    info, tokenizer, sp = _load(path)
+    text = "\uff48\uff45\uff4c\uff4c\uff4f"  # full-width: nmt_nfkc spells out 'hello'
+    assert sp.piece_to_id("hello") in sp.encode(text)
+    assert sp.piece_to_id("hello") not in tokenizer.encode(text, add_special_tokens=False).ids
+    assert measure_agreement(info, tokenizer, [text]).classes == {"bpe-user-defined": 1}
+
+
+def test_user_defined_charsmap_class_reproducer(tmp_path: Path) -> None:
+    """SentencePiece matches user-defined pieces in the raw text, before the charsmap."""
+    path = train_sentencepiece(tmp_path / "u.model", user_defined_symbols=["[CLS]", "[SEP]", "[MASK]", "\u2122"])
+    info, tokenizer, sp = _load(path)
+    assert sp.encode("\u2122", out_type=str) == ["\u2581", "\u2122"]
+    assert tokenizer.encode("\u2122", add_special_tokens=False).tokens != ["\u2581", "\u2122"]
+    agreement = measure_agreement(info, tokenizer, ["\u2122", "Brand\u2122 name", "[MASK] plain text"])
+    assert agreement.classes == {"user-defined-charsmap": 2} and not agreement.unexplained
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_deleted_text_prefix_class_reproducer(tmp_path: Path, model_type: str) -> None:
+    path = train_sentencepiece(tmp_path / "k.model", model_type=model_type, remove_extra_whitespaces=False)
+    info, tokenizer, sp = _load(path)
+    assert sp.encode("\x07", out_type=str) == ["\u2581"] and tokenizer.encode("\x07").tokens == ["[CLS]", "[SEP]"]
+    agreement = measure_agreement(info, tokenizer, ["\x07", "\x0b\x1f", "a \x07 b"])
+    assert agreement.classes == {"deleted-text-prefix": 2} and agreement.equal == 1
+
+
+def test_denormalization_rules_are_refused(tmp_path: Path) -> None:
+    rules = tmp_path / "denormalize.tsv"
+    rules.write_text("78\t58 58\n")  # 'x' -> 'XX' when decoding: no tokenizer.json decoder can say it
+    path = train_sentencepiece(tmp_path / "d.model", denormalization_rule_tsv=str(rules))
+    with pytest.raises(UserError, match="denormalization rules") as err:
+        read_sentencepiece(path)
+    assert "\n" not in str(err.value)
+
+
 def test_bpe_user_defined_piece_beginning_with_space_symbol_is_exact(models: dict[str, Path], tmp_path) -> None:
     """'▁"' (a quote after a space) is matched in the normalized text, as SentencePiece matches it: exact, and
     so flagged in both files (transformers 4.57 reads the flag from tokenizer.json, 5.x from tokenizer_config)."""
