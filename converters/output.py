@@ -19,8 +19,10 @@ by a complete new one, and an interrupted or killed run leaves nothing that the 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -41,6 +43,7 @@ MARKER_NAME = ".rembert-convert-partial"
 # replaced: an old output whose replacement is in place (safe to delete).
 STAGING_KIND, ASIDE_KIND, REPLACED_KIND = "staging", "aside", "replaced"
 REDELIVERY_DELAY_S = 0.05
+OUTPUT_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 HANDLED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
@@ -187,15 +190,29 @@ def write_file_atomically(path: Path, text: str) -> None:
     """Write a new file beside `path` and rename it over `path`: a reader never sees half of it, and another
     name for the old file (a hard link) keeps the old contents."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}"
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
+        if isinstance(exc, OSError) and exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
+
+
+def _mount_points() -> list[Path]:
+    """Every mount point of this process's view (Linux: /proc/self/mountinfo, whose 5th field is the mount point,
+    octal-escaped); elsewhere none, and the device and inode checks below still apply."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
+            fields = [line.split() for line in mounts]
+    except OSError:
+        return []
+    return [Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), f[4])) for f in fields if len(f) > 4]
 
 
 def check_writable_place(output: Path, folder: Path, option: str) -> None:
@@ -234,6 +251,10 @@ def _refuse_mounts_inside(output: Path, real: Path, inputs: Sequence[NamedInput]
             if info.st_dev != device:
                 raise UserError(f"output {output} holds {inside}, a mount point of another file system; replacing "
                                 f"the output would delete what is mounted there: unmount it or choose another {option}")
+    mounted = [point for point in _mount_points() if real in point.parents]  # a bind mount of the same file system
+    if mounted:
+        raise UserError(f"output {output} holds {mounted[0].relative_to(real)}, a mount point; replacing the output "
+                        f"would delete what is mounted there: unmount it or choose another {option}")
 
 
 # -- markers and leftovers of killed runs ------------------------------------------------------------------
@@ -314,8 +335,32 @@ def redeliver_outside_imports(signum: int, frame: Any) -> bool:
     torch ahead) then waits for ever, and with it the process."""
     if frame is None or not frame.f_code.co_filename.startswith("<frozen importlib"):
         return False
-    threading.Timer(REDELIVERY_DELAY_S, os.kill, (os.getpid(), signum)).start()
+    if signum not in _REDELIVERIES:
+        _REDELIVERIES.add(signum)
+        timer = threading.Timer(REDELIVERY_DELAY_S, _redeliver, (signum,))
+        timer.daemon = True  # never kept waiting for at exit: `pending_redelivery` reports it instead
+        timer.start()
     return True
+
+
+_REDELIVERIES: set[int] = set()
+
+
+def _redeliver(signum: int) -> None:
+    try:
+        _REDELIVERIES.remove(signum)  # atomic: either this or `pending_redelivery` takes it, never both
+    except KeyError:
+        return
+    os.kill(os.getpid(), signum)
+
+
+def pending_redelivery() -> int | None:
+    """A signal set aside by `redeliver_outside_imports` and not delivered yet (the command ended first): the
+    caller exits as that signal would have made it; it will not be delivered any more."""
+    try:
+        return _REDELIVERIES.pop()
+    except KeyError:
+        return None
 
 
 def interrupt_outside_imports(signum: int, frame: Any) -> None:
@@ -378,6 +423,11 @@ def staged_output(output: str | os.PathLike, inputs: Sequence[NamedInput] = (), 
             check_output(real, inputs, force=force, option=option)  # nothing appeared there meanwhile
             guard.critical = True  # a signal now waits until the new output is in place or the old one back
             _commit(staging, real, aside_prefix)
+        except OSError as exc:
+            guard.critical = True
+            if exc.filename is None and exc.errno in OUTPUT_FULL_ERRNOS:  # a write that names no file: say where
+                raise OSError(exc.errno, exc.strerror, str(output)) from exc
+            raise
         except BaseException:
             guard.critical = True
             raise

@@ -304,6 +304,10 @@ class DirectFile:
             os.ftruncate(self.fd, self.size)  # drop the padding of the last block
             # The size and the block map on disk too, before the caller renames the file into place.
             getattr(os, "fdatasync", os.fsync)(self.fd)  # macOS has only fsync
+        except OSError as exc:
+            if exc.filename is None:  # a write on a descriptor names no file: say which (a full disk, ...)
+                raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
+            raise
         finally:
             self._close_fd()
         return self.sha.hexdigest() if self.sha is not None else None

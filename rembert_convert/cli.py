@@ -28,7 +28,9 @@ EXIT_SIGINT = 128 + 2
 
 
 def _interrupted(exc: BaseException) -> None:
-    from converters.output import Interrupted
+    from converters.output import Interrupted, pending_redelivery
+
+    pending_redelivery()  # this interrupt is being reported: a copy set aside must not arrive during the exit
 
     if isinstance(exc, Interrupted):
         click.echo(f"error: {exc.message()}", err=True)
@@ -70,17 +72,23 @@ def handle_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _REFUSED = {errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def _unwritable_place(exc: Exception) -> str | None:
     """The message for a write the file system refused (full, read-only, no permission), or None."""
-    if not isinstance(exc, OSError) or exc.errno not in _FULL | _REFUSED:
+    from converters.output import OUTPUT_FULL_ERRNOS
+
+    if not isinstance(exc, OSError) or exc.errno not in OUTPUT_FULL_ERRNOS | _REFUSED:
         return None
-    what = f"cannot write {exc.filename}" if exc.filename else "cannot write the output"
-    step = "free space there" if exc.errno in _FULL else "choose a writable place"
-    return f"{what}: {exc.strerror}; {step} or choose another output location"
+    where = f"{exc.filename}: " if exc.filename else ""
+    if exc.errno in OUTPUT_FULL_ERRNOS:
+        step = "free space there or choose another output location"
+    elif exc.errno == errno.EROFS:
+        step = "choose an output location on a writable file system"
+    else:
+        step = "check its permissions (inputs must be readable, outputs writable)"
+    return f"{where}{exc.strerror}; {step}"
 
 
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # Click >= 8.2
@@ -94,12 +102,14 @@ class OneLineErrorGroup(click.Group):
              standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        if threading.current_thread() is threading.main_thread():
-            from converters.output import interrupt_outside_imports
+        from converters.output import interrupt_outside_imports, pending_redelivery
 
+        if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, interrupt_outside_imports)
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            if pending_redelivery() is not None:  # a Ctrl-C set aside in an import, and the command ended first
+                raise KeyboardInterrupt
         except click.ClickException as exc:
             if isinstance(exc, NO_ARGS_IS_HELP):  # no command given: the help, as Click shows it
                 exc.show()

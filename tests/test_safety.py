@@ -511,6 +511,31 @@ def test_an_old_output_holding_another_file_system_is_not_replaced(work, tmp_pat
         _unmount_under(tmp_path)
 
 
+def test_an_old_output_holding_a_bind_mount_of_any_folder_is_not_replaced(work, tmp_path):
+    """Not an input, the same file system: only the mount table tells it is a mount."""
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("not ours\n")
+    out = tmp_path / "out"
+    _bind_mount(precious, out / "view")
+    try:
+        line = one_error_line(run("pytorch", work / "ckpt", "-o", out, "--force"))
+        assert "holds view, a mount point" in line
+        assert (precious / "keep.txt").read_text() == "not ours\n"
+    finally:
+        _unmount_under(tmp_path)
+
+
+def test_a_refused_read_or_write_names_the_file(tmp_path):
+    from rembert_convert.cli import _unwritable_place
+
+    unreadable = _unwritable_place(PermissionError(13, "Permission denied", str(tmp_path / "model.ckpt-3.index")))
+    assert unreadable == (f"{tmp_path / 'model.ckpt-3.index'}: Permission denied; check its permissions (inputs "
+                          "must be readable, outputs writable)")
+    assert "writable file system" in _unwritable_place(OSError(30, "Read-only file system", "out"))
+    assert _unwritable_place(OSError(5, "Input/output error")) is None  # not the place's fault: an internal error
+
+
 def test_junit_never_writes_through_a_hard_link_and_replaces_only_with_force(converted, tmp_path):
     ci = tmp_path / "ci"
     ci.mkdir()
@@ -530,6 +555,9 @@ def test_junit_never_writes_through_a_hard_link_and_replaces_only_with_force(con
     assert replaced.exit_code == 0, replaced.output
     assert earlier.read_text().startswith("<?xml")  # the name now holds the new file...
     assert keeper.read_text() == "an earlier result\n"  # ...and the old file, under its other name, is untouched
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # the mode any new file gets here (the umask applied)
+    assert earlier.stat().st_mode == plain.stat().st_mode
 
 
 def test_an_output_that_cannot_be_made_is_one_line_before_any_work(work, tmp_path):
@@ -549,11 +577,11 @@ def test_a_full_disk_is_the_output_places_problem_not_a_bug(work, tmp_path, monk
     before = snapshot(parent)
 
     def add(self, mapping, chunk):
-        raise OSError(28, "No space left on device", str(out))
+        raise OSError(28, "No space left on device")  # as a write on a descriptor says it: no file name
 
     monkeypatch.setattr(SafetensorsWriter, "add", add)
     line = one_error_line(run("safetensors", work / "ckpt", "-o", out, "--force"))
-    assert "No space left on device" in line and "free space" in line
+    assert line == f"error: {out}: No space left on device; free space there or choose another output location"
     assert snapshot(parent) == before
 
 
@@ -604,6 +632,20 @@ def test_an_interrupt_inside_the_import_system_comes_a_moment_later():
             time.sleep(0.01)
     with pytest.raises(KeyboardInterrupt):
         interrupt_outside_imports(signal.SIGINT, sys._getframe())
+
+
+def test_an_interrupt_set_aside_is_collected_when_the_command_ends_first():
+    from converters.output import interrupt_outside_imports, pending_redelivery
+
+    class Code:
+        co_filename = "<frozen importlib._bootstrap_external>"
+
+    class Frame:
+        f_code = Code()
+
+    interrupt_outside_imports(signal.SIGINT, Frame())
+    assert pending_redelivery() == signal.SIGINT and pending_redelivery() is None
+    time.sleep(0.3)  # well past the redelivery: it was taken back, so nothing arrives
 
 
 def test_an_import_thread_that_never_ends_does_not_hold_up_an_error(monkeypatch):

@@ -578,6 +578,8 @@ def test_safetensors_shards_the_index_does_not_name_fail(tiny_ckpt, tmp_path):
     ("layer_norm_eps", 1e-6),  # within the functional tolerance at this size, but not what TF1 computes
     ("hidden_act", "gelu"),  # conversion_report.json records gelu_new (tanh): only config.json changed
     ("architectures", ["RemBertForCausalLM"]),
+    ("dtype", "bfloat16"),  # transformers 5.x reads it before torch_dtype and loads the weights cast
+    ("output_hidden_states", True),  # every call returns more than the card says
 ])
 def test_config_json_that_changes_the_model_is_caught(tiny_ckpt, converted, tmp_path, key, value):
     folder = _copy(converted, tmp_path)
@@ -588,6 +590,44 @@ def test_config_json_that_changes_the_model_is_caught(tiny_ckpt, converted, tmp_
     assert ("config", f"config.json {key}", "config") in _failing_tensors(report)
     row = next(r for r in report.tensor_failures if r.format == "config")
     assert repr(value) in row.detail and row.source == "bert_config.json"
+
+
+def test_without_a_report_the_activation_must_be_the_original_graphs(tiny_ckpt, converted, tmp_path):
+    folder = _copy(converted, tmp_path)
+    (folder / "conversion_report.json").unlink()
+    assert verify_conversion(tiny_ckpt.prefix, folder, heads=BASE_HEADS).passed
+    values = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**values, "hidden_act": "gelu"}))
+    report = verify_conversion(tiny_ckpt.prefix, folder, heads=BASE_HEADS)
+    assert _failing_tensors(report) == {("config", "config.json hidden_act", "config")}
+
+
+def test_safetensors_index_metadata_beyond_total_size_fails(tiny_ckpt, tmp_path):
+    out = tmp_path / "sharded"
+    convert_checkpoint(tiny_ckpt.prefix, out, ["safetensors"], ConvertOptions(quiet=True, max_shard_size=100_000))
+    index = out / "model.safetensors.index.json"
+    values = json.loads(index.read_text())
+    values["metadata"]["dtype"] = "bfloat16"  # transformers 5.x would load the model in bfloat16
+    index.write_text(json.dumps(values))
+    report = verify_conversion(tiny_ckpt.prefix, out, heads=BASE_HEADS)
+    assert _failing_tensors(report) == {("safetensors", index.name, "index")}
+
+
+def test_an_h5_dataset_stored_in_another_file_fails(tiny_ckpt, converted_h5, tmp_path):
+    """A virtual dataset reads its values from another file: gone with that file (TensorFlow then loads zeros)."""
+    import h5py
+
+    folder = _copy(converted_h5, tmp_path)
+    with h5py.File(folder / "tf_model.h5", "a") as file:
+        values = file[H5_POOLER][()]
+        with h5py.File(tmp_path / "elsewhere.h5", "w") as other:
+            other["kernel"] = values
+        layout = h5py.VirtualLayout(shape=values.shape, dtype=values.dtype)
+        layout[...] = h5py.VirtualSource(str(tmp_path / "elsewhere.h5"), "kernel", shape=values.shape)
+        del file[H5_POOLER]
+        file.create_virtual_dataset(H5_POOLER, layout)
+    report = verify_conversion(tiny_ckpt.prefix, folder, heads=BASE_HEADS)
+    assert ("tf2", H5_POOLER, "storage") in _failing_tensors(report)
 
 
 def test_bf16_bundle_refuses_h5_with_one_line(tiny_ckpt, tmp_path):

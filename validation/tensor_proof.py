@@ -102,13 +102,14 @@ class _SafetensorsFiles:
 
         index = directory / "model.safetensors.index.json"
         if (directory / "model.safetensors").is_file():
-            shards, weight_map = ["model.safetensors"], None
+            shards, weight_map, index_metadata = ["model.safetensors"], None, None
         else:
             try:
                 weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise UserError(f"{index} is not a valid index with a weight_map ({exc}); convert again") from exc
             shards = sorted(set(weight_map.values()))
+            index_metadata = json.loads(index.read_text(encoding="utf-8")).get("metadata")
         self.paths = [directory / shard for shard in shards]
         self.handles: dict[str, Any] = {}
         self.lock = threading.Lock()
@@ -116,6 +117,10 @@ class _SafetensorsFiles:
         self.where: dict[str, str] = {}
         self.duplicates = []
         self.problems: list[tuple[str, str, str]] = []  # (tensor, check, what is wrong)
+        extra_keys = set(index_metadata) - {"total_size"} if isinstance(index_metadata, dict) else set()
+        for key in sorted(extra_keys):  # transformers 5.x takes the model's dtype from "dtype" here
+            self.problems.append((index.name, "index", f"metadata key {key!r}, which transformers may read "
+                                  "(convert writes only total_size)"))
         for shard in shards:
             path = directory / shard
             if not path.is_file():
@@ -197,7 +202,8 @@ class _H5File:
     def _walk(self, group, prefix: str, seen: set) -> None:
         """Every dataset under every name a reader can open it by: a hard link gives a dataset a second name
         (visititems would show it once), a soft link a path to follow; an external link points into another
-        file, which this proof does not read, and a dangling link to nothing. Both of those fail."""
+        file, which this proof does not read, a dangling link to nothing, and a virtual dataset or external
+        storage keeps the values in other files. Those fail."""
         import h5py
 
         seen.add(group.id)
@@ -212,6 +218,10 @@ class _H5File:
                 self.problems.append((name, "link", f"a link to {getattr(link, 'path', '?')}, which is not there"))
             elif isinstance(item, h5py.Dataset):
                 self.datasets[name] = item
+                layout = item.id.get_create_plist()
+                if layout.get_layout() == h5py.h5d.VIRTUAL or layout.get_external_count():
+                    self.problems.append((name, "storage", "its values are stored in other files (a virtual "
+                                          "dataset or external storage), which this proof does not read"))
             elif isinstance(item, h5py.Group) and item.id not in seen:
                 self._walk(item, f"{name}/", seen)
 
@@ -387,7 +397,8 @@ MODEL_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_h
               "layer_norm_eps", "is_decoder", "add_cross_attention", "tie_word_embeddings")
 # Keys convert never writes that change what transformers builds or returns, and the value that changes nothing.
 FOREIGN_KEYS: dict[str, Any] = {"pruned_heads": {}, "return_dict": True, "torchscript": False,
-                                "is_encoder_decoder": False}
+                                "is_encoder_decoder": False, "output_attentions": False,
+                                "output_hidden_states": False}
 CONFIG_ROW = "config.json"
 # What a loader of weights would pick up: any such file verify does not prove is a failure, not a silent skip.
 WEIGHT_SUFFIXES = (".bin", ".safetensors", ".h5", ".msgpack", ".pt", ".pth", ".ckpt", ".npz", ".gguf", ".onnx")
@@ -402,9 +413,12 @@ def config_rows(config, expected, plan: ConversionPlan, report: dict[str, Any], 
     found["architectures"], wanted["architectures"] = list(config.architectures or ()), [plan.architecture]
     if plan.task_head is not None:
         found["num_labels"], wanted["num_labels"] = config.num_labels, plan.task_head.num_labels
+    # The --activation the folder was made with, as its report records it; without a report, the original's.
     activation = report.get("activation")
-    if isinstance(activation, dict) and "hidden_act" in activation:  # the --activation the folder was made with
-        found["hidden_act"], wanted["hidden_act"] = config.hidden_act, activation["hidden_act"]
+    recorded = activation.get("hidden_act") if isinstance(activation, dict) else None
+    found["hidden_act"], wanted["hidden_act"] = config.hidden_act, recorded or expected.hidden_act
+    # transformers 5.x reads "dtype" before "torch_dtype": the weights' dtype is proven against torch_dtype.
+    found["dtype"], wanted["dtype"] = config.extra.get("dtype", config.torch_dtype), config.torch_dtype
     for key, default in FOREIGN_KEYS.items():
         found[key], wanted[key] = config.extra.get(key, default), default
     rows = []
