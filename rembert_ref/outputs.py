@@ -48,6 +48,13 @@ class BaseModelOutput(ModelOutput):
     cross_attentions: Tensors | None = None
 
 
+    def legacy_tuple(self) -> tuple[Any, ...]:
+        """What transformers' RemBertModel returns with return_dict=False: the pooled output's place kept (None
+        without a pooler), then the encoder's outputs in the encoder's order (the cache before hidden states)."""
+        rest = (self.past_key_values, self.hidden_states, self.attentions, self.cross_attentions)
+        return (self.last_hidden_state, self.pooler_output, *(v for v in rest if v is not None))
+
+
 @dataclass
 class MaskedLMOutput(ModelOutput):
     loss: Tensor | None = None  # scalar

@@ -442,7 +442,7 @@ class RemBertModel(RemBertPreTrainedModel):
             attentions=tuple(attentions) if output_attentions else None,
             cross_attentions=(tuple(cross_attentions) if output_attentions and config.add_cross_attention else None),
         )
-        return out if return_dict is not False else out.to_tuple()
+        return out if return_dict is not False else out.legacy_tuple()
 
 
 def _finish(out: ModelOutput, return_dict: bool | None) -> ModelOutput | tuple:
@@ -861,7 +861,10 @@ def _save_pretrained(model: RemBertPreTrainedModel, directory: str | os.PathLike
     from safetensors.torch import save_file
 
     os.makedirs(directory, exist_ok=True)
-    config = dataclasses.replace(model.config, architectures=[type(model).__name__])
+    # The dtype the weights are saved in, under both names (transformers 5.x reads "dtype" first).
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    extra = {**model.config.extra, **({"dtype": dtype} if "dtype" in model.config.extra else {})}
+    config = dataclasses.replace(model.config, architectures=[type(model).__name__], torch_dtype=dtype, extra=extra)
     config.save(os.path.join(directory, "config.json"))
     state = {k: v.detach().contiguous() for k, v in sorted(model.state_dict().items())}
     save_file(state, os.path.join(directory, SAFETENSORS_FILE), metadata={"format": "pt"})

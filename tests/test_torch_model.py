@@ -637,3 +637,33 @@ def test_interop_with_transformers(name, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(reloaded_theirs(**inputs)[key], a[key], rtol=0, atol=INTEROP_ATOL)
         torch.testing.assert_close(reloaded_ours(**inputs)[key], a[key], rtol=0, atol=INTEROP_ATOL)
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize(("config", "pooler"), [(DECODER, True), (CONFIG, False)])
+def test_base_model_tuple_is_laid_out_as_in_transformers(config, pooler):
+    """return_dict=False: transformers keeps the pooler's place (None without one) and puts the cache before the
+    hidden states (the encoder's order), unlike its ModelOutput's field order."""
+    transformers = pytest.importorskip("transformers")
+    ours = RemBertModel(config, add_pooling_layer=pooler).eval()
+    theirs = transformers.RemBertModel(transformers.RemBertConfig(**config.to_dict()), add_pooling_layer=pooler).eval()
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    ids = randint(V, (B, T), seed=41)
+    with torch.no_grad():
+        a = ours(ids, return_dict=False, output_hidden_states=True, use_cache=config.is_decoder)
+        b = theirs(ids, return_dict=False, output_hidden_states=True, use_cache=config.is_decoder)
+    assert len(a) == len(b) and (a[1] is None) == (b[1] is None) == (not pooler)
+    hidden = len(a) - 1  # the hidden states come last, after the cache if there is one
+    assert len(a[hidden]) == len(b[hidden]) == L + 1
+    for x, y in zip(a[hidden], b[hidden], strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=INTEROP_ATOL)
+
+
+@pytest.mark.interop
+def test_save_pretrained_records_the_weights_dtype(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model = build(RemBertForMaskedLM).half()
+    model.save_pretrained(tmp_path / "half")
+    assert json.loads((tmp_path / "half" / "config.json").read_text())["torch_dtype"] == "float16"
+    reloaded = transformers.RemBertForMaskedLM.from_pretrained(tmp_path / "half", torch_dtype="auto")
+    assert reloaded.dtype == torch.float16
