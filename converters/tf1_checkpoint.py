@@ -229,23 +229,30 @@ class CheckpointReader:
         for piece in pieces:
             if piece.rows.stop == piece.rows.start:  # an empty piece: only its checksum to check
                 self._check_crc(name, piece)
-        # Row bands in which the same pieces are present; within a band, chunks of `rows_per_chunk` rows.
+        # Row bands in which the same pieces are present. Chunks of `rows_per_chunk` rows may span bands: a
+        # caller asking for the whole tensor (a kernel to transpose) gets it in one chunk however it was split.
         bounds = sorted({0, rows} | {p.rows.start for p in pieces} | {p.rows.stop for p in pieces})
-        for band_start, band_stop in zip(bounds, bounds[1:], strict=False):
-            present = [p for p in pieces if p.rows.start <= band_start < p.rows.stop]
-            for start in range(band_start, band_stop, rows_per_chunk):
-                count = min(rows_per_chunk, band_stop - start)
-                nbytes = count * row_bytes
-                raw = np.empty(nbytes, dtype=np.uint8) if buffers is None else buffers.take(nbytes)
-                chunk = raw.view(dtype).reshape((count, *row_shape))
+        bands = [(lo, hi, [p for p in pieces if p.rows.start <= lo < p.rows.stop])
+                 for lo, hi in zip(bounds, bounds[1:], strict=False)]
+        for start in range(0, rows, rows_per_chunk):
+            count = min(rows_per_chunk, rows - start)
+            nbytes = count * row_bytes
+            raw = np.empty(nbytes, dtype=np.uint8) if buffers is None else buffers.take(nbytes)
+            chunk = raw.view(dtype).reshape((count, *row_shape))
+            for band_start, band_stop, present in bands:
+                lo, hi = max(start, band_start), min(start + count, band_stop)
+                if lo >= hi:
+                    continue
                 if len(present) == 1 and present[0].whole_rows:  # the common case: straight into the slice
-                    self._read_piece_rows(name, present[0], start, count, raw)
+                    self._read_piece_rows(name, present[0], lo, hi - lo,
+                                          raw[(lo - start) * row_bytes:(hi - start) * row_bytes])
                 else:
                     for piece in present:
-                        part = np.empty(count * piece.row_bytes, dtype=np.uint8)
-                        self._read_piece_rows(name, piece, start, count, part)
-                        chunk[(slice(None), *piece.region[1:])] = part.view(dtype).reshape((count, *piece.shape[1:]))
-                yield chunk if shape else chunk.reshape(())
+                        part = np.empty((hi - lo) * piece.row_bytes, dtype=np.uint8)
+                        self._read_piece_rows(name, piece, lo, hi - lo, part)
+                        chunk[(slice(lo - start, hi - start), *piece.region[1:])] = part.view(dtype).reshape(
+                            (hi - lo, *piece.shape[1:]))
+            yield chunk if shape else chunk.reshape(())
         if rows == 0:
             yield np.empty(shape, dtype=dtype) if buffers is None else buffers.take(0).view(dtype).reshape(shape)
 

@@ -370,3 +370,31 @@ def test_existing_output_needs_force(tiny_ckpt, tmp_path):
     convert_checkpoint(tiny_ckpt.prefix, out, ["safetensors"], ConvertOptions(quiet=True, force=True))
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_kernel_saved_in_row_slices_is_transposed_whole(tmp_path):
+    """TF1's partitioners split a kernel [in, out] by rows; its PyTorch weight is the transpose of the whole."""
+    import tensorflow as tf
+
+    from testkit.synthetic_checkpoint import synthetic_variables
+    from validation.parity import verify_conversion
+
+    values = synthetic_variables(TINY_ORIGINAL_CONFIG, seed=3)
+    kernel = "bert/encoder/layer_0/intermediate/dense/kernel"  # [hidden 32, intermediate 37]
+    rows, cols = values[kernel].shape
+    names, specs, tensors = [], [], []
+    for name, value in sorted(values.items()):
+        parts = [("0,10:-", value[:10]), (f"10,{rows - 10}:-", value[10:])] if name == kernel else [("", value)]
+        for spec, part in parts:
+            names.append(name)
+            specs.append(f"{rows} {cols} {spec}" if spec else "")
+            tensors.append(tf.constant(part))
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    tf.raw_ops.SaveV2(prefix=str(ckpt / "model.ckpt-1"), tensor_names=names, shape_and_slices=specs, tensors=tensors)
+    (ckpt / "bert_config.json").write_text(json.dumps(TINY_ORIGINAL_CONFIG))
+    out = tmp_path / "out"
+    convert_checkpoint(ckpt / "model.ckpt-1", out, ["safetensors", "tf2"], ConvertOptions(quiet=True))
+    weight = load_file(out / "model.safetensors")["rembert.encoder.layer.0.intermediate.dense.weight"]
+    np.testing.assert_array_equal(weight.numpy(), values[kernel].T)
+    assert verify_conversion(ckpt / "model.ckpt-1", out, heads=("RemBertModel",)).passed

@@ -426,3 +426,14 @@ def test_full_size_generator_writes_what_tensorflow_reads(tmp_path, tiny_origina
             np.testing.assert_array_equal(tf_reader.get_tensor(name), value)
             np.testing.assert_array_equal(reader.read(name), value)
         assert reader.read("global_step") == tf_reader.get_tensor("global_step") == 0
+
+
+def test_the_whole_tensor_comes_in_one_chunk_however_it_was_split(partitioned_ckpt):
+    """Kernels to transpose are asked for whole: a variable saved in row slices (bands) must not come back
+    band by band, or each band would be transposed on its own."""
+    prefix, values = partitioned_ckpt
+    with CheckpointReader(prefix) as reader:
+        for name, (_, dtype, _) in PARTITIONED.items():
+            chunks = list(reader.iter_rows(name, max_bytes=reader.entries[name].nbytes))
+            assert len(chunks) == 1, name
+            np.testing.assert_array_equal(chunks[0], _stored(values[name], dtype))
