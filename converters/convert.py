@@ -6,6 +6,7 @@ complete; an existing non-empty output is replaced only with `force`. Nothing va
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -35,7 +36,6 @@ from converters.output import NamedInput, check_output, checkpoint_inputs, input
 from converters.pipeline import BufferPool, ScratchArray, read_ahead
 from converters.tf1_checkpoint import DEFAULT_CHUNK_BYTES, CheckpointReader, checkpoint_home, resolve_checkpoint
 from converters.writers import (
-    FLOAT_SOURCE_DTYPES,
     TARGET_DTYPES,
     SafetensorsWriter,
     TorchBinWriter,
@@ -112,7 +112,7 @@ def head_hint(prefix: Path) -> tuple[str, str] | None:
 def read_labels(path: str | os.PathLike) -> list[str]:
     """--labels FILE: one label per line, in output order (blank lines at the end are ignored)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not a label
     except FileNotFoundError:
         raise UserError(f"labels file {path} does not exist; write one label per line") from None
     except UnicodeDecodeError:
@@ -164,6 +164,9 @@ def inspect_checkpoint(ckpt: str | os.PathLike, options: ConvertOptions | None =
         task_head, head_problem = None, str(exc)
     if config is not None and task_head is not None:
         config.num_labels = task_head.num_labels  # the head's shapes are checked against the checkpoint's
+    if options.labels is not None and config is not None and head_problem is None:  # as convert checks them
+        apply_task_head(dataclasses.replace(config, extra=dict(config.extra)), task_head,
+                        read_labels(options.labels))
     rows, output_embedding = classify(config, reader.variables(), mlm_head=options.mlm_head,
                                       output_embedding_name=options.output_embedding_name, task_head=task_head,
                                       head_problem=head_problem)
@@ -232,9 +235,6 @@ def convert_checkpoint(
         plan = plan_conversion(config, reader.variables(), mlm_head=options.mlm_head,
                                output_embedding_name=options.output_embedding_name, task_head=task_head,
                                inspect_args=inspect_args(ckpt, options))
-        for mapping in plan.mappings:
-            if mapping.source_dtype not in FLOAT_SOURCE_DTYPES:
-                raise UserError(f"{mapping.source} has dtype {mapping.source_dtype}; only float tensors map to weights")
         spm_info = _read_tokenizer(Path(options.tokenizer), config) if options.tokenizer is not None else None
         config.torch_dtype = options.dtype
         config.architectures = [plan.architecture]

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from rembert_ref.errors import UserError
 from rembert_ref.config import RemBertConfig
 
+FLOAT_SOURCE_DTYPES = ("float32", "float16", "bfloat16", "float64")  # what a weight can be read from
+
 Shape = tuple[int, ...]
 
 ENCODER, POOLER, MLM, HEAD = "encoder", "pooler", "mlm", "head"
@@ -403,6 +405,10 @@ def classify(
         for source, torch, tf in expand(rule, config):
             if source == OUTPUT_EMBEDDING:
                 source = output_embedding or "<output embedding: a variable named */output_embedding(s)>"
+            if source in expected:  # one variable cannot fill two places: the other would be left empty
+                raise UserError(f"{source} would be both {expected[source][1]} and {torch}; the output embedding "
+                                "must be a variable of its own: pass its name with --output-embedding-name, or "
+                                "--no-mlm-head for a checkpoint without one")
             expected[source] = (rule, torch, tf)
     head_variables = {n for r in TASK_HEAD_RULES for n in (r.kernel, r.bias)}
 
@@ -422,6 +428,9 @@ def classify(
             elif shape != want:
                 rows.append(VariableRow(name, shape, dtype, "error",
                                         f"has shape {list(shape)} but the config implies {list(want)}"))
+            elif dtype not in FLOAT_SOURCE_DTYPES:
+                rows.append(VariableRow(name, shape, dtype, "error",
+                                        f"has dtype {dtype}; only float tensors map to weights"))
             else:
                 mapping = TensorMapping(name, shape, dtype, torch_prefix(rule.part, with_head) + torch, tf,
                                         rule.transpose, rule.part, rule.source, rule.tf_transpose)

@@ -25,7 +25,6 @@ from rembert_ref.errors import UserError
 from converters.mapping import TensorMapping
 
 TARGET_DTYPES = ("float32", "float16", "bfloat16")
-FLOAT_SOURCE_DTYPES = ("float32", "float16", "bfloat16", "float64")
 SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 TORCH_STORAGES = {"float32": "FloatStorage", "float16": "HalfStorage", "bfloat16": "BFloat16Storage"}
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}

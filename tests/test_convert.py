@@ -18,6 +18,8 @@ from rembert_ref.errors import UserError
 from testkit.synthetic_checkpoint import write_synthetic_checkpoint
 from tests.conftest import TINY_ORIGINAL_CONFIG
 
+EXAMPLE_CKPT = Path(__file__).resolve().parent.parent / "examples" / "tiny-rembert"
+
 
 def _load_safetensors_dir(directory: Path) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
@@ -398,3 +400,41 @@ def test_a_kernel_saved_in_row_slices_is_transposed_whole(tmp_path):
     weight = load_file(out / "model.safetensors")["rembert.encoder.layer.0.intermediate.dense.weight"]
     np.testing.assert_array_equal(weight.numpy(), values[kernel].T)
     assert verify_conversion(ckpt / "model.ckpt-1", out, heads=("RemBertModel",)).passed
+
+
+def test_an_output_embedding_name_taken_by_another_rule_is_refused(tiny_ckpt, tmp_path):
+    """The word embedding as the output embedding would leave its own place empty (nothing listed missing)."""
+    with pytest.raises(UserError, match="would be both embeddings.word_embeddings.weight and "
+                                        "cls.predictions.decoder.weight"):
+        convert_checkpoint(tiny_ckpt.prefix, tmp_path / "out", ["safetensors"],
+                           ConvertOptions(quiet=True, output_embedding_name="bert/embeddings/word_embeddings"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_inspect_refuses_what_convert_refuses(tmp_path):
+    """A mapped variable that is not float, and --labels for a checkpoint without a task head."""
+    import tensorflow as tf
+
+    from converters.convert import inspect_checkpoint
+    from testkit.synthetic_checkpoint import synthetic_variables
+
+    values = synthetic_variables(TINY_ORIGINAL_CONFIG, seed=3)
+    values["bert/embeddings/token_type_embeddings"] = values["bert/embeddings/token_type_embeddings"].astype(np.int32)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    tf.raw_ops.SaveV2(prefix=str(ckpt / "model.ckpt-1"), tensor_names=sorted(values),
+                      shape_and_slices=[""] * len(values), tensors=[tf.constant(values[n]) for n in sorted(values)])
+    (ckpt / "bert_config.json").write_text(json.dumps(TINY_ORIGINAL_CONFIG))
+    inspected = inspect_checkpoint(ckpt / "model.ckpt-1")
+    assert not inspected["ok"]
+    (row,) = [r for r in inspected["rows"] if r.status == "error"]
+    assert row.variable == "bert/embeddings/token_type_embeddings" and "dtype int32" in row.detail
+    with pytest.raises(UserError, match="dtype int32"):
+        convert_checkpoint(ckpt / "model.ckpt-1", tmp_path / "out", ["safetensors"], ConvertOptions(quiet=True))
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\n")
+    for run in (lambda o: inspect_checkpoint(EXAMPLE_CKPT, o),
+                lambda o: convert_checkpoint(EXAMPLE_CKPT, tmp_path / "out2", ["safetensors"], o)):
+        with pytest.raises(UserError, match="--labels given but the checkpoint has no task head"):
+            run(ConvertOptions(quiet=True, labels=labels))

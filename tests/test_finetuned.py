@@ -194,7 +194,7 @@ def test_run_classifier_needs_head_and_names_the_choices(classifier_ckpt, tmp_pa
 
 def test_run_classifier_as_sequence_classification_with_labels(classifier_ckpt, tmp_path):
     labels = tmp_path / "labels.txt"
-    labels.write_text("negative\nneutral\npositive\n")
+    labels.write_bytes("\ufeffnegative\r\nneutral\r\npositive\r\n".encode())  # as Windows Notepad saves it
     out = tmp_path / "out"
     convert_checkpoint(classifier_ckpt, out, ALL,
                        ConvertOptions(quiet=True, head="sequence-classification", labels=labels))

@@ -677,6 +677,20 @@ def test_card_options_and_a_bundle_without_pytorch_bin(tiny_ckpt, tmp_path):
     assert set(card_snippets(card)) == {"pytorch"}
     listed = {line.split("  ")[1] for line in (out / "SHA256SUMS").read_text().splitlines()}
     assert listed == names - {"SHA256SUMS", "README.md"}
+    assert "variables ignored (1 global-step," in card and "optimizer-slot)" in card  # counted from the report
+
+
+def test_a_bundle_made_twice_is_the_same_bytes_and_its_card_quotes_paths(tiny_ckpt, tmp_path):
+    """No timings in the reports; shell lines of the card work for a folder name with a space."""
+    out = tmp_path / "tiny rembert"
+    hashes = []
+    for _ in range(2):
+        bundle_checkpoint(tiny_ckpt.prefix, out, ConvertOptions(quiet=True, force=True), formats=("safetensors",))
+        hashes.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())})
+    assert hashes[0] == hashes[1]
+    card = (out / "README.md").read_text()
+    assert "cd 'tiny rembert' && sha256sum -c SHA256SUMS" in card
+    assert "convert-rembert verify ORIGINAL_CHECKPOINT_DIR 'tiny rembert'" in card
 
 
 @pytest.mark.parametrize("option", [["--language", "English language"], ["--license", "Apache 2"]])

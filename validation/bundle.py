@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,15 @@ def bundle_checkpoint(
                                         hash_in_stream=True)
     out = Path(output_dir)
     return BundleResult(out, sorted(p for p in out.iterdir() if p.is_file()), parity["report"], conversion)
+
+
+def _ignored_kinds(ignored: list[dict]) -> str:
+    """' (96 optimizer-slot, 1 global-step)': how many variables each ignore rule took, from the report."""
+    counts: dict[str, int] = {}
+    for row in ignored:
+        kind = str(row.get("reason", "")).split(":", 1)[0] or "other"
+        counts[kind] = counts.get(kind, 0) + 1
+    return f" ({', '.join(f'{n} {kind}' for kind, n in sorted(counts.items()))})" if counts else ""
 
 
 def _default_name(output_dir: Path) -> str:
@@ -233,8 +243,8 @@ def model_card(staged: ConversionResult, parity: ParityReport, card: CardOptions
         f"- activation `{config.hidden_act}`: {act}",
         f"- weights dtype {report['dtype']}",
         head_line,
-        f"- {len(report['mapped'])} tensors converted; {len(report['ignored'])} checkpoint variables ignored "
-        "(optimizer state, global_step, next-sentence head): see `conversion_report.json`",
+        f"- {len(report['mapped'])} tensors converted; {len(report['ignored'])} checkpoint variables ignored"
+        f"{_ignored_kinds(report['ignored'])}: see `conversion_report.json`",
         "",
         *_usage(folder, formats, mlm_head, tokenizer is not None, config, task_kind),
         *_tokenizer_section(tokenizer),
@@ -244,7 +254,7 @@ def model_card(staged: ConversionResult, parity: ParityReport, card: CardOptions
         f"rembert-convert {_tool_version()}:",
         "",
         "```bash",
-        card.command or f"convert-rembert bundle {checkpoint} -o {folder}",
+        card.command or f"convert-rembert bundle {shlex.quote(str(checkpoint))} -o {shlex.quote(folder)}",
         "```",
         "",
         "## Files and how to check them",
@@ -254,14 +264,14 @@ def model_card(staged: ConversionResult, parity: ParityReport, card: CardOptions
         f"`{CHECKSUMS_NAME}` lists the sha256 of every file but this card, so the card can be edited:",
         "",
         "```bash",
-        f"cd {folder} && sha256sum -c {CHECKSUMS_NAME}",
+        f"cd {shlex.quote(folder)} && sha256sum -c {CHECKSUMS_NAME}",
         "```",
         "",
         "To measure parity again against the original checkpoint (`pip install rembert-convert`; add the `[tf]` "
         "extra to verify `tf_model.h5`):",
         "",
         "```bash",
-        f"convert-rembert verify ORIGINAL_CHECKPOINT_DIR {folder}",
+        f"convert-rembert verify ORIGINAL_CHECKPOINT_DIR {shlex.quote(folder)}",
         "```",
         "",
     ]
