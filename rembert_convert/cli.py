@@ -423,7 +423,7 @@ def _tokenizer_beside(ckpt: str, tokenizer: str | None, no_tokenizer: bool) -> s
                    "existing file only with --force).")
 @click.option("--all-rows", is_flag=True, help="Print every functional row, not only the worst per head and format.")
 @click.option("--force", is_flag=True, help="Replace an existing --report directory or --junit file.")
-@quiet_option
+@click.option("--quiet", "-q", is_flag=True, help="No rows or progress: only the verdict and failing checks.")
 @debug_option
 @handle_user_errors
 def verify(ckpt: str, converted: str, config: str | None, formats: tuple[str, ...], tolerance: float | None,
