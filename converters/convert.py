@@ -170,10 +170,18 @@ def inspect_checkpoint(ckpt: str | os.PathLike, options: ConvertOptions | None =
     rows, output_embedding = classify(config, reader.variables(), mlm_head=options.mlm_head,
                                       output_embedding_name=options.output_embedding_name, task_head=task_head,
                                       head_problem=head_problem)
+    # The SentencePiece model convert would take (beside the checkpoint, or --tokenizer), checked as convert does.
+    spm = Path(options.tokenizer) if options.tokenizer is not None else find_sentencepiece(reader.prefix)
+    tokenizer_problem = None
+    if spm is not None and config is not None:
+        try:
+            _read_tokenizer(spm, config)
+        except UserError as exc:
+            tokenizer_problem = str(exc)
     return {"checkpoint": str(reader.prefix), "num_shards": reader.num_shards, "config_note": note,
             "output_embedding": output_embedding, "rows": rows, "task_head": task_head,
-            "head_problem": head_problem,
-            "ok": config is not None and head_problem is None
+            "head_problem": head_problem, "tokenizer": spm, "tokenizer_problem": tokenizer_problem,
+            "ok": config is not None and head_problem is None and tokenizer_problem is None
             and not any(r.status in ("missing", "error") for r in rows)}
 
 
@@ -237,6 +245,8 @@ def convert_checkpoint(
                                inspect_args=inspect_args(ckpt, options))
         spm_info = _read_tokenizer(Path(options.tokenizer), config) if options.tokenizer is not None else None
         config.torch_dtype = options.dtype
+        if "dtype" in config.extra:  # a transformers config.json as --config: 5.x reads this name first
+            config.extra["dtype"] = options.dtype
         config.architectures = [plan.architecture]
         with staged_output(output_dir, inputs, force=options.force) as staging:
             # The tokenizer first (it sets the config's special-token ids): the parsed SentencePiece model, 250,300

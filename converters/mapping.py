@@ -406,9 +406,13 @@ def classify(
             if source == OUTPUT_EMBEDDING:
                 source = output_embedding or "<output embedding: a variable named */output_embedding(s)>"
             if source in expected:  # one variable cannot fill two places: the other would be left empty
-                raise UserError(f"{source} would be both {expected[source][1]} and {torch}; the output embedding "
-                                "must be a variable of its own: pass its name with --output-embedding-name, or "
-                                "--no-mlm-head for a checkpoint without one")
+                other = expected[source][0]
+                if with_mlm or MLM not in (rule.part, other.part):
+                    raise UserError(f"{source} would be both {expected[source][1]} and {torch}; the output "
+                                    "embedding must be a variable of its own: pass its name with "
+                                    "--output-embedding-name, or --no-mlm-head for a checkpoint without one")
+                if rule.part == MLM:  # the MLM head is not converted: the other place keeps the variable
+                    continue
             expected[source] = (rule, torch, tf)
     head_variables = {n for r in TASK_HEAD_RULES for n in (r.kernel, r.bias)}
 
@@ -490,7 +494,8 @@ def refuse_object_graph_checkpoint(variables: Mapping[str, Any], where: str) -> 
     (`model/layer_with_weights-0/.../.ATTRIBUTES/VARIABLE_VALUE`), not by TF1 graph name: nothing in it says
     which tensor is which RemBERT weight, so it is refused rather than guessed at."""
     object_keys = sorted(n for n in variables if n.endswith("/.ATTRIBUTES/VARIABLE_VALUE"))
-    if object_keys and not any(n.startswith("bert/") for n in variables):
+    graph_names = [n for n in variables if n not in object_keys and n != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    if object_keys and not graph_names:  # object paths only, even if one starts with bert/ (an attribute's name)
         raise UserError(f"{where} is a TF2 object-graph SavedModel/checkpoint (keys like {object_keys[0]}), not a "
                         "TF1 one with graph names (bert/...); export the model with TF1 names (an Estimator "
                         "SavedModel or tf.compat.v1 Saver checkpoint) and convert that")

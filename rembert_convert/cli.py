@@ -205,11 +205,16 @@ def say_checkpoint(ckpt: str, quiet: bool) -> None:
     """Name the checkpoint prefix that was read: a directory's `checkpoint` file may pick one silently."""
     from pathlib import Path
 
-    from converters.tf1_checkpoint import resolve_checkpoint
+    from converters.tf1_checkpoint import is_saved_model, resolve_checkpoint
 
     prefix = resolve_checkpoint(ckpt)
     if not quiet:
-        how = f" (named by {Path(ckpt) / 'checkpoint'})" if (Path(ckpt) / "checkpoint").is_file() else ""
+        if Path(ckpt).is_dir() and is_saved_model(Path(ckpt)):
+            how = " (the SavedModel's variables)"
+        elif (Path(ckpt) / "checkpoint").is_file():
+            how = f" (named by {Path(ckpt) / 'checkpoint'})"
+        else:
+            how = ""
         click.echo(f"read checkpoint {prefix}{how}")
 
 
@@ -273,8 +278,12 @@ def inspect(ckpt: str, show_all: bool, **kwargs: Any) -> None:
         click.echo(f"task head: {info['task_head'].describe()}")
     elif info["head_problem"] is not None:
         click.echo(f"task head: {info['head_problem']}")
+    if info["tokenizer_problem"] is not None:
+        click.echo(f"tokenizer: {info['tokenizer_problem']} (or convert with --no-tokenizer)")
+    elif info["tokenizer"] is not None:
+        click.echo(f"tokenizer: {info['tokenizer']} (its pieces match vocab_size)")
     if not info["ok"]:
-        raise UserError("this checkpoint would not convert: see the 'error'/'missing' rows above")
+        raise UserError("this checkpoint would not convert: see the 'error'/'missing' rows and notes above")
 
 
 max_shard_size_option = click.option("--max-shard-size", default="5GB", show_default=True,

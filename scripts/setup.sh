@@ -11,8 +11,15 @@ source scripts/venv.sh
 VENV="${VENV:-.venv}"
 stamp="$VENV/.rembert-convert-installed"
 wanted="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ] && [ -x "$VENV/bin/python" ] \
-        && "$VENV/bin/python" -c "import rembert_convert, torch, tensorflow, transformers, pytest" 2>/dev/null; then
+# Installed means the entry point exists and the packages import from outside the repository (inside it,
+# the source folder would import whether or not the project is installed).
+installed() {
+    local python
+    python="$(cd "$VENV/bin" 2>/dev/null && pwd)/python" || return 1
+    [ -x "$VENV/bin/convert-rembert" ] \
+        && (cd / && "$python" -c "import rembert_convert, torch, tensorflow, transformers, pytest") 2>/dev/null
+}
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ] && installed; then
     exit 0
 fi
 make_venv "$VENV"

@@ -134,3 +134,41 @@ def test_tokenizer_model_max_length(tmp_path):
     tokenizer_config = json.loads((tmp_path / "c" / "tokenizer_config.json").read_text())
     assert tokenizer_config["model_max_length"] == positions != 512
     assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
+
+
+def test_inspect_checks_the_sentencepiece_model_convert_would_take(tmp_path):
+    from testkit.spm_models import train_sentencepiece
+
+    copy = tmp_path / "ck"
+    shutil.copytree(EXAMPLE, copy)
+    ok = run("inspect", copy)
+    assert ok.exit_code == 0 and f"tokenizer: {copy / 'sentencepiece.model'} (its pieces match" in ok.output
+    train_sentencepiece(copy / "sentencepiece.model", vocab_size=300)  # the config says 512
+    result = run("inspect", copy)
+    assert result.exit_code == 2
+    assert "has 300 pieces but the model's vocab_size is 512" in result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: this checkpoint would not convert")
+    assert run("convert", copy, "-o", tmp_path / "out").exit_code == 2  # as convert refuses it
+
+
+def test_a_savedmodel_is_named_as_such_even_beside_a_checkpoint_file(tmp_path):
+    copy = tmp_path / "bleurt"
+    shutil.copytree(EXAMPLE.parent / "tiny-bleurt", copy)
+    (copy / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-7"\n')  # names nothing that is here
+    result = run("pytorch", copy, "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert f"read checkpoint {copy / 'variables' / 'variables'} (the SavedModel's variables)" in result.output
+
+
+def test_a_transformers_config_with_dtype_gets_the_converted_dtype_under_both_names(tmp_path):
+    from rembert_ref.config import RemBertConfig
+
+    values = RemBertConfig.from_original_json_file(EXAMPLE / "bert_config.json").to_dict()
+    values.pop("torch_dtype")
+    values["dtype"] = "float32"  # as transformers 5.x saves it
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(values))
+    result = run("safetensors", EXAMPLE, "-o", tmp_path / "out", "--config", config, "--dtype", "bfloat16")
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert written["dtype"] == written["torch_dtype"] == "bfloat16"

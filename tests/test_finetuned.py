@@ -498,3 +498,24 @@ def test_a_bleurt_bundle_card_names_the_head_and_its_snippet_runs(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().splitlines()[-1] == "torch.Size([1, 1])"
+
+
+def test_a_tf2_object_graph_is_refused_whatever_its_attributes_are_called():
+    from converters.mapping import refuse_object_graph_checkpoint
+
+    object_graph = {"_CHECKPOINTABLE_OBJECT_GRAPH": ((), "string"),
+                    "bert/kernel/.ATTRIBUTES/VARIABLE_VALUE": ((4, 4), "float32")}  # an attribute named `bert`
+    with pytest.raises(UserError, match="TF2 object-graph"):
+        refuse_object_graph_checkpoint(object_graph, "here")
+    refuse_object_graph_checkpoint({**object_graph, "bert/embeddings/word_embeddings": ((9, 4), "float32")}, "here")
+
+
+def test_an_output_embedding_name_on_a_task_heads_variable_is_harmless_without_the_mlm_head(classifier_ckpt,
+                                                                                            tmp_path):
+    """The MLM head is not converted beside a task head, so naming the head's kernel changes nothing."""
+    plain, named = tmp_path / "plain", tmp_path / "named"
+    head = "sequence-classification"
+    convert_checkpoint(classifier_ckpt, plain, ["safetensors"], ConvertOptions(quiet=True, head=head))
+    convert_checkpoint(classifier_ckpt, named, ["safetensors"],
+                       ConvertOptions(quiet=True, head=head, output_embedding_name="output_weights"))
+    assert (plain / "model.safetensors").read_bytes() == (named / "model.safetensors").read_bytes()
