@@ -3,13 +3,15 @@ by a complete new one, and an interrupted or killed run leaves nothing that the 
 
 - `check_output` refuses an output that is, contains or lies inside an input (compared by device and inode
   of every ancestor, so symlinks, `..`, relative paths and bind mounts all resolve to the same answer), a
-  non-empty output without `force`, and an output that cannot be replaced by a rename (the current
-  directory or one above it, a mount point).
+  non-empty output without `force`, an output that cannot be replaced by a rename (the current
+  directory or one above it, a mount point), an old output holding a mount point (deleting it would descend
+  into the mount), and a place that cannot be written. `check_output_file` does the same for a one-file output.
 - `staged_output` yields a staging directory beside the output, marked by a file (`MARKER_NAME`) naming this
   process; the old output is renamed aside, the new one renamed in, then the old one deleted. Any failure
   before the new one is in place renames the old one back, untouched.
 - SIGINT, SIGTERM and SIGHUP raise `Interrupted` while a staged output is open (the previous handlers come
-  back afterwards), so the staging directory is removed and the CLI exits 128 + the signal number.
+  back afterwards), so the staging directory is removed and the CLI exits 128 + the signal number. A signal
+  that lands in the import system's own code is delivered again a moment later (`redeliver_outside_imports`).
 - Directories left by a killed run are recognised by their marker (written by this module, naming a process
   that no longer runs on this host and the output it was for) and removed, or, when the old output had been
   set aside and nothing took its place, renamed back (if something did, both stay). A directory without a
@@ -328,6 +330,9 @@ def recover_leftovers(real: Path) -> list[Path]:
 # -- signals -----------------------------------------------------------------------------------------------
 
 
+_REDELIVERIES: set[int] = set()  # signals set aside by redeliver_outside_imports, not delivered yet
+
+
 def redeliver_outside_imports(signum: int, frame: Any) -> bool:
     """A signal handler's first step: if the signal landed in the import system's own code, send it again a
     moment later and return True (the handler then does nothing now). An exception raised there can leave the
@@ -341,9 +346,6 @@ def redeliver_outside_imports(signum: int, frame: Any) -> bool:
         timer.daemon = True  # never kept waiting for at exit: `pending_redelivery` reports it instead
         timer.start()
     return True
-
-
-_REDELIVERIES: set[int] = set()
 
 
 def _redeliver(signum: int) -> None:

@@ -61,8 +61,8 @@ def handle_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:  # an internal error: still one line, the traceback is one flag away
             if debug:
                 raise
-            where = _unwritable_place(exc)
-            if where is not None:  # the output's place, not a bug: the staged output is already removed
+            where = _file_system_refusal(exc)
+            if where is not None:  # the disk's or a permission's doing, not a bug: the staged output is removed
                 click.echo(f"error: {where}", err=True)
                 sys.exit(EXIT_USER_ERROR)
             click.echo(f"error: internal error {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
@@ -75,8 +75,8 @@ def handle_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 _REFUSED = {errno.EROFS, errno.EACCES, errno.EPERM}
 
 
-def _unwritable_place(exc: Exception) -> str | None:
-    """The message for a write the file system refused (full, read-only, no permission), or None."""
+def _file_system_refusal(exc: Exception) -> str | None:
+    """The message for a read or write the file system refused (full, read-only, no permission), or None."""
     from converters.output import OUTPUT_FULL_ERRNOS
 
     if not isinstance(exc, OSError) or exc.errno not in OUTPUT_FULL_ERRNOS | _REFUSED:

@@ -527,13 +527,13 @@ def test_an_old_output_holding_a_bind_mount_of_any_folder_is_not_replaced(work, 
 
 
 def test_a_refused_read_or_write_names_the_file(tmp_path):
-    from rembert_convert.cli import _unwritable_place
+    from rembert_convert.cli import _file_system_refusal
 
-    unreadable = _unwritable_place(PermissionError(13, "Permission denied", str(tmp_path / "model.ckpt-3.index")))
+    unreadable = _file_system_refusal(PermissionError(13, "Permission denied", str(tmp_path / "model.ckpt-3.index")))
     assert unreadable == (f"{tmp_path / 'model.ckpt-3.index'}: Permission denied; check its permissions (inputs "
                           "must be readable, outputs writable)")
-    assert "writable file system" in _unwritable_place(OSError(30, "Read-only file system", "out"))
-    assert _unwritable_place(OSError(5, "Input/output error")) is None  # not the place's fault: an internal error
+    assert "writable file system" in _file_system_refusal(OSError(30, "Read-only file system", "out"))
+    assert _file_system_refusal(OSError(5, "Input/output error")) is None  # not the place's fault: an internal error
 
 
 def test_junit_never_writes_through_a_hard_link_and_replaces_only_with_force(converted, tmp_path):
