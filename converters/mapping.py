@@ -493,7 +493,7 @@ def refuse_object_graph_checkpoint(variables: Mapping[str, Any], where: str) -> 
     """A TF2 SavedModel (or object-based checkpoint) stores variables by object path
     (`model/layer_with_weights-0/.../.ATTRIBUTES/VARIABLE_VALUE`), not by TF1 graph name: nothing in it says
     which tensor is which RemBERT weight, so it is refused rather than guessed at."""
-    object_keys = sorted(n for n in variables if n.endswith("/.ATTRIBUTES/VARIABLE_VALUE"))
+    object_keys = sorted(n for n in variables if "/.ATTRIBUTES/" in n)  # VARIABLE_VALUE, table-keys, ...
     graph_names = [n for n in variables if n not in object_keys and n != "_CHECKPOINTABLE_OBJECT_GRAPH"]
     if object_keys and not graph_names:  # object paths only, even if one starts with bert/ (an attribute's name)
         raise UserError(f"{where} is a TF2 object-graph SavedModel/checkpoint (keys like {object_keys[0]}), not a "

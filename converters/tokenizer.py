@@ -448,31 +448,68 @@ def reference_ids(sp: spm.SentencePieceProcessor, text: str, specials: Sequence[
 def _classify(info: SpmInfo, tokenizer: Tokenizer, sp: spm.SentencePieceProcessor, text: str,
               got: list[int], want: list[int], specials: Sequence[str],
               charsmap_alone: normalizers.Normalizer) -> str | None:
-    """Name the documented class that explains a difference, or None if none does."""
+    """Name the documented class that explains a difference, or None if none does.
+
+    Segment by segment (the text between special tokens, which both encode on their own): every segment whose
+    ids differ must be explained. A class that stands for a trigger (a user-defined piece, text the charsmap
+    deletes) explains a segment only if the segment agrees, or an older class explains it, once the trigger is
+    taken out: a trigger elsewhere in the line excuses nothing else."""
     segments = [p for i, p in enumerate(split_on_specials(text, specials)) if i % 2 == 0]
-    differing = [s for s in segments if tokenizer.normalizer.normalize_str(s) != sp.normalize(s)]
+    names = []
+    for segment in segments:
+        if _agrees(tokenizer, sp, segment):
+            continue
+        name = _classify_segment(info, tokenizer, sp, segment, charsmap_alone)
+        if name is None:
+            return None
+        names.append(name)
+    return names[0] if names else None  # segments that agree alone: the difference is in how they are joined
+
+
+def _agrees(tokenizer: Tokenizer, sp: spm.SentencePieceProcessor, text: str) -> bool:
+    return tokenizer.encode(text, add_special_tokens=False).ids == sp.encode(text)
+
+
+def _classify_segment(info: SpmInfo, tokenizer: Tokenizer, sp: spm.SentencePieceProcessor, segment: str,
+                      charsmap_alone: normalizers.Normalizer) -> str | None:
+    normalize = tokenizer.normalizer.normalize_str
+    if normalize(segment) == "" and set(sp.normalize(segment)) == {SPACE_SYMBOL}:
+        return "deleted-text-prefix"  # the whole segment is deleted: nothing else is in it
     user_defined = [info.pieces[i][0] for i in info.user_defined_ids]
-    if differing:
-        normalize = tokenizer.normalizer.normalize_str
-        changed = [u for u in user_defined if normalize(u).lstrip(SPACE_SYMBOL) != u]
-        if any(u in s for s in differing for u in changed):
-            return "user-defined-charsmap"
-        if all(normalize(s) == "" and set(sp.normalize(s)) == {SPACE_SYMBOL} for s in differing):
-            return "deleted-text-prefix"
-        # Without the NFC step (if there is one), would the charsmap alone have matched? Then NFC caused it.
-        if all(charsmap_alone.normalize_str(s) == sp.normalize(s) for s in differing):
-            return "nfc-composition"
-        return "precompiled-grapheme"
+    changed = [u for u in user_defined if u in segment and normalize(u).lstrip(SPACE_SYMBOL) != u]
+    if changed:
+        return "user-defined-charsmap" if _explained_without(
+            changed, segment, info, tokenizer, sp, charsmap_alone) else None
     if info.model_type == "bpe" and info.user_defined_ids:
-        # Only pieces matched in the raw text; those matched in the normalized text are exact.
+        # Only pieces matched in the raw text; those matched in the normalized text are exact. SentencePiece
+        # matches in the normalized text, where the normalizer may spell a piece out ('ｈｅｌｌｏ' -> 'hello').
         raw_matched = {t.content for t in tokenizer.get_added_tokens_decoder().values()
                        if not t.special and not t.normalized}
-        normalized = [sp.normalize(s) for s in segments]  # SentencePiece matches there: 'ｈｅｌｌｏ' -> 'hello'
-        if any(u in text or any(u in n for n in normalized) for u in raw_matched):
-            return "bpe-user-defined"
-    got_pieces = [info.pieces[i][0] for i in got]
-    want_pieces = [info.pieces[i][0] for i in want]
-    if "".join(got_pieces) != "".join(want_pieces):
+        spelled = sp.normalize(segment).replace(SPACE_SYMBOL, " ")
+        present = [u for u in raw_matched if u in segment or u in spelled]
+        if present:
+            return "bpe-user-defined" if _explained_without(
+                present, spelled, info, tokenizer, sp, charsmap_alone) else None
+    return _older_class(info, tokenizer, sp, segment, charsmap_alone)
+
+
+def _explained_without(triggers: Sequence[str], segment: str, info: SpmInfo, tokenizer: Tokenizer,
+                       sp: spm.SentencePieceProcessor, charsmap_alone: normalizers.Normalizer) -> bool:
+    rest = segment
+    for trigger in triggers:
+        rest = rest.replace(trigger, " ")
+    return _agrees(tokenizer, sp, rest) or _older_class(info, tokenizer, sp, rest, charsmap_alone) is not None
+
+
+def _older_class(info: SpmInfo, tokenizer: Tokenizer, sp: spm.SentencePieceProcessor, segment: str,
+                 charsmap_alone: normalizers.Normalizer) -> str | None:
+    """precompiled-grapheme, nfc-composition or unigram-float32-tie for one segment, or None."""
+    if tokenizer.normalizer.normalize_str(segment) != sp.normalize(segment):
+        # Without the NFC step (if there is one), would the charsmap alone have matched? Then NFC caused it.
+        return "nfc-composition" if charsmap_alone.normalize_str(segment) == sp.normalize(segment) \
+            else "precompiled-grapheme"
+    got, want = tokenizer.encode(segment, add_special_tokens=False).ids, sp.encode(segment)
+    if "".join(info.pieces[i][0] for i in got) != "".join(info.pieces[i][0] for i in want):
         return None  # different text covered: never a tie
     if info.model_type == "unigram":
         scores = unigram_scores(info)

@@ -519,3 +519,13 @@ def test_an_output_embedding_name_on_a_task_heads_variable_is_harmless_without_t
     convert_checkpoint(classifier_ckpt, named, ["safetensors"],
                        ConvertOptions(quiet=True, head=head, output_embedding_name="output_weights"))
     assert (plain / "model.safetensors").read_bytes() == (named / "model.safetensors").read_bytes()
+
+
+def test_any_object_graph_key_counts_as_one():
+    """A TF2 checkpoint holds more than VARIABLE_VALUEs (a lookup table's `table-keys`, ...)."""
+    from converters.mapping import refuse_object_graph_checkpoint
+
+    with pytest.raises(UserError, match="TF2 object-graph"):
+        refuse_object_graph_checkpoint({"_CHECKPOINTABLE_OBJECT_GRAPH": ((), "string"),
+                                        "model/kernel/.ATTRIBUTES/VARIABLE_VALUE": ((4, 4), "float32"),
+                                        "model/table/.ATTRIBUTES/table-keys": ((3,), "string")}, "here")

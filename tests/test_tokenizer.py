@@ -341,3 +341,22 @@ def test_a_piece_that_is_not_utf8_is_one_line_error(tmp_path):
     broken.write_bytes(data[:at] + b"\xff\xfe\xfd" + data[at + 3:])
     with pytest.raises(UserError, match=r"piece \d+ is not UTF-8 text"):
         read_sentencepiece(broken)
+
+
+def test_a_trigger_in_the_line_excuses_no_other_difference(tmp_path: Path) -> None:
+    """The classes that stand for a trigger explain a segment only without the trigger: an unrelated bug (here a
+    piece the fast model can no longer pick) next to a '™' or in another segment stays unexplained."""
+    path = train_sentencepiece(tmp_path / "u.model", user_defined_symbols=["[CLS]", "[SEP]", "[MASK]", "\u2122"])
+    info, tokenizer, sp = _load(path)
+    word = "language"
+    piece = max(sp.encode(word, out_type=str), key=len)
+    assert len(piece) > 2
+    broken = json.loads(tokenizer.to_str())
+    for entry in broken["model"]["vocab"]:
+        if entry[0] == piece:
+            entry[1] = -1000.0  # a bug: the fast model never picks this piece
+    broken = Tokenizer.from_str(json.dumps(broken))
+    assert measure_agreement(info, tokenizer, [f"\u2122 {word}", f"\u2122[SEP]{word}"]).classes == {
+        "user-defined-charsmap": 2}
+    agreement = measure_agreement(info, broken, [word, f"\u2122 {word}", f"\u2122[SEP]{word}", f"{word}[SEP]\u2122"])
+    assert agreement.classes == {} and len(agreement.unexplained) == 4
