@@ -252,6 +252,10 @@ def convert_checkpoint(
             # The tokenizer first (it sets the config's special-token ids): the parsed SentencePiece model, 250,300
             # pieces as Python objects at full size, is freed before the weights and `before_commit` need memory.
             tokenizer_files = _write_tokenizer(spm_info, config, staging) if spm_info is not None else []
+            if spm_info is None:  # no tokenizer to take them from: keep RemBERT's defaults only inside the vocabulary
+                for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+                    if getattr(config, name) is not None and not 0 <= getattr(config, name) < config.vocab_size:
+                        setattr(config, name, None)
             del spm_info
             config.save(staging / "config.json")
             writers = [factory(staging, plan.mappings, options.dtype, plan) for factory in factories]

@@ -50,9 +50,9 @@ class RemBertConfig:
     use_cache: bool = True
     is_decoder: bool = False
     add_cross_attention: bool = False
-    pad_token_id: int = 0
-    bos_token_id: int = 312
-    eos_token_id: int = 313
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 312
+    eos_token_id: int | None = 313
     tie_word_embeddings: bool = False
     num_labels: int = 2
     problem_type: str | None = None  # "regression" | "single_label_classification" | "multi_label_classification"

@@ -529,3 +529,13 @@ def test_any_object_graph_key_counts_as_one():
         refuse_object_graph_checkpoint({"_CHECKPOINTABLE_OBJECT_GRAPH": ((), "string"),
                                         "model/kernel/.ATTRIBUTES/VARIABLE_VALUE": ((4, 4), "float32"),
                                         "model/table/.ATTRIBUTES/table-keys": ((3,), "string")}, "here")
+
+
+def test_without_a_tokenizer_special_ids_stay_inside_the_vocabulary(classifier_ckpt, tmp_path):
+    """RemBERT's default bos/eos ids (312, 313) are past a small vocabulary: transformers 5.x warns about them."""
+    out = tmp_path / "out"
+    options = ConvertOptions(quiet=True, head="sequence-classification")
+    convert_checkpoint(classifier_ckpt, out, ["safetensors"], options)
+    config = json.loads((out / "config.json").read_text())
+    assert config["vocab_size"] < 312
+    assert config["bos_token_id"] is None and config["eos_token_id"] is None and config["pad_token_id"] == 0
