@@ -138,11 +138,7 @@ def check_output(output: str | os.PathLike, inputs: Sequence[NamedInput], *, for
     dealt with first (`recover_leftovers`), so an old output a killed run had set aside is back in place."""
     output = Path(output)
     recover_leftovers(Path(os.path.realpath(output)))
-    for source in inputs:
-        how = overlap(output, source.path)
-        if how is not None:
-            raise UserError(f"output {output} {how} the {source.what} {source.path}; inputs are never written or "
-                            f"replaced, with or without --force: choose an {option} outside it")
+    _refuse_overlap(output, inputs, option)
     if os.path.lexists(output) and not output.is_dir():
         raise UserError(f"output {output} exists and is not a directory; choose another {option}")
     real = Path(os.path.realpath(output))
@@ -162,16 +158,20 @@ def check_output(output: str | os.PathLike, inputs: Sequence[NamedInput], *, for
     return real
 
 
+def _refuse_overlap(output: Path, inputs: Sequence[NamedInput], option: str) -> None:
+    for source in inputs:
+        how = overlap(output, source.path)
+        if how is not None:
+            raise UserError(f"output {output} {how} the {source.what} {source.path}; inputs are never written or "
+                            f"replaced, with or without --force: choose an {option} outside it")
+
+
 def check_output_file(path: str | os.PathLike, inputs: Sequence[NamedInput], *, force: bool, option: str) -> Path:
     """Refuse, before any work, a one-file output (`verify --junit`) that is, or lies inside, an input, that is an
     input's file under another name (a hard link), an existing file without `force`, or a place that cannot be
     written. `write_file_atomically` then replaces the name, never the file behind it."""
     path = Path(path)
-    for source in inputs:
-        how = overlap(path, source.path)
-        if how is not None:
-            raise UserError(f"{option} {path} {how} the {source.what} {source.path}; inputs are never written: "
-                            "write it elsewhere")
+    _refuse_overlap(path, inputs, option)
     if path.is_dir():
         raise UserError(f"{option} {path} is a directory; give a file name")
     identity = _identity(path)

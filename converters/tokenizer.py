@@ -446,8 +446,7 @@ def reference_ids(sp: spm.SentencePieceProcessor, text: str, specials: Sequence[
 
 
 def _classify(info: SpmInfo, tokenizer: Tokenizer, sp: spm.SentencePieceProcessor, text: str,
-              got: list[int], want: list[int], specials: Sequence[str],
-              charsmap_alone: normalizers.Normalizer) -> str | None:
+              specials: Sequence[str], charsmap_alone: normalizers.Normalizer) -> str | None:
     """Name the documented class that explains a difference, or None if none does.
 
     Segment by segment (the text between special tokens, which both encode on their own): every segment whose
@@ -532,7 +531,7 @@ def measure_agreement(info: SpmInfo, tokenizer: Tokenizer, lines: Iterable[str])
         if got == want:
             agreement.equal += 1
             continue
-        name = _classify(info, tokenizer, sp, text, got, want, specials, charsmap_alone)
+        name = _classify(info, tokenizer, sp, text, specials, charsmap_alone)
         if name is None:
             agreement.unexplained.append(text)
         else:

@@ -442,8 +442,8 @@ def _check_folder(converted: Path, formats: tuple[str, ...] | None, functional: 
 
 def _prepare(reader, converted: Path, original_config: str | os.PathLike | None, heads: tuple[str, ...], seed: int,
              task_head_weights: Mapping[str, tuple[np.ndarray, np.ndarray]] | None) -> _Setup:
-    from converters.convert import find_config
-    from rembert_ref.config import RemBertConfig, _read_json, is_original_config
+    from converters.convert import ConvertOptions, find_config, load_config
+    from rembert_ref.config import RemBertConfig, _read_json
     from validation import tensor_proof
 
     unknown = sorted(set(heads) - set(HEADS))
@@ -471,8 +471,7 @@ def _prepare(reader, converted: Path, original_config: str | os.PathLike | None,
                  and (mlm_head or name not in ("RemBertForMaskedLM", "RemBertForCausalLM"))}
     inputs = make_inputs(config, converted, seed)
     plan = tensor_proof.plan_for(reader, converted, config)
-    expected = (RemBertConfig.from_original(original) if is_original_config(original)
-                else RemBertConfig.from_dict(original))
+    expected = load_config(reader.prefix, ConvertOptions(config=original_config))  # as convert derives it
     config_rows = tensor_proof.config_rows(config, expected, plan, tensor_proof.conversion_report(converted),
                                            original_path.name)
     head_weights = dict(seeded_task_heads(config, specs, seed), **(task_head_weights or {}))
