@@ -46,7 +46,7 @@ from converters.writers import (
     torch_layout,
     transpose,
 )
-from rembert_ref.config import ACTIVATION_TO_HF, RemBertConfig, _read_json, is_original_config
+from rembert_ref.config import ACTIVATION_MEANING, ACTIVATION_TO_HF, RemBertConfig, _read_json, is_original_config
 
 FORMATS = ("pytorch", "safetensors", "tf2")
 DEFAULT_MAX_SHARD_SIZE = "5GB"
@@ -139,6 +139,10 @@ def load_config(prefix: Path, options: ConvertOptions) -> RemBertConfig:
     config = RemBertConfig.from_dict(values)
     if options.activation is not None:
         config.hidden_act = ACTIVATION_TO_HF[options.activation]
+    elif config.hidden_act not in ACTIVATION_MEANING:
+        # The original graph's activation is gelu; another one would give a model verify cannot prove.
+        raise UserError(f"{path} has hidden_act {config.hidden_act!r}; the original RemBERT graph uses gelu: pass "
+                        "--activation tanh (TF1 BERT's gelu, 'gelu_new') or --activation exact ('gelu')")
     return config
 
 
@@ -225,7 +229,8 @@ def convert_checkpoint(
         raise UserError(f"unknown activation {options.activation!r}; use one of: {', '.join(ACTIVATION_TO_HF)}")
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
-        raise UserError(f"unknown or no format {unknown}; use some of: {', '.join(FORMATS)}")
+        what = f"unknown format(s) {', '.join(unknown)}" if unknown else "no format given"
+        raise UserError(f"{what}; use some of: {', '.join(FORMATS)}")
     formats = [name for name in FORMATS if name in formats]  # one order, whatever the caller's
     check_dtype_formats(options.dtype, formats)
     # Everything that can fail without reading weights fails first: output location, config, shapes,
@@ -420,9 +425,7 @@ def conversion_report(prefix: Path, plan: ConversionPlan, options: ConvertOption
         "source": {"checkpoint": prefix.name, "output_embedding": plan.output_embedding,
                    **({"saved_model": checkpoint_home(prefix).name} if checkpoint_home(prefix) != prefix.parent
                       else {})},
-        "activation": {"hidden_act": plan.config.hidden_act,
-                       "meaning": "tanh approximation (TF1 BERT gelu)" if plan.config.hidden_act == "gelu_new"
-                       else "exact erf gelu" if plan.config.hidden_act == "gelu" else plan.config.hidden_act},
+        "activation": {"hidden_act": plan.config.hidden_act, "meaning": ACTIVATION_MEANING[plan.config.hidden_act]},
         "dtype": options.dtype,
         "mlm_head": plan.mlm_head,
         "task_head": None if plan.task_head is None else {

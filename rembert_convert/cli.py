@@ -225,11 +225,13 @@ def _run_conversion(ckpt: str, formats: list[str], kwargs: dict[str, Any], **ext
     say_checkpoint(ckpt, kwargs.get("quiet", False))
     if kwargs.get("quiet"):
         return
+    from rembert_ref.config import ACTIVATION_MEANING
+
     plan = result.plan
     act = plan.config.hidden_act
     click.echo(f"converted {len(plan.mappings)} tensors ({sum(1 for m in plan.mappings if m.part == 'mlm')} "
                f"in the MLM head), ignored {len(plan.ignored)}, activation {act} "
-               f"({'tanh approximation' if act == 'gelu_new' else 'exact erf'}), dtype {result.report['dtype']}")
+               f"({ACTIVATION_MEANING[act]}), dtype {result.report['dtype']}")
     for row in plan.absent_by_design:
         click.echo(f"absent by design: {row.detail}")
     if plan.task_head is not None:

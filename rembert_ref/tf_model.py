@@ -46,6 +46,7 @@ from rembert_ref.outputs import (
     QuestionAnsweringOutput,
 )
 from rembert_ref.errors import TF_EXTRA_HINT, UserError
+from rembert_ref.keras_h5 import h5_attribute
 
 
 @contextlib.contextmanager
@@ -763,18 +764,6 @@ MODEL_CLASSES: dict[str, type[TFRemBertPreTrainedModel]] = {
 # -- reading weight files ------------------------------------------------------------------------------------
 
 
-def _h5_attribute(group, name: str) -> list[str]:
-    # Keras splits attributes above HDF5's 64 KB header limit into name0, name1, ...
-    if name in group.attrs:
-        chunks = [group.attrs[name]]
-    else:
-        chunks, k = [], 0
-        while f"{name}{k}" in group.attrs:
-            chunks.append(group.attrs[f"{name}{k}"])
-            k += 1
-    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for chunk in chunks for n in chunk]
-
-
 @contextlib.contextmanager
 def open_h5_weights(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """A Hugging Face `tf_model.h5` -> {Keras name below the root: h5py dataset}, open while in the block.
@@ -787,14 +776,14 @@ def open_h5_weights(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     except OSError as exc:
         raise UserError(f"{path} is not a readable HDF5 file ({exc}); convert the checkpoint again") from exc
     with handle:
-        layer_names = _h5_attribute(handle, "layer_names")
+        layer_names = h5_attribute(handle, "layer_names")
         if not layer_names:
             raise UserError(f"{path} has no layer_names attribute: not a Keras weights file")
         values = {}
         for layer in layer_names:
             if layer not in handle:
                 raise UserError(f"{path} lists layer {layer!r} but has no such group; convert the checkpoint again")
-            for stored in _h5_attribute(handle[layer], "weight_names"):
+            for stored in h5_attribute(handle[layer], "weight_names"):
                 if stored not in handle[layer]:
                     raise UserError(f"{path} lists weight {stored!r} but does not hold it; "
                                     "convert the checkpoint again")

@@ -33,7 +33,7 @@ def test_convert_the_shipped_example(tmp_path):
     assert names == sorted(["pytorch_model.bin", "model.safetensors", "tf_model.h5", "tokenizer.json",
                             "tokenizer_config.json", "special_tokens_map.json", "sentencepiece.model",
                             "config.json", "conversion_report.json"])
-    assert "activation gelu_new (tanh approximation)" in result.output
+    assert "activation gelu_new (tanh approximation, TF1 BERT's gelu)" in result.output
     report = json.loads((out / "conversion_report.json").read_text())
     ignored = {row["source"] for row in report["ignored"]}
     assert {"global_step", "cls/seq_relationship/output_weights"} <= ignored

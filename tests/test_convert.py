@@ -438,3 +438,26 @@ def test_inspect_refuses_what_convert_refuses(tmp_path):
                 lambda o: convert_checkpoint(EXAMPLE_CKPT, tmp_path / "out2", ["safetensors"], o)):
         with pytest.raises(UserError, match="--labels given but the checkpoint has no task head"):
             run(ConvertOptions(quiet=True, labels=labels))
+
+
+@pytest.mark.parametrize("hidden_act", ["relu", "gelu_pytorch_tanh"])
+def test_a_transformers_config_with_another_activation_is_refused(converted, tiny_ckpt, tmp_path, hidden_act):
+    # The original graph uses gelu; a relu model (or a gelu form verify cannot name) would fail verify later.
+    config = json.loads((converted / "config.json").read_text())
+    config["hidden_act"] = hidden_act
+    (tmp_path / "hf_config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=f"hidden_act '{hidden_act}'.*--activation tanh"):
+        convert_checkpoint(tiny_ckpt.prefix, out, ["safetensors"],
+                           ConvertOptions(config=tmp_path / "hf_config.json", quiet=True))
+    assert not out.exists()
+    convert_checkpoint(tiny_ckpt.prefix, out, ["safetensors"],
+                       ConvertOptions(config=tmp_path / "hf_config.json", activation="exact", quiet=True))
+    assert json.loads((out / "config.json").read_text())["hidden_act"] == "gelu"
+
+
+def test_no_format_is_named_as_such(tiny_ckpt, tmp_path):
+    with pytest.raises(UserError, match="^no format given; use some of"):
+        convert_checkpoint(tiny_ckpt.prefix, tmp_path / "out", [], ConvertOptions(quiet=True))
+    with pytest.raises(UserError, match="^unknown format[(]s[)] onnx; use some of"):
+        convert_checkpoint(tiny_ckpt.prefix, tmp_path / "out", ["onnx"], ConvertOptions(quiet=True))

@@ -18,7 +18,8 @@ from converters.h5_writer import save_attribute
 from converters.tf1_checkpoint import CheckpointReader
 from converters.mapping import MLM, OUTPUT_EMBEDDING, RULES, expand
 from rembert_ref.config import RemBertConfig
-from rembert_ref.tf_model import _h5_attribute, read_h5_weights
+from rembert_ref.keras_h5 import h5_attribute
+from rembert_ref.tf_model import read_h5_weights
 
 
 def _sha256(path: Path) -> str:
@@ -46,9 +47,9 @@ def h5_dir(tiny_ckpt, tmp_path_factory) -> Path:
 def test_layout_is_hugging_face_keras(tiny_ckpt, h5_dir):
     config = RemBertConfig.from_original(tiny_ckpt.config)
     with h5py.File(h5_dir / "tf_model.h5", "r") as f:
-        assert _h5_attribute(f, "layer_names") == ["rembert", "mlm___cls"]
+        assert h5_attribute(f, "layer_names") == ["rembert", "mlm___cls"]
         assert set(f.keys()) == {"rembert", "mlm___cls"}
-        stored = {layer: _h5_attribute(f[layer], "weight_names") for layer in ("rembert", "mlm___cls")}
+        stored = {layer: h5_attribute(f[layer], "weight_names") for layer in ("rembert", "mlm___cls")}
         for layer, names in stored.items():
             for name in names:
                 assert name.startswith(f"tf_rem_bert_for_masked_lm/{layer}/"), name
@@ -106,8 +107,8 @@ def test_no_mlm_head_layout(tiny_ckpt, tmp_path):
     convert_checkpoint(tiny_ckpt.prefix, out, ["tf2"], ConvertOptions(quiet=True, mlm_head=False))
     config = RemBertConfig.from_original(tiny_ckpt.config)
     with h5py.File(out / "tf_model.h5", "r") as f:
-        assert _h5_attribute(f, "layer_names") == ["rembert"]
-        names = _h5_attribute(f["rembert"], "weight_names")
+        assert h5_attribute(f, "layer_names") == ["rembert"]
+        names = h5_attribute(f["rembert"], "weight_names")
     assert all(n.startswith("tf_rem_bert_model/rembert/") for n in names)
     assert {n.split("/", 1)[1] for n in names} == set(_expected(config, mlm_head=False))
 
@@ -153,7 +154,7 @@ def test_large_attributes_are_split_like_keras(tmp_path):
         save_attribute(f, "weight_names", names)
         assert "weight_names" not in f.attrs and "weight_names0" in f.attrs and "weight_names2" in f.attrs
     with h5py.File(tmp_path / "a.h5", "r") as f:
-        assert _h5_attribute(f, "weight_names") == [n.decode() for n in names]
+        assert h5_attribute(f, "weight_names") == [n.decode() for n in names]
 
 
 def test_cli_tf2(tiny_ckpt, tmp_path):

@@ -531,6 +531,22 @@ def test_h5_links_are_followed_or_refused(tiny_ckpt, converted_h5, tmp_path):
     assert ("tf2", H5_POOLER, "link") in failing and ("tf2", H5_POOLER, "missing") in failing
 
 
+def test_a_weight_name_only_in_a_split_attribute_beside_the_whole_one_is_unlisted(tiny_ckpt, converted_h5, tmp_path):
+    """Keras reads `weight_names0, 1, ...` only when `weight_names` is absent: a name moved there beside it is
+    invisible to the loader, so the tensor proof must not count it as listed."""
+    import h5py
+
+    folder = _copy(converted_h5, tmp_path)
+    with h5py.File(folder / "tf_model.h5", "a") as file:
+        layer = file["rembert"]
+        names = list(layer.attrs["weight_names"])
+        hidden = next(n for n in names if n.decode() == H5_POOLER.split("/", 1)[1])
+        layer.attrs["weight_names"] = [n for n in names if n != hidden]
+        layer.attrs["weight_names0"] = [hidden]
+    report = verify_conversion(tiny_ckpt.prefix, folder, heads=BASE_HEADS)
+    assert ("tf2", H5_POOLER, "unlisted") in _failing_tensors(report)
+
+
 def test_an_h5_dataset_past_the_end_of_the_file_is_one_line(converted_h5):
     from validation.tensor_proof import open_format
 

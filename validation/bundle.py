@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from converters.convert import ConversionResult, ConvertOptions, convert_checkpoint, sha256_file
+from rembert_ref.config import ACTIVATION_MEANING
 from rembert_ref.errors import UserError, require_tensorflow
 from validation.parity import (HEADS, ParityReport, check_tolerance, imports_ahead, progress_printer,
                                verify_conversion)
@@ -216,8 +217,7 @@ def model_card(staged: ConversionResult, parity: ParityReport, card: CardOptions
     mlm_head = bool(report["mlm_head"])
     task_head = report.get("task_head")
     task_kind = task_head["kind"] if task_head else None
-    act = "tanh approximation of gelu (as the original TF1 graph)" if config.hidden_act == "gelu_new" \
-        else "exact erf gelu"
+    act = ACTIVATION_MEANING[config.hidden_act]
     checkpoint = report["source"].get("saved_model") or Path(report["source"]["checkpoint"]).name
     if task_head:
         what = "regression" if task_head["problem_type"] == "regression" else f"{task_head['num_labels']} outputs"

@@ -443,16 +443,17 @@ def _check_folder(converted: Path, formats: tuple[str, ...] | None, functional: 
 def _prepare(reader, converted: Path, original_config: str | os.PathLike | None, heads: tuple[str, ...], seed: int,
              task_head_weights: Mapping[str, tuple[np.ndarray, np.ndarray]] | None) -> _Setup:
     from converters.convert import ConvertOptions, find_config, load_config
-    from rembert_ref.config import RemBertConfig, _read_json
+    from rembert_ref.config import ACTIVATION_MEANING, ACTIVATION_TO_HF, RemBertConfig, _read_json
     from validation import tensor_proof
 
     unknown = sorted(set(heads) - set(HEADS))
     if unknown:
         raise UserError(f"unknown head(s) {', '.join(unknown)}; use some of: {', '.join(HEADS)}")
     config = RemBertConfig.from_json_file(converted / "config.json")
-    activation = {"gelu_new": "tanh", "gelu": "exact"}.get(config.hidden_act)
+    activation = {hf: option for option, hf in ACTIVATION_TO_HF.items()}.get(config.hidden_act)
     if activation is None:
-        raise UserError(f"config.json has hidden_act {config.hidden_act!r}; only gelu_new / gelu are verifiable")
+        raise UserError(f"config.json has hidden_act {config.hidden_act!r}; only {' / '.join(ACTIVATION_MEANING)} "
+                        "are verifiable")
     original_path = find_config(reader.prefix, original_config)
     original = _read_json(original_path)
     dtype = config.torch_dtype if config.torch_dtype in TOLERANCES else "float32"

@@ -32,6 +32,7 @@ from converters.mapping import ConversionPlan, TensorMapping, plan_conversion
 from converters.tf1_checkpoint import DEFAULT_CHUNK_BYTES, CheckpointReader
 from converters.writers import cast, drop_cached_file, to_float32, transpose
 from rembert_ref.errors import UserError
+from rembert_ref.keras_h5 import h5_attribute
 
 SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 AGREEMENT = "all formats"
@@ -193,8 +194,8 @@ class _H5File:
         self.problems: list[tuple[str, str, str]] = []  # (name, check, what is wrong)
         self.datasets: dict[str, Any] = {}
         self._walk(self.file, "", set())
-        listed = [f"{layer}/{weight}" for layer in _h5_names(self.file, "layer_names") if layer in self.file
-                  for weight in _h5_names(self.file[layer], "weight_names")]
+        listed = [f"{layer}/{weight}" for layer in h5_attribute(self.file, "layer_names") if layer in self.file
+                  for weight in h5_attribute(self.file[layer], "weight_names")]
         seen: set[str] = set()
         self.duplicates = sorted({name for name in listed if name in seen or seen.add(name)})
         self.unlisted = sorted(set(self.datasets) - set(listed))  # in the file, invisible to Keras' loader
@@ -296,15 +297,6 @@ def _h5_dtype(dataset, little_endian_only: bool = False) -> str | None:
     if dataset.dtype.kind == "f":
         return f"{dataset.dtype.str} (not a standard IEEE float type)"
     return str(dataset.dtype)
-
-
-def _h5_names(group, attribute: str) -> list[str]:
-    chunks = [group.attrs[attribute]] if attribute in group.attrs else []
-    k = 0
-    while f"{attribute}{k}" in group.attrs:  # Keras splits long attributes into name0, name1, ...
-        chunks.append(group.attrs[f"{attribute}{k}"])
-        k += 1
-    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for chunk in chunks for n in chunk]
 
 
 def _numpy(tensor: Any) -> np.ndarray:
