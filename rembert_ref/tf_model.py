@@ -46,7 +46,7 @@ from rembert_ref.outputs import (
     QuestionAnsweringOutput,
 )
 from rembert_ref.errors import TF_EXTRA_HINT, UserError
-from rembert_ref.keras_h5 import h5_attribute
+from rembert_ref.weight_files import h5_attribute
 
 
 @contextlib.contextmanager

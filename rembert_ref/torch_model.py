@@ -21,7 +21,6 @@ No `transformers` import: this file is the reference the converted files are che
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import warnings
@@ -42,6 +41,7 @@ from rembert_ref.outputs import (
     ModelOutput,
     QuestionAnsweringOutput,
 )
+from rembert_ref.weight_files import read_weight_index
 
 # One (k, v) pair per layer, each (B, nh, T_past, hs); decoders with cross-attention append the encoder's
 # (k, v), which are computed once and reused on every later step.
@@ -754,12 +754,8 @@ class _DictHandle:
 
 
 def _read_index(directory: str, index_path: str) -> dict[str, str]:
-    try:
-        with open(index_path, encoding="utf-8") as handle:
-            weight_map = json.load(handle)["weight_map"]
-        locations = {key: os.path.join(directory, shard) for key, shard in weight_map.items()}
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise UserError(f"{index_path} is not a valid index with a weight_map ({exc}); write it again") from exc
+    weight_map, _ = read_weight_index(index_path)
+    locations = {key: os.path.join(directory, shard) for key, shard in weight_map.items()}
     for shard in sorted(set(weight_map.values())):
         if not os.path.isfile(os.path.join(directory, shard)):
             raise UserError(f"{index_path} names shard {shard}, which is not in {directory}; copy it there")

@@ -18,7 +18,7 @@ from converters.h5_writer import save_attribute
 from converters.tf1_checkpoint import CheckpointReader
 from converters.mapping import MLM, OUTPUT_EMBEDDING, RULES, expand
 from rembert_ref.config import RemBertConfig
-from rembert_ref.keras_h5 import h5_attribute
+from rembert_ref.weight_files import h5_attribute
 from rembert_ref.tf_model import read_h5_weights
 
 

@@ -588,6 +588,21 @@ def test_safetensors_shards_the_index_does_not_name_fail(tiny_ckpt, tmp_path):
     assert _failing_tensors(report) == {("folder", "model-extra.safetensors", "unproven")}
 
 
+@pytest.mark.parametrize("weight_map", [["model-00001-of-00002.safetensors"], {"a": 1}, "x"])
+def test_an_index_whose_weight_map_is_not_names_to_files_is_one_line(tiny_ckpt, tmp_path, weight_map):
+    from rembert_ref.torch_model import RemBertModel
+
+    out = tmp_path / "sharded"
+    convert_checkpoint(tiny_ckpt.prefix, out, ["safetensors"], ConvertOptions(quiet=True, max_shard_size=100_000))
+    (out / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    result = CliRunner().invoke(main, ["verify", str(tiny_ckpt.prefix), str(out), "--format", "safetensors"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"error: {out / 'model.safetensors.index.json'} "
+                                                             "is not a valid index")
+    with pytest.raises(UserError, match="is not a valid index"):
+        RemBertModel.from_pretrained(out)
+
+
 @pytest.mark.parametrize(("key", "value"), [
     ("pruned_heads", {"0": [0]}),  # transformers prunes a head: its weights no longer fit
     ("return_dict", False),  # outputs become tuples: `.logits` on the card breaks

@@ -16,6 +16,7 @@ Formats are proved one at a time, each file mapped while it is read, so memory h
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
@@ -32,7 +33,7 @@ from converters.mapping import ConversionPlan, TensorMapping, plan_conversion
 from converters.tf1_checkpoint import DEFAULT_CHUNK_BYTES, CheckpointReader
 from converters.writers import cast, drop_cached_file, to_float32, transpose
 from rembert_ref.errors import UserError
-from rembert_ref.keras_h5 import h5_attribute
+from rembert_ref.weight_files import h5_attribute, read_weight_index
 
 SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 AGREEMENT = "all formats"
@@ -105,12 +106,8 @@ class _SafetensorsFiles:
         if (directory / "model.safetensors").is_file():
             shards, weight_map, index_metadata = ["model.safetensors"], None, None
         else:
-            try:
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise UserError(f"{index} is not a valid index with a weight_map ({exc}); convert again") from exc
+            weight_map, index_metadata = read_weight_index(index)
             shards = sorted(set(weight_map.values()))
-            index_metadata = json.loads(index.read_text(encoding="utf-8")).get("metadata")
         self.paths = [directory / shard for shard in shards]
         self.handles: dict[str, Any] = {}
         self.lock = threading.Lock()
@@ -433,10 +430,8 @@ def unproven_files(directory: Path) -> list[TensorRow]:
     index = directory / "model.safetensors.index.json"
     if not (directory / "model.safetensors").is_file() and index.is_file():
         read.add(index.name)
-        try:
-            read.update(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            pass  # the safetensors proof reports a broken index
+        with contextlib.suppress(UserError):  # the safetensors proof reports a broken index
+            read.update(read_weight_index(index)[0].values())
     return [TensorRow(FOLDER, path.name, "-", "unproven", (), "-", 0, 0.0, None, False,
                       "a weight file verify does not read (it proves pytorch_model.bin, model.safetensors or the "
                       "shards its index names, and tf_model.h5): remove it, or it is published unproven")
