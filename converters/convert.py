@@ -109,6 +109,19 @@ def head_hint(prefix: Path) -> tuple[str, str] | None:
     return None
 
 
+def tokenizer_max_length(prefix: Path, config: RemBertConfig) -> tuple[int, str]:
+    """The tokenizer's model_max_length and where it comes from: a BLEURT checkpoint's max_seq_length (BLEURT cuts
+    every pair to it, so `truncation=True` must too), else the model's max_position_embeddings."""
+    path = checkpoint_home(prefix) / BLEURT_CONFIG
+    value = _read_json(path).get("max_seq_length") if path.is_file() else None
+    if value is None:
+        return config.max_position_embeddings, "max_position_embeddings"
+    if not isinstance(value, int) or isinstance(value, bool) or not 3 <= value <= config.max_position_embeddings:
+        raise UserError(f"{path} has max_seq_length {value!r}; BLEURT needs a whole number from 3 to the model's "
+                        f"max_position_embeddings ({config.max_position_embeddings}): correct it")
+    return value, f"{BLEURT_CONFIG} max_seq_length"
+
+
 def read_labels(path: str | os.PathLike) -> list[str]:
     """--labels FILE: one label per line, in output order (blank lines at the end are ignored)."""
     try:
@@ -249,6 +262,7 @@ def convert_checkpoint(
                                output_embedding_name=options.output_embedding_name, task_head=task_head,
                                inspect_args=inspect_args(ckpt, options))
         spm_info = _read_tokenizer(Path(options.tokenizer), config) if options.tokenizer is not None else None
+        max_length = tokenizer_max_length(reader.prefix, config) if spm_info is not None else None
         config.torch_dtype = options.dtype
         if "dtype" in config.extra:  # a transformers config.json as --config: 5.x reads this name first
             config.extra["dtype"] = options.dtype
@@ -256,7 +270,7 @@ def convert_checkpoint(
         with staged_output(output_dir, inputs, force=options.force) as staging:
             # The tokenizer first (it sets the config's special-token ids): the parsed SentencePiece model, 250,300
             # pieces as Python objects at full size, is freed before the weights and `before_commit` need memory.
-            tokenizer_files = _write_tokenizer(spm_info, config, staging) if spm_info is not None else []
+            tokenizer_files = _write_tokenizer(spm_info, config, max_length[0], staging) if spm_info is not None else []
             if spm_info is None:  # no tokenizer to take them from: keep RemBERT's defaults only inside the vocabulary
                 for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
                     if getattr(config, name) is not None and not 0 <= getattr(config, name) < config.vocab_size:
@@ -278,7 +292,7 @@ def convert_checkpoint(
                 digests = {**{path: sha256_file(path) for path in files if path not in own}, **own}
             hashed_as_written = {path.name: digest for path, digest in own.items()}
             del writers  # their buffers, before `before_commit` (bundle's verify) needs the memory
-            report = conversion_report(reader.prefix, plan, options, formats, staging, files, digests)
+            report = conversion_report(reader.prefix, plan, options, formats, files, digests, max_length)
             (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             if before_commit is not None:
                 before_commit(ConversionResult(staging, files + [staging / "config.json", staging / REPORT_NAME],
@@ -298,7 +312,7 @@ def _read_tokenizer(spm_path: Path, config: RemBertConfig):
     return info
 
 
-def _write_tokenizer(info, config: RemBertConfig, staging: Path) -> list[Path]:
+def _write_tokenizer(info, config: RemBertConfig, model_max_length: int, staging: Path) -> list[Path]:
     from converters.tokenizer import tokenizer_files
 
     # The model's special ids follow the tokenizer (HF's defaults 0/312/313 are the full-size model's).
@@ -307,7 +321,7 @@ def _write_tokenizer(info, config: RemBertConfig, staging: Path) -> list[Path]:
     config.bos_token_id = ids.get("[CLS]", config.bos_token_id)
     config.eos_token_id = ids.get("[SEP]", config.eos_token_id)
     written = []
-    for name, data in tokenizer_files(info, model_max_length=config.max_position_embeddings).items():
+    for name, data in tokenizer_files(info, model_max_length=model_max_length).items():
         (staging / name).write_bytes(data)
         written.append(staging / name)
     return written
@@ -418,7 +432,8 @@ def _progress(total: int, quiet: bool):
 
 
 def conversion_report(prefix: Path, plan: ConversionPlan, options: ConvertOptions, formats: Sequence[str],
-                      staging: Path, files: Sequence[Path], digests: dict[Path, str] | None = None) -> dict:
+                      files: Sequence[Path], digests: dict[Path, str] | None = None,
+                      tokenizer_max_length: tuple[int, str] | None = None) -> dict:
     """What was converted, ignored and absent, and the files' sha256 (unless `options.checksums` is off):
     deterministic, no timestamps."""
     return {
@@ -435,6 +450,8 @@ def conversion_report(prefix: Path, plan: ConversionPlan, options: ConvertOption
             "num_labels": plan.task_head.num_labels, "problem_type": plan.task_head.problem_type,
             "decided_by": plan.task_head.decided_by},
         "formats": list(formats),
+        "tokenizer": None if tokenizer_max_length is None else {
+            "model_max_length": tokenizer_max_length[0], "model_max_length_from": tokenizer_max_length[1]},
         "mapped": [{"source": m.source, "target": m.torch_name, "tf_target": m.tf_name,
                     "shape": list(m.source_shape), "source_dtype": m.source_dtype, "transposed": m.transpose,
                     **({"tf_transposed": True} if m.tf_transpose else {})}

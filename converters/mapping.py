@@ -243,6 +243,11 @@ def find_task_head(
         raise UserError("the checkpoint has several task heads (" + ", ".join(f"{r.kernel} + {r.bias}" for r in found)
                         + "); convert a checkpoint with one head")
     rule = found[0]
+    stacked = sorted(name for name in variables if re.fullmatch(r"dense_\d+/kernel", name))
+    if rule.name == "dense" and stacked:
+        raise UserError(f"{rule.kernel} with {', '.join(stacked)} after it is a head of {len(stacked) + 1} dense "
+                        "layers (BLEURT's n_hidden_layers > 0); transformers' heads are one layer, so it cannot be "
+                        "converted")
     for name in (rule.kernel, rule.bias):
         if name not in variables:
             other = rule.bias if name == rule.kernel else rule.kernel
@@ -264,11 +269,13 @@ def find_task_head(
         raise UserError(f"task head {rule.kernel} {list(kernel_shape)} + {rule.bias} can read the pooled output "
                         "or every token; say which with --head "
                         + "|".join(rule.kinds))
-    if kind == QUESTION_ANSWERING and num_labels != 2:
-        raise UserError(f"--head question-answering needs 2 outputs (start, end) but {rule.kernel} has "
-                        f"{num_labels}; pass --head sequence-classification or token-classification")
     if rule.outputs is not None and num_labels != rule.outputs:
-        raise UserError(f"{rule.kernel} has {num_labels} outputs; {rule.origin} writes {rule.outputs}")
+        raise UserError(f"{rule.kernel} has {num_labels} outputs; {rule.origin} writes {rule.outputs}: the "
+                        "checkpoint is not what its names say")
+    if kind == QUESTION_ANSWERING and num_labels != 2:
+        others = " or ".join(f"--head {k}" for k in rule.kinds if k != QUESTION_ANSWERING)
+        raise UserError(f"question answering needs 2 outputs (start, end) but {rule.kernel} has {num_labels}; "
+                        f"pass {others}")
     return TaskHead(kind, rule, num_labels, decided_by)
 
 

@@ -236,6 +236,10 @@ def _run_conversion(ckpt: str, formats: list[str], kwargs: dict[str, Any], **ext
         click.echo(f"absent by design: {row.detail}")
     if plan.task_head is not None:
         click.echo(f"task head: {plan.task_head.describe()}")
+    if result.report["tokenizer"] is not None:
+        tokenizer = result.report["tokenizer"]
+        click.echo(f"tokenizer: model_max_length {tokenizer['model_max_length']} (the checkpoint's "
+                   f"{tokenizer['model_max_length_from']})")
     for path in result.files:
         click.echo(f"wrote {path}")
 

@@ -235,7 +235,8 @@ def check_finetuned(spec: str, work: Path) -> None:
     if (out / "tokenizer.json").is_file():
         tokenizer = transformers.AutoTokenizer.from_pretrained(out)
         references, candidates = ["The cat sat on the mat.", "It is raining today."], ["A cat sat.", "It rains."]
-        batch = tokenizer(references, candidates, padding=True, truncation=True, max_length=512)
+        batch = tokenizer(references, candidates, padding=True, truncation=True,
+                          max_length=tokenizer.model_max_length)
         pieces = [(tokenizer(r, add_special_tokens=False)["input_ids"], tokenizer(c, add_special_tokens=False)
                    ["input_ids"]) for r, c in zip(references, candidates, strict=True)]
         ids = [[tokenizer.cls_token_id, *a, tokenizer.sep_token_id, *b, tokenizer.sep_token_id] for a, b in pieces]

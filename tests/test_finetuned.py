@@ -5,6 +5,7 @@ original head math in float64, and (interop) loaded by transformers' own classes
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -290,6 +291,27 @@ def test_unknown_variables_and_wrong_head_shapes_stay_errors(tmp_path, extra, me
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("head", "message"), [
+    # BLEURT with n_hidden_layers > 0: relu dense layers, then the output layer as dense_1.
+    ({"dense/kernel": np.zeros((30, 8), np.float32), "dense/bias": np.zeros(8, np.float32),
+      "dense_1/kernel": np.zeros((8, 1), np.float32), "dense_1/bias": np.zeros(1, np.float32)},
+     r"dense/kernel with dense_1/kernel after it is a head of 2 dense layers .*cannot be converted"),
+    ({"cls/squad/output_weights": np.zeros((3, 30), np.float32), "cls/squad/output_bias": np.zeros(3, np.float32)},
+     r"cls/squad/output_weights has 3 outputs; BERT run_squad.py .* writes 2: the checkpoint is not what"),
+])
+def test_heads_transformers_cannot_hold_are_refused_saying_why(tmp_path, head, message):
+    from testkit.synthetic_checkpoint import write_synthetic_checkpoint
+
+    prefix = write_synthetic_checkpoint(tmp_path / "ck", CLASSIFIER_CONFIG, optimizer_slots=False,
+                                        with_mlm_head=False, extra_variables=head)
+    for command in ("inspect", "convert"):
+        result = CliRunner().invoke(main, [command, str(prefix), *(["-o", str(tmp_path / "out")] if command ==
+                                                                   "convert" else [])])
+        assert result.exit_code == 2, result.output
+        assert re.search(message, result.output), result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_mlm_head_beside_a_task_head_is_ignored_by_name(tmp_path):
     from testkit.synthetic_checkpoint import write_synthetic_checkpoint
 
@@ -345,7 +367,8 @@ def test_inspect_shows_the_head_and_its_rule(bleurt_dir, classifier_ckpt):
     assert ambiguous.exit_code == 2
     assert "error    output_weights" in ambiguous.output and "say which with --head" in ambiguous.output
     chosen = CliRunner().invoke(main, ["inspect", str(classifier_ckpt), "--head", "question-answering"])
-    assert chosen.exit_code == 2 and "needs 2 outputs (start, end) but output_weights has 3" in chosen.output
+    assert chosen.exit_code == 2 and ("needs 2 outputs (start, end) but output_weights has 3; pass --head "
+                                      "sequence-classification or --head token-classification") in chosen.output
 
 
 def test_cli_convert_and_verify_a_bleurt_saved_model(bleurt_dir, tmp_path):
@@ -435,9 +458,13 @@ def test_scoring_reference_candidate_pairs_with_transformers(tmp_path):
     assert (out / "tokenizer.json").is_file()  # sent_piece.model was found beside the SavedModel
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)
     model = transformers.RemBertForSequenceClassification.from_pretrained(out).eval()
-    references = ["The cat sat on the mat.", "It is raining today in Zürich."]
+    # The second pair is longer than BLEURT's max_seq_length (64 in bleurt_config.json), and its reference is the
+    # longer side, so BLEURT's _truncate_seq_pair and transformers' longest_first cut the same tokens.
+    references = ["The cat sat on the mat.", "It is raining today in Zürich. " * 8]
     candidates = ["A cat was sitting on the mat.", "Today it rains."]
-    batch = tokenizer(references, candidates, padding=True, truncation=True, max_length=512, return_tensors="pt")
+    assert tokenizer.model_max_length == 64
+    batch = tokenizer(references, candidates, padding=True, truncation=True, max_length=tokenizer.model_max_length,
+                      return_tensors="pt")
     with torch.no_grad():
         scores = model(**batch).logits[:, 0]
 
@@ -447,6 +474,8 @@ def test_scoring_reference_candidate_pairs_with_transformers(tmp_path):
     ids, types, mask = [], [], []
     for reference, candidate in zip(references, candidates, strict=True):
         a, b = sp.encode(reference), sp.encode(candidate)
+        while len(a) + len(b) > 64 - 3:  # BLEURT's encoding.py: pop from the longer side, the candidate on ties
+            (a if len(a) > len(b) else b).pop()
         row = [cls, *a, sep, *b, sep]
         ids.append(row + [pad] * (width - len(row)))
         types.append([0] * (len(a) + 2) + [1] * (len(b) + 1) + [0] * (width - len(row)))
@@ -495,6 +524,7 @@ def test_a_bleurt_bundle_card_names_the_head_and_its_snippet_runs(tmp_path):
     assert "task head `RemBertForSequenceClassification` (regression)" in card and "`tiny-bleurt`" in card
     code = card_snippets(card)["pytorch"]
     assert "AutoModelForSequenceClassification" in code
+    assert 'tokenizer("The cat sat on the mat.", "A cat was sitting on the mat."' in code  # BLEURT scores pairs
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().splitlines()[-1] == "torch.Size([1, 1])"
@@ -539,3 +569,26 @@ def test_without_a_tokenizer_special_ids_stay_inside_the_vocabulary(classifier_c
     config = json.loads((out / "config.json").read_text())
     assert config["vocab_size"] < 312
     assert config["bos_token_id"] is None and config["eos_token_id"] is None and config["pad_token_id"] == 0
+
+
+@pytest.mark.parametrize(("max_seq_length", "expected"), [(32, 32), (None, 64), (65, None), (2, None), ("64", None)])
+def test_bleurt_max_seq_length_is_the_tokenizers_limit(tmp_path, max_seq_length, expected):
+    """BLEURT cuts every pair to bleurt_config.json's max_seq_length: `truncation=True` must cut there too."""
+    ckpt = tmp_path / "bleurt"
+    shutil.copytree(EXAMPLE, ckpt)
+    bleurt_config = json.loads((ckpt / "bleurt_config.json").read_text())
+    bleurt_config.pop("max_seq_length")
+    if max_seq_length is not None:
+        bleurt_config["max_seq_length"] = max_seq_length
+    (ckpt / "bleurt_config.json").write_text(json.dumps(bleurt_config))
+    result = CliRunner().invoke(main, ["convert", str(ckpt), "-o", str(tmp_path / "out"), "--format", "safetensors"])
+    if expected is None:
+        assert result.exit_code == 2 and "max_seq_length" in result.output, result.output
+        assert not (tmp_path / "out").exists()
+        return
+    assert result.exit_code == 0, result.output
+    tokenizer_config = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
+    assert tokenizer_config["model_max_length"] == expected
+    report = json.loads((tmp_path / "out" / "conversion_report.json").read_text())
+    assert report["tokenizer"]["model_max_length"] == expected
+    assert f"tokenizer: model_max_length {expected} " in result.output

@@ -287,7 +287,13 @@ def _usage(folder: str, formats: list[str], mlm_head: bool, has_tokenizer: bool,
     out = "logits" if mlm_head else "last_hidden_state"
     if task_kind is not None:
         auto, _, out = TASK_PIPELINES[task_kind]
-    if has_tokenizer:
+    if has_tokenizer and task_kind == "sequence-classification":
+        # A sentence pair, [CLS] a [SEP] b [SEP] with token types 0/1: what BLEURT (reference, candidate) and
+        # run_classifier's pair tasks read; a single sentence gives a meaningless BLEURT score.
+        pair = '"The cat sat on the mat.", "A cat was sitting on the mat."'
+        inputs_pt = f'inputs = tokenizer({pair}, return_tensors="pt")  # (reference, candidate) for BLEURT'
+        inputs_tf = f'inputs = tokenizer({pair}, return_tensors="tf")  # (reference, candidate) for BLEURT'
+    elif has_tokenizer:
         inputs_pt = 'inputs = tokenizer("Hello world", return_tensors="pt")'
         inputs_tf = 'inputs = tokenizer("Hello world", return_tensors="tf")'
     else:
