@@ -142,6 +142,12 @@ class RemBertConfig:
         # Without it the MLM head's variables fail the shape check by name, so nothing is guessed silently.
         values.setdefault("output_embedding_size", values.get("input_embedding_size", 0))
         missing = [k for k in (*ORIGINAL_REQUIRED_KEYS, "input_embedding_size") if k not in values]
+        if missing == ["input_embedding_size"]:  # every BERT size but RemBERT's own: most likely a BERT model
+            raise UserError(
+                "original config lacks input_embedding_size, which every RemBERT bert_config.json has: add it "
+                "(embedding_size is accepted for it), or, for a BERT checkpoint (older BLEURT checkpoints are BERT), "
+                "use transformers' BERT conversion instead"
+            )
         if missing:
             raise UserError(
                 f"original config lacks {', '.join(missing)}; add them to bert_config.json "

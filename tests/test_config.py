@@ -31,6 +31,7 @@ def test_embedding_size_is_an_alias_of_input_embedding_size():
     ("change", "message"),
     [
         ({"hidden_size": None}, "lacks hidden_size"),
+        ({"input_embedding_size": None, "output_embedding_size": None}, "for a BERT checkpoint .* BERT conversion"),
         ({"hidden_act": "relu"}, "hidden_act 'relu'"),
         ({"num_attention_heads": 5}, "not a multiple of num_attention_heads"),
     ],
