@@ -202,7 +202,7 @@ class CheckpointReader:
     def read(self, name: str) -> np.ndarray:
         """The whole tensor (CRC checked). For big tensors prefer `iter_rows`."""
         entry = self._entry(name)
-        parts = list(self.iter_rows(name, max_bytes=max(entry.size, 1)))
+        parts = list(self.iter_rows(name, max_bytes=max(entry.nbytes, 1)))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def iter_rows(self, name: str, max_bytes: int = DEFAULT_CHUNK_BYTES,

@@ -278,6 +278,20 @@ def test_partitioned_variables_are_reassembled(partitioned_ckpt):
             np.testing.assert_array_equal(reader.read(name), _stored(values[name], dtype))
 
 
+def test_a_partitioned_variable_is_read_whole_in_one_slice(partitioned_ckpt):
+    """read() asks for the whole tensor at once: an index entry's `size` is 0 for a partitioned variable, and
+    sizing the slice by it read such a variable one row (one pread) at a time."""
+    prefix, _ = partitioned_ckpt
+    with CheckpointReader(prefix) as reader:
+        iter_rows = reader.iter_rows
+        chunks = []
+        reader.iter_rows = lambda name, **kwargs: (chunks.append(c) or c for c in iter_rows(name, **kwargs))
+        for name in PARTITIONED:
+            chunks.clear()
+            reader.read(name)
+            assert len(chunks) == 1, name
+
+
 @pytest.mark.parametrize("rows_per_chunk", [1, 4, 69, 1000])
 def test_partitioned_rows_stream_in_order(partitioned_ckpt, rows_per_chunk):
     prefix, values = partitioned_ckpt
