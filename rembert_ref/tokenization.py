@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -397,10 +398,18 @@ def _save_common(tokenizer: _RemBertTokenizerBase, directory: str | Path, source
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.save_vocabulary(directory)
-    for name in (CONFIG_FILE, SPECIAL_MAP_FILE, TOKENIZER_FILE):
-        if source_dir is not None and (source_dir / name).is_file() and source_dir != directory:
-            shutil.copyfile(source_dir / name, directory / name)
+    _copy_from_source(source_dir, directory, (CONFIG_FILE, SPECIAL_MAP_FILE, TOKENIZER_FILE))
     return directory
+
+
+def _copy_from_source(source_dir: Path | None, directory: Path, names: tuple[str, ...]) -> None:
+    """The files the tokenizer was loaded with, copied as they are into `directory`: unless that is the same
+    folder, however spelled (a file copied onto itself is an error)."""
+    if source_dir is None or os.path.samefile(source_dir, directory):
+        return
+    for name in names:
+        if (source_dir / name).is_file():
+            shutil.copyfile(source_dir / name, directory / name)
 
 
 class RemBertTokenizer(_RemBertTokenizerBase):
@@ -583,10 +592,7 @@ class RemBertTokenizerFast(_RemBertTokenizerBase):
         (directory / TOKENIZER_FILE).write_text(self._tokenizer.to_str(pretty=True) + "\n", encoding="utf-8")
         if self.vocab_file is not None:
             self.save_vocabulary(directory)
-        for name in (CONFIG_FILE, SPECIAL_MAP_FILE):
-            if self._source_dir is not None and (self._source_dir / name).is_file() \
-                    and self._source_dir != directory:
-                shutil.copyfile(self._source_dir / name, directory / name)
+        _copy_from_source(self._source_dir, directory, (CONFIG_FILE, SPECIAL_MAP_FILE))
         return directory
 
     def _spm_bytes(self) -> bytes:

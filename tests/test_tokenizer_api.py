@@ -71,6 +71,17 @@ def test_special_token_helpers(pair) -> None:
     assert slow.get_vocab() == fast.get_vocab() and len(slow) == len(fast) == 512
 
 
+def test_save_into_the_folder_it_was_loaded_from_however_spelled(pair, tmp_path: Path, monkeypatch) -> None:
+    slow, fast = pair
+    fast.save_pretrained(tmp_path / "tok")
+    monkeypatch.chdir(tmp_path)
+    for cls in (RemBertTokenizerFast, RemBertTokenizer):
+        loaded = cls.from_pretrained("tok")  # relative here, absolute below: the same folder
+        before = {p.name: p.read_bytes() for p in (tmp_path / "tok").iterdir()}
+        loaded.save_pretrained(tmp_path / "tok")
+        assert {p.name: p.read_bytes() for p in (tmp_path / "tok").iterdir()} == before
+
+
 def test_decode_and_batch_decode(pair) -> None:
     slow, fast = pair
     for text in LINES[:60]:
