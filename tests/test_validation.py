@@ -482,6 +482,35 @@ def _replace_h5_dataset(path: Path, name: str, type_id, values: np.ndarray) -> N
         dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.ascontiguousarray(values), mtype=type_id)
 
 
+def test_tf_model_h5_is_freed_without_the_garbage_collector(tiny_ckpt, converted_h5, monkeypatch):
+    import gc
+
+    collections = []
+    monkeypatch.setattr(gc, "collect", lambda *args: collections.append(args) or 0)
+    gc.disable()
+    try:
+        report = verify_conversion(tiny_ckpt.prefix, converted_h5, formats=["tf2"], heads=BASE_HEADS)
+    finally:
+        gc.enable()
+    assert report.passed and collections == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files through /proc")
+def test_tf_model_h5_is_closed_when_a_head_raises(tiny_ckpt, converted_h5, monkeypatch):
+    import os
+
+    import validation.parity as parity
+
+    def broken(self, model, inputs):
+        raise RuntimeError("a head broke")
+
+    monkeypatch.setattr(parity._TFHeads, "run", broken)
+    with pytest.raises(RuntimeError, match="a head broke"):
+        verify_conversion(tiny_ckpt.prefix, converted_h5, formats=["tf2"], heads=BASE_HEADS)
+    open_files = {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
+    assert str((converted_h5 / "tf_model.h5").resolve()) not in open_files
+
+
 def test_an_h5_dataset_whose_type_changes_its_values_is_caught(tiny_ckpt, converted_h5, tmp_path):
     """The same bytes under a float type without the implied leading 1: h5py still calls it float32, but HDF5
     (and so Keras) reads other values. verify must not take the raw bytes for the values."""

@@ -730,13 +730,15 @@ class _Checker:
 
     def run_format(self, fmt: str, handle, converted: Path) -> None:
         models = _TorchHeads(self, handle, fmt) if fmt != "tf2" else _TFHeads(self, converted, handle)
-        for name, spec in self.specs.items():
-            model = models.build(name, spec)
-            if model is None:
-                continue
-            outputs = models.run(model, self._inputs_for(name))
-            self._compare(name, spec, fmt, outputs)
-        models.close()
+        try:
+            for name, spec in self.specs.items():
+                model = models.build(name, spec)
+                if model is None:
+                    continue
+                outputs = models.run(model, self._inputs_for(name))
+                self._compare(name, spec, fmt, outputs)
+        finally:
+            models.close()
 
     def _inputs_for(self, head: str) -> dict[str, np.ndarray]:
         if self.specs[head].encoder == CAUSAL:
@@ -916,7 +918,7 @@ class _TFHeads:
         # torch: building 32 layers for each of seven heads cost about 0.5 s per verify. The names the file lacks
         # are the head's own and those of the shared encoder it runs on (less the pooler, if the class has none).
         one_layer = dataclasses.replace(config, num_hidden_layers=1)
-        shared = _SharedWeights(one_layer, cls.keras_name, self.values, self.variables, self.handle)
+        shared = _shared_weights(one_layer, cls.keras_name, self.values, self.variables, self.handle)
         model = cls(one_layer, weights=shared)
         new_layer = f"{spec.layer}/" if spec.layer is not None and not spec.from_checkpoint else None
         missing = {n for n in shared.created_fresh if new_layer is None or not n.startswith(new_layer)}
@@ -935,7 +937,7 @@ class _TFHeads:
     def _encoder(self, kind: str, config) -> tuple[_SharedEncoder, list[str]]:
         """The shared encoder of this kind (bidirectional or causal) and the names the file lacks for it."""
         if kind not in self.encoders:
-            shared = _SharedWeights(config, "tf_rem_bert_model", self.values, self.variables, self.handle)
+            shared = _shared_weights(config, "tf_rem_bert_model", self.values, self.variables, self.handle)
             encoder = _SharedEncoder(self.tf_model.TFRemBertModel(config, weights=shared).rembert)
             self.encoders[kind] = (encoder, shared.created_fresh)
         return self.encoders[kind]
@@ -950,12 +952,6 @@ class _TFHeads:
         self.encoders.clear()
         self.variables.clear()
         self.context.__exit__(None, None, None)
-
-
-def _tf_weights_class():
-    from rembert_ref.tf_model import Weights
-
-    return Weights
 
 
 def _tf_tensor_from_h5(tf, dataset, handle) -> Any:
@@ -977,39 +973,46 @@ def _tf_tensor_from_h5(tf, dataset, handle) -> Any:
     return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
 
 
-class _SharedWeights:
+def _shared_weights(config, root: str, values: Mapping[str, Any], variables: dict[str, Any], handle) -> Any:
     """A `tf_model.Weights` whose weights come from the h5 datasets (read once, shared by every head, as
-    constant tensors: nothing trains them here); names the file lacks are created fresh (seeded) and recorded."""
+    constant tensors: nothing trains them here); names the file lacks are created fresh (seeded) and listed in
+    its `created_fresh`."""
+    return _shared_weights_class()(config, root, values, variables, handle)
 
-    def __new__(cls, config, root: str, values: Mapping[str, Any], variables: dict[str, Any], handle):
-        base = _tf_weights_class()
 
-        class Shared(base):
-            created_fresh: list[str]
+@cache
+def _shared_weights_class() -> type:
+    # One class for the process, made on first use because its base imports TensorFlow (see
+    # _torch_shared_encoder_class for why not one per call).
+    from rembert_ref.tf_model import Weights
 
-            def normal(self, scope: str, shape: list[int]):
-                found = self._shared(scope, shape)
-                return found if found is not None else base.normal(self, scope, shape)
+    class SharedWeights(Weights):
+        def __init__(self, config, root: str, values: Mapping[str, Any], variables: dict[str, Any], handle):
+            super().__init__(config, root)
+            self.values, self.variables, self.handle = values, variables, handle
+            self.created_fresh: list[str] = []
 
-            def constant(self, scope: str, shape: list[int], value: float):
-                found = self._shared(scope, shape)
-                return found if found is not None else base.constant(self, scope, shape, value)
+        def normal(self, scope: str, shape: list[int]) -> Any:
+            found = self._shared(scope, shape)
+            return found if found is not None else super().normal(scope, shape)
 
-            def _shared(self, scope: str, shape: list[int]):
-                import tensorflow as tf
+        def constant(self, scope: str, shape: list[int], value: float) -> Any:
+            found = self._shared(scope, shape)
+            return found if found is not None else super().constant(scope, shape, value)
 
-                key = f"{scope}:0"
-                if key in variables:
-                    return variables[key]
-                if key not in values or tuple(values[key].shape) != tuple(shape):
-                    self.created_fresh.append(key)
-                    return None
-                variables[key] = _tf_tensor_from_h5(tf, values[key], handle)
-                return variables[key]
+        def _shared(self, scope: str, shape: list[int]) -> Any:
+            import tensorflow as tf
 
-        shared = Shared(config, root)
-        shared.created_fresh = []
-        return shared
+            key = f"{scope}:0"
+            if key in self.variables:
+                return self.variables[key]
+            if key not in self.values or tuple(self.values[key].shape) != tuple(shape):
+                self.created_fresh.append(key)
+                return None
+            self.variables[key] = _tf_tensor_from_h5(tf, self.values[key], self.handle)
+            return self.variables[key]
+
+    return SharedWeights
 
 
 def progress_printer(enabled: bool) -> Callable[[str], None] | None:
