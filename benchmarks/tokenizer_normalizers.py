@@ -26,10 +26,12 @@ from __future__ import annotations
 import argparse
 import collections
 import random
+import struct
 import tempfile
 import unicodedata
 from pathlib import Path
 
+import numpy as np
 import regex
 import sentencepiece as spm
 from tokenizers import normalizers
@@ -37,11 +39,41 @@ from tokenizers import normalizers
 from testkit.spm_models import probe_corpus, train_sentencepiece
 from converters.tokenizer import (
     build_normalizer,
-    decode_charsmap,
     nfc_helps,
     read_sentencepiece,
     whitespace_steps,
 )
+
+
+def decode_charsmap(blob: bytes) -> dict[bytes, bytes]:
+    """Every rule of a precompiled charsmap (a darts-clone double-array trie + a pool of replacements): used
+    here to find inputs that hit sequence rules, and to explain differences."""
+    (trie_size,) = struct.unpack_from("<I", blob, 0)
+    units = np.frombuffer(blob, dtype="<u4", count=trie_size // 4, offset=4).astype(np.int64)
+    pool = blob[4 + trie_size:]
+    labels = units & ((1 << 31) | 0xFF)
+
+    def offset(unit: int) -> int:
+        return (unit >> 10) << ((unit & (1 << 9)) >> 6)
+
+    rules: dict[bytes, bytes] = {}
+    byte_values = np.arange(1, 256)
+    stack = [(offset(int(units[0])), b"")]
+    while stack:
+        node, key = stack.pop()
+        children = node ^ byte_values
+        inside = children < len(units)
+        children, values = children[inside], byte_values[inside]
+        hit = labels[children] == values
+        for value, child in zip(values[hit], children[hit], strict=True):
+            unit = int(units[child])
+            next_node = child ^ offset(unit)
+            next_key = key + bytes([int(value)])
+            if (unit >> 8) & 1:  # has a leaf: the replacement's offset in the pool
+                start = int(units[next_node]) & 0x7FFFFFFF
+                rules[next_key] = pool[start:pool.index(b"\0", start)]
+            stack.append((next_node, next_key))
+    return rules
 
 
 def random_lines(n: int, seed: int = 5) -> list[str]:

@@ -40,7 +40,7 @@ class Rule:
     torch: str  # PyTorch name without the "rembert." prefix for encoder/pooler parts
     tf: str  # Keras weight name below the model's root scope
     transpose: bool  # PyTorch Linear weights are [out, in]; TF1 kernels and Keras kernels are [in, out]
-    part: str  # ENCODER | POOLER | MLM
+    part: str  # ENCODER | POOLER | MLM | HEAD
     shape: Callable[[RemBertConfig], Shape]
     choices: Mapping[str, Sequence[str]] = field(default_factory=dict)
     # Keras kernels are [in, out] like TF1 dense kernels; only run_classifier/run_squad's [out, in]
@@ -543,8 +543,9 @@ def _explain_unknown(name: str, config: RemBertConfig) -> str:
 
 # -- PyTorch <-> TF2 names, derived from RULES ---------------------------------------------------------------
 
-# Task heads are not in the original checkpoint, so RULES does not hold them; each is one Linear / Dense with
-# the same name in both frameworks (Hugging Face's RemBERT heads).
+# Task heads are not in pre-trained RemBERT, so RULES does not hold them (a fine-tuned checkpoint's head is
+# matched by TASK_HEAD_RULES); each is one Linear / Dense with the same name in both frameworks (Hugging Face's
+# RemBERT heads).
 TASK_HEAD_LINEARS = ("classifier", "qa_outputs")
 
 

@@ -30,7 +30,6 @@ import functools
 import hashlib
 import json
 import re
-import struct
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -582,36 +581,3 @@ def write_files(directory: Path, files: dict[str, bytes]) -> None:
 def _composes_first(tokenizer: Tokenizer) -> bool:
     steps = tokenizer.normalizer  # build_normalizer always makes a Sequence
     return len(steps) > 0 and isinstance(steps[0], normalizers.NFC)
-
-
-def decode_charsmap(blob: bytes) -> dict[bytes, bytes]:
-    """Every rule of a precompiled charsmap (a darts-clone double-array trie + a pool of replacements).
-
-    Used by the tests to find inputs that hit sequence rules, and to explain differences.
-    """
-    (trie_size,) = struct.unpack_from("<I", blob, 0)
-    units = np.frombuffer(blob, dtype="<u4", count=trie_size // 4, offset=4).astype(np.int64)
-    pool = blob[4 + trie_size:]
-    labels = units & ((1 << 31) | 0xFF)
-
-    def offset(unit: int) -> int:
-        return (unit >> 10) << ((unit & (1 << 9)) >> 6)
-
-    rules: dict[bytes, bytes] = {}
-    byte_values = np.arange(1, 256)
-    stack = [(offset(int(units[0])), b"")]
-    while stack:
-        node, key = stack.pop()
-        children = node ^ byte_values
-        inside = children < len(units)
-        children, values = children[inside], byte_values[inside]
-        hit = labels[children] == values
-        for value, child in zip(values[hit], children[hit], strict=True):
-            unit = int(units[child])
-            next_node = child ^ offset(unit)
-            next_key = key + bytes([int(value)])
-            if (unit >> 8) & 1:  # has a leaf: the replacement's offset in the pool
-                start = int(units[next_node]) & 0x7FFFFFFF
-                rules[next_key] = pool[start:pool.index(b"\0", start)]
-            stack.append((next_node, next_key))
-    return rules

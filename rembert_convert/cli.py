@@ -18,7 +18,7 @@ import click
 
 from rembert_ref.errors import UserError
 
-# Exit codes (the README's table lists the same): 0 success; 1 verify measured a parity failure;
+# Exit codes (the README's table lists the same): 0 success; 1 verify or bundle measured a parity failure;
 # 2 a user error (bad input or options: one line, nothing written); 3 an internal error (a bug: one line,
 # --debug shows the traceback); 128 + N when signal N (SIGHUP 129, SIGINT 130, SIGTERM 143) stopped a write.
 EXIT_PARITY_FAILURE = 1
@@ -53,7 +53,7 @@ def handle_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             if debug:
                 raise
             click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_USER_ERROR)
+            sys.exit(exc.exit_code)
         except (Interrupted, KeyboardInterrupt) as exc:
             _interrupted(exc)
         except (click.ClickException, click.exceptions.Exit, click.Abort):

@@ -2,7 +2,10 @@
 
 
 class UserError(Exception):
-    """A problem with the user's input or options. The message names the problem and the next step."""
+    """A problem with the user's input or options. The message names the problem and the next step. The CLI
+    prints it as one line and exits with `exit_code`."""
+
+    exit_code = 2
 
 
 TF_EXTRA_HINT = "pip install 'rembert-convert[tf]'"

@@ -206,6 +206,11 @@ def test_failed_parity_writes_no_bundle(tiny_ckpt, tmp_path):
         bundle_checkpoint(tiny_ckpt.prefix, out, ConvertOptions(quiet=True), formats=("safetensors",),
                           heads=BASE_HEADS, tolerance=1e-12)
     assert not out.exists() and list(tmp_path.iterdir()) == []
+    result = CliRunner().invoke(main, ["bundle", str(tiny_ckpt.prefix), "-o", str(out), "--format", "safetensors",
+                                       "--tolerance", "1e-12", "-q"])
+    assert result.exit_code == 1, result.output  # as verify's parity failure, not a user error
+    assert result.output.startswith("error: parity failed on ") and result.output.count("\n") == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 # -- tampering with values: the tensor proof names the tensor -------------------------------------------------

@@ -39,7 +39,9 @@ _LANGUAGE = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*|multilingual")
 
 
 class ParityFailure(UserError):
-    """Parity failed: the message names the worst rows; the bundle was not written."""
+    """Parity failed: the message names the worst rows; the bundle was not written. Exit 1, as verify's."""
+
+    exit_code = 1
 
 
 @dataclass

@@ -778,8 +778,10 @@ def _canonical(name: str) -> str:
 
 
 def _wants_hidden_states(name: str, spec: HeadSpec | None = None) -> bool:
-    # Hidden states are compared where they differ: the base model (bidirectional) and the causal LM; the other
-    # heads share the base model's encoder result, so their hidden states would repeat its rows.
+    # Hidden states are compared for the base model (bidirectional) and the causal LM, where they differ; for the
+    # masked LM, a bundle's main head, which `--heads` may ask for alone (beside RemBertModel its rows repeat the
+    # base model's: the encoder result is shared); and for a fine-tuned head, the only head of its folder. The
+    # other heads run on the base model's encoder result, so their rows would only repeat its rows.
     return name in ("RemBertModel", "RemBertForCausalLM", "RemBertForMaskedLM") or bool(spec and spec.from_checkpoint)
 
 

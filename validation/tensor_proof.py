@@ -46,8 +46,8 @@ class TensorRow:
     format: str  # pytorch | safetensors | tf2 | "all formats" (do the formats agree) | "config" | "folder"
     tensor: str  # the name in the file (for tf2 the dataset path in tf_model.h5)
     source: str  # the checkpoint variable it must hold ("-" for an extra tensor)
-    # values | missing | extra | duplicate | shape | dtype | agree (the tensors); index | metadata | link | unlisted
-    # (how a file holds them); config | unproven (config.json and the folder's other files)
+    # values | missing | extra | duplicate | shape | dtype | agree (the tensors); index | metadata | link | storage |
+    # unlisted (how a file holds them); config | unproven (config.json and the folder's other files)
     check: str
     shape: tuple[int, ...]
     dtype: str
