@@ -263,6 +263,7 @@ def convert_checkpoint(
                                inspect_args=inspect_args(ckpt, options))
         spm_info = _read_tokenizer(Path(options.tokenizer), config) if options.tokenizer is not None else None
         max_length = tokenizer_max_length(reader.prefix, config) if spm_info is not None else None
+        _set_special_ids(config, spm_info or _vocabulary_beside(reader.prefix, config))
         config.torch_dtype = options.dtype
         if "dtype" in config.extra:  # a transformers config.json as --config: 5.x reads this name first
             config.extra["dtype"] = options.dtype
@@ -270,11 +271,7 @@ def convert_checkpoint(
         with staged_output(output_dir, inputs, force=options.force) as staging:
             # The tokenizer first (it sets the config's special-token ids): the parsed SentencePiece model, 250,300
             # pieces as Python objects at full size, is freed before the weights and `before_commit` need memory.
-            tokenizer_files = _write_tokenizer(spm_info, config, max_length[0], staging) if spm_info is not None else []
-            if spm_info is None:  # no tokenizer to take them from: keep RemBERT's defaults only inside the vocabulary
-                for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-                    if getattr(config, name) is not None and not 0 <= getattr(config, name) < config.vocab_size:
-                        setattr(config, name, None)
+            tokenizer_files = _write_tokenizer(spm_info, max_length[0], staging) if spm_info is not None else []
             del spm_info
             config.save(staging / "config.json")
             writers = [factory(staging, plan.mappings, options.dtype, plan) for factory in factories]
@@ -312,14 +309,30 @@ def _read_tokenizer(spm_path: Path, config: RemBertConfig):
     return info
 
 
-def _write_tokenizer(info, config: RemBertConfig, model_max_length: int, staging: Path) -> list[Path]:
+def _vocabulary_beside(prefix: Path, config: RemBertConfig):
+    """The SentencePiece model beside the checkpoint when no tokenizer is converted, for its special ids alone;
+    None where there is none, or it does not fit the model (such a conversion needs no tokenizer)."""
+    path = find_sentencepiece(prefix)
+    if path is None:
+        return None
+    try:
+        return _read_tokenizer(path, config)
+    except UserError:
+        return None
+
+
+def _set_special_ids(config: RemBertConfig, vocabulary) -> None:
+    """config.json's pad/bos/eos ids from the model's SentencePiece vocabulary ([PAD], [CLS], [SEP]). Without
+    one, RemBERT's defaults (0/312/313, the full-size model's ids) stay only where the vocabulary has them."""
+    ids = vocabulary.special_ids if vocabulary is not None else {}
+    for name, piece in (("pad_token_id", "[PAD]"), ("bos_token_id", "[CLS]"), ("eos_token_id", "[SEP]")):
+        value = ids.get(piece, getattr(config, name))
+        setattr(config, name, value if value is not None and 0 <= value < config.vocab_size else None)
+
+
+def _write_tokenizer(info, model_max_length: int, staging: Path) -> list[Path]:
     from converters.tokenizer import tokenizer_files
 
-    # The model's special ids follow the tokenizer (HF's defaults 0/312/313 are the full-size model's).
-    ids = info.special_ids
-    config.pad_token_id = ids.get("[PAD]", config.pad_token_id)
-    config.bos_token_id = ids.get("[CLS]", config.bos_token_id)
-    config.eos_token_id = ids.get("[SEP]", config.eos_token_id)
     written = []
     for name, data in tokenizer_files(info, model_max_length=model_max_length).items():
         (staging / name).write_bytes(data)

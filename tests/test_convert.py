@@ -461,3 +461,18 @@ def test_no_format_is_named_as_such(tiny_ckpt, tmp_path):
         convert_checkpoint(tiny_ckpt.prefix, tmp_path / "out", [], ConvertOptions(quiet=True))
     with pytest.raises(UserError, match="^unknown format[(]s[)] onnx; use some of"):
         convert_checkpoint(tiny_ckpt.prefix, tmp_path / "out", ["onnx"], ConvertOptions(quiet=True))
+
+
+def test_a_single_format_takes_the_special_ids_from_the_sentencepiece_model_beside_it(tmp_path):
+    """pytorch / safetensors / tf2 convert no tokenizer, but config.json's pad/bos/eos must still be the ids of
+    [PAD] / [CLS] / [SEP] in the model's vocabulary (RemBERT's defaults 312 / 313 are two words in the example's)."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(EXAMPLE_CKPT / "sentencepiece.model"))
+    expected = {"pad_token_id": sp.piece_to_id("[PAD]"), "bos_token_id": sp.piece_to_id("[CLS]"),
+                "eos_token_id": sp.piece_to_id("[SEP]")}
+    assert sp.id_to_piece(312) != "[CLS]" and expected["bos_token_id"] != 312
+    convert_checkpoint(EXAMPLE_CKPT, tmp_path / "one", ["safetensors"], ConvertOptions(quiet=True))
+    config = json.loads((tmp_path / "one" / "config.json").read_text())
+    assert {k: config[k] for k in expected} == expected
+    assert not (tmp_path / "one" / "tokenizer.json").exists()
