@@ -101,6 +101,20 @@ def find_sentencepiece(prefix: Path) -> Path | None:
     return next((home / name for name in SENTENCEPIECE_NAMES if (home / name).is_file()), None)
 
 
+def choose_tokenizer(ckpt: str | os.PathLike, explicit: str | os.PathLike | None, disabled: bool) -> Path | None:
+    """The SentencePiece model a conversion converts (`--tokenizer` / `--no-tokenizer`): the one given, else the
+    one beside the checkpoint (None where there is none), none when disabled."""
+    if explicit is not None and disabled:
+        raise UserError("--tokenizer and --no-tokenizer contradict each other; pass one")
+    if disabled:
+        return None
+    if explicit is None:
+        return find_sentencepiece(resolve_checkpoint(ckpt))
+    if not Path(explicit).is_file():
+        raise UserError(f"tokenizer {explicit} does not exist; pass the checkpoint's sentencepiece.model")
+    return Path(explicit)
+
+
 def head_hint(prefix: Path) -> tuple[str, str] | None:
     """Evidence beside the checkpoint of what an ambiguous head reads: BLEURT's bleurt_config.json (BLEURT
     regresses on the pooled output)."""
@@ -187,8 +201,8 @@ def inspect_checkpoint(ckpt: str | os.PathLike, options: ConvertOptions | None =
     rows, output_embedding = classify(config, reader.variables(), mlm_head=options.mlm_head,
                                       output_embedding_name=options.output_embedding_name, task_head=task_head,
                                       head_problem=head_problem)
-    # The SentencePiece model convert would take (beside the checkpoint, or --tokenizer), checked as convert does.
-    spm = Path(options.tokenizer) if options.tokenizer is not None else find_sentencepiece(reader.prefix)
+    # The SentencePiece model convert would take (options.tokenizer: see choose_tokenizer), checked as convert does.
+    spm = Path(options.tokenizer) if options.tokenizer is not None else None
     tokenizer_problem = None
     if spm is not None and config is not None:
         try:

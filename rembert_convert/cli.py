@@ -169,6 +169,32 @@ def checkpoint_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def tokenizer_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--tokenizer / --no-tokenizer, for the commands that convert (or, for inspect, check) a tokenizer."""
+    for option in reversed([
+        click.option("--tokenizer", "tokenizer", type=click.Path(dir_okay=False), default=None,
+                     help="SentencePiece model to convert too (default: sentencepiece.model or BLEURT's "
+                          "sent_piece.model beside the checkpoint)."),
+        click.option("--no-tokenizer", is_flag=True, help="Leave the tokenizer out."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _choose_tokenizer(ckpt: str, kwargs: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The SentencePiece model to convert, and a note for the end of the output where none was found (a user
+    who expected one must hear of it)."""
+    from converters.convert import SENTENCEPIECE_NAMES, choose_tokenizer
+
+    disabled = kwargs.pop("no_tokenizer")
+    chosen = choose_tokenizer(ckpt, kwargs.pop("tokenizer"), disabled)
+    note = None
+    if chosen is None and not disabled:
+        note = (f"note: no {' or '.join(SENTENCEPIECE_NAMES)} beside the checkpoint, so no tokenizer; pass "
+                "--tokenizer FILE, or --no-tokenizer to leave it out without this note")
+    return (None if chosen is None else str(chosen)), note
+
+
 ALL_DTYPES = ("float32", "float16", "bfloat16")
 TF2_DTYPES = ("float32", "float16")  # HDF5 has no bfloat16: not offered, so refused while parsing
 
@@ -248,6 +274,7 @@ def _run_conversion(ckpt: str, formats: list[str], kwargs: dict[str, Any], **ext
 @click.argument("ckpt", type=click.Path())
 @checkpoint_options
 @click.option("--all", "show_all", is_flag=True, help="Also list each ignored variable (optimizer slots).")
+@tokenizer_options
 @handle_user_errors
 def inspect(ckpt: str, show_all: bool, **kwargs: Any) -> None:
     """Show every variable of CKPT: shape, dtype, the rule that maps it or why it is ignored, and what is
@@ -264,7 +291,8 @@ def inspect(ckpt: str, show_all: bool, **kwargs: Any) -> None:
     """
     from converters.convert import inspect_checkpoint
 
-    info = inspect_checkpoint(ckpt, _options(kwargs))
+    tokenizer, no_tokenizer_note = _choose_tokenizer(ckpt, kwargs)
+    info = inspect_checkpoint(ckpt, _options(kwargs, tokenizer=tokenizer))
     rows = info["rows"]
     counts: dict[str, int] = {}
     for row in rows:
@@ -288,6 +316,8 @@ def inspect(ckpt: str, show_all: bool, **kwargs: Any) -> None:
         click.echo(f"tokenizer: {info['tokenizer_problem']} (or convert with --no-tokenizer)")
     elif info["tokenizer"] is not None:
         click.echo(f"tokenizer: {info['tokenizer']} (its pieces match vocab_size)")
+    elif no_tokenizer_note is not None:
+        click.echo(no_tokenizer_note)
     if not info["ok"]:
         raise UserError("this checkpoint would not convert: see the 'error'/'missing' rows and notes above")
 
@@ -349,15 +379,12 @@ for _fmt, (_doc, _extra_options) in SINGLE_FORMAT_COMMANDS.items():
 @writer_options
 @click.option("--format", "formats", multiple=True, type=click.Choice(["pytorch", "safetensors", "tf2"]),
               help="Formats to write (repeatable; default: all three), in one pass over the checkpoint.")
-@click.option("--tokenizer", "tokenizer", type=click.Path(dir_okay=False), default=None,
-              help="SentencePiece model to convert too (default: sentencepiece.model beside the checkpoint).")
-@click.option("--no-tokenizer", is_flag=True, help="Do not convert a tokenizer.")
+@tokenizer_options
 @click.option("--max-shard-size", default="5GB", show_default=True,
               help="Split model.safetensors into shards + index above this size.")
 @checkpoint_options
 @handle_user_errors
-def convert(ckpt: str, formats: tuple[str, ...], tokenizer: str | None, no_tokenizer: bool, max_shard_size: str,
-            **kwargs: Any) -> None:
+def convert(ckpt: str, formats: tuple[str, ...], max_shard_size: str, **kwargs: Any) -> None:
     """Convert CKPT to every format at once: pytorch_model.bin, model.safetensors, tf_model.h5, the
     tokenizer files (tokenizer.json, tokenizer_config.json, special_tokens_map.json, sentencepiece.model),
     config.json and conversion_report.json, reading the checkpoint once.
@@ -367,9 +394,11 @@ def convert(ckpt: str, formats: tuple[str, ...], tokenizer: str | None, no_token
       convert-rembert convert examples/tiny-rembert -o out/tiny-rembert
       convert-rembert convert ckpt/ --config bert_config.json --tokenizer sentencepiece.model -o out/rembert
     """
-    tokenizer = _tokenizer_beside(ckpt, tokenizer, no_tokenizer)
+    tokenizer, no_tokenizer_note = _choose_tokenizer(ckpt, kwargs)
     _run_conversion(ckpt, list(formats) or ["pytorch", "safetensors", "tf2"], kwargs,
                     max_shard_size=max_shard_size, tokenizer=tokenizer)
+    if no_tokenizer_note is not None and not kwargs.get("quiet"):
+        click.echo(no_tokenizer_note)
 
 
 # -- tokenizer ----------------------------------------------------------------------------------------------
@@ -403,22 +432,6 @@ def tokenizer(spm: str, output: str, model_max_length: int, force: bool, quiet: 
 
 
 # -- parity and publishing -----------------------------------------------------------------------------------
-
-
-def _tokenizer_beside(ckpt: str, tokenizer: str | None, no_tokenizer: bool) -> str | None:
-    from pathlib import Path
-
-    from converters.convert import find_sentencepiece
-    from converters.tf1_checkpoint import resolve_checkpoint
-
-    if tokenizer and no_tokenizer:
-        raise UserError("--tokenizer and --no-tokenizer contradict each other; pass one")
-    if tokenizer is None and not no_tokenizer:
-        beside = find_sentencepiece(resolve_checkpoint(ckpt))
-        return str(beside) if beside is not None else None
-    if tokenizer is not None and not Path(tokenizer).is_file():
-        raise UserError(f"tokenizer {tokenizer} does not exist; pass the checkpoint's sentencepiece.model")
-    return tokenizer
 
 
 @main.command()
@@ -517,9 +530,7 @@ def _command_line(ctx: click.Context) -> str:
 @main.command()
 @click.argument("ckpt", type=click.Path())
 @writer_options
-@click.option("--tokenizer", "tokenizer", type=click.Path(dir_okay=False), default=None,
-              help="SentencePiece model (default: sentencepiece.model beside the checkpoint).")
-@click.option("--no-tokenizer", is_flag=True, help="Publish without tokenizer files.")
+@tokenizer_options
 @click.option("--format", "formats", multiple=True, type=click.Choice(["pytorch", "safetensors", "tf2"]),
               help="Formats to publish (repeatable; default: all three; bfloat16 needs pytorch/safetensors only).")
 @click.option("--max-shard-size", default="5GB", show_default=True,
@@ -533,9 +544,8 @@ def _command_line(ctx: click.Context) -> str:
               help="Language code for the model card's metadata (repeatable; default: multilingual).")
 @checkpoint_options
 @handle_user_errors
-def bundle(ckpt: str, tokenizer: str | None, no_tokenizer: bool, formats: tuple[str, ...], max_shard_size: str,
-           tolerance: float | None, name: str | None, license_id: str, languages: tuple[str, ...],
-           **kwargs: Any) -> None:
+def bundle(ckpt: str, formats: tuple[str, ...], max_shard_size: str, tolerance: float | None, name: str | None,
+           license_id: str, languages: tuple[str, ...], **kwargs: Any) -> None:
     """Write a publishable folder: pytorch_model.bin, model.safetensors, tf_model.h5, tokenizer files,
     config.json, conversion_report.json, parity_report.{json,md}, a model card (README.md) and SHA256SUMS.
     Parity is measured on the staged files; if it fails, nothing is written and the exit code is non-zero.
@@ -552,7 +562,7 @@ def bundle(ckpt: str, tokenizer: str | None, no_tokenizer: bool, formats: tuple[
     """
     from validation.bundle import DEFAULT_LANGUAGES, CardOptions, bundle_checkpoint
 
-    tokenizer = _tokenizer_beside(ckpt, tokenizer, no_tokenizer)
+    tokenizer, no_tokenizer_note = _choose_tokenizer(ckpt, kwargs)
     card = CardOptions(name=name, license=license_id, languages=languages or DEFAULT_LANGUAGES,
                        command=_command_line(click.get_current_context()))
     result = bundle_checkpoint(ckpt, kwargs["output"], _options(kwargs, max_shard_size=max_shard_size,
@@ -566,6 +576,8 @@ def bundle(ckpt: str, tokenizer: str | None, no_tokenizer: bool, formats: tuple[
                    f"within tolerance (worst relative error {max((r.rel_err for r in parity.rows), default=0):.1e})")
         for path in result.files:
             click.echo(f"wrote {path}")
+        if no_tokenizer_note is not None:
+            click.echo(no_tokenizer_note)
 
 
 if __name__ == "__main__":

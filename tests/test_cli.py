@@ -149,6 +149,29 @@ def test_inspect_checks_the_sentencepiece_model_convert_would_take(tmp_path):
     assert "has 300 pieces but the model's vocab_size is 512" in result.output
     assert result.output.strip().splitlines()[-1].startswith("error: this checkpoint would not convert")
     assert run("convert", copy, "-o", tmp_path / "out").exit_code == 2  # as convert refuses it
+    # inspect takes --tokenizer / --no-tokenizer as convert does, and agrees with convert on both.
+    right = EXAMPLE / "sentencepiece.model"
+    chosen = run("inspect", copy, "--tokenizer", right)
+    assert chosen.exit_code == 0 and f"tokenizer: {right} (its pieces match" in chosen.output
+    assert run("convert", copy, "--tokenizer", right, "-o", tmp_path / "out", "-q").exit_code == 0
+    left_out = run("inspect", copy, "--no-tokenizer")
+    assert left_out.exit_code == 0 and "tokenizer" not in left_out.output
+    both = run("inspect", copy, "--no-tokenizer", "--tokenizer", right)
+    assert both.exit_code == 2 and "contradict" in both.output
+
+
+def test_a_conversion_without_a_tokenizer_to_find_says_so(tmp_path):
+    copy = tmp_path / "ck"
+    shutil.copytree(EXAMPLE, copy)
+    (copy / "sentencepiece.model").unlink()
+    note = "note: no sentencepiece.model or sent_piece.model beside the checkpoint, so no tokenizer"
+    for command in (["inspect"], ["convert", "-o", tmp_path / "a"], ["bundle", "-o", tmp_path / "b",
+                                                                       "--format", "safetensors"]):
+        result = run(command[0], copy, *command[1:])
+        assert result.exit_code == 0 and result.output.strip().splitlines()[-1].startswith(note), result.output
+        quiet = run(command[0], copy, *command[1:], "--no-tokenizer", *(["--force"] if len(command) > 1 else []))
+        assert quiet.exit_code == 0 and note not in quiet.output, quiet.output
+    assert not (tmp_path / "a" / "tokenizer.json").exists()
 
 
 def test_a_savedmodel_is_named_as_such_even_beside_a_checkpoint_file(tmp_path):
