@@ -483,15 +483,16 @@ def plan_conversion(
     output_embedding_name: str | None = None,
     task_head: TaskHead | None = None,
     inspect_args: Sequence[str] = ("CKPT",),
+    next_step: str | None = None,
 ) -> ConversionPlan:
     """Match checkpoint variables (name -> (shape, dtype)) against the table, or fail naming the first problems
-    and the `inspect` command (with `inspect_args`) that lists them all.
+    and the `inspect` command (with `inspect_args`) that lists them all, or `next_step` where that is another.
     With a `task_head`, `config.num_labels` must already be the head's (see `apply_task_head`)."""
     rows, output_embedding = classify(config, variables, mlm_head=mlm_head,
                                       output_embedding_name=output_embedding_name, task_head=task_head)
     problems = [f"{r.variable} {r.detail}" for r in rows if r.status in PROBLEM_STATUSES]
     if problems:
-        raise UserError(mismatch_message(problems, inspect_args))
+        raise UserError(mismatch_message(problems, inspect_args, next_step))
     mappings = sorted((r.mapping for r in rows if r.mapping is not None), key=lambda m: m.torch_name)
     return ConversionPlan(config, mlm_head and task_head is None, mappings, rows, output_embedding, task_head)
 
@@ -524,12 +525,12 @@ def apply_task_head(config: RemBertConfig, task_head: TaskHead | None, labels: S
 SHOWN_PROBLEMS = 3
 
 
-def mismatch_message(problems: Sequence[str], inspect_args: Sequence[str]) -> str:
+def mismatch_message(problems: Sequence[str], inspect_args: Sequence[str], next_step: str | None = None) -> str:
     """The count, the first few problems and the command that lists every one: one line a person reads."""
     shown = "; ".join(problems[:SHOWN_PROBLEMS])
     more = f"; and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
-    return (f"checkpoint and config disagree on {len(problems)} variable(s): {shown}{more}. Check --config; "
-            f"`convert-rembert inspect {shlex.join(inspect_args)}` lists them all")
+    next_step = next_step or f"Check --config; `convert-rembert inspect {shlex.join(inspect_args)}` lists them all"
+    return f"checkpoint and config disagree on {len(problems)} variable(s): {shown}{more}. {next_step}"
 
 
 def _explain_unknown(name: str, config: RemBertConfig) -> str:

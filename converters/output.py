@@ -416,7 +416,11 @@ def staged_output(output: str | os.PathLike, inputs: Sequence[NamedInput] = (), 
         real.parent.mkdir(parents=True, exist_ok=True)
         staging_prefix, aside_prefix = _prefixes(real)
         # The marker sits beside the new files, not among them: `staging / "new"` becomes the output.
-        holder = Path(tempfile.mkdtemp(prefix=staging_prefix, dir=real.parent))
+        try:
+            holder = Path(tempfile.mkdtemp(prefix=staging_prefix, dir=real.parent))
+        except OSError as exc:  # a place that takes no new folder (/proc, /sys) though it looks writable
+            raise UserError(f"{option} {output} cannot be made: {real.parent} takes no new folder "
+                            f"({exc.strerror}); choose another {option}") from exc
         staging = holder / "new"
         try:
             _write_marker(holder, STAGING_KIND, real)

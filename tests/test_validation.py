@@ -622,6 +622,14 @@ def test_safetensors_shards_the_index_does_not_name_fail(tiny_ckpt, tmp_path):
     assert _failing_tensors(report) == {("folder", "model-extra.safetensors", "unproven")}
 
 
+def test_verify_against_another_checkpoint_says_so(converted, tmp_path):
+    other = Path(__file__).resolve().parents[1] / "examples" / "tiny-bleurt"
+    result = CliRunner().invoke(main, ["verify", str(other), str(converted)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert f"Was {converted} converted from {other / 'variables' / 'variables'}?" in result.output
+    assert "CKPT" not in result.output and "--config" not in result.output
+
+
 @pytest.mark.parametrize("weight_map", [["model-00001-of-00002.safetensors"], {"a": 1}, "x"])
 def test_an_index_whose_weight_map_is_not_names_to_files_is_one_line(tiny_ckpt, tmp_path, weight_map):
     from rembert_ref.torch_model import RemBertModel

@@ -20,6 +20,7 @@ import contextlib
 import gc
 import hashlib
 import json
+import shlex
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -348,8 +349,10 @@ def plan_for(reader: CheckpointReader, converted: Path, config) -> ConversionPla
     config = dataclasses.replace(config)
     if task_head is not None:
         config.num_labels = task_head.num_labels
+    next_step = (f"Was {converted} converted from {reader.prefix}? Its config.json must fit the checkpoint; "
+                 f"`convert-rembert inspect {shlex.quote(str(reader.prefix))}` lists the checkpoint's variables")
     return plan_conversion(config, reader.variables(), mlm_head=mlm_head, output_embedding_name=output_embedding,
-                           task_head=task_head)
+                           task_head=task_head, next_step=next_step)
 
 
 def keras_root(config) -> str:
