@@ -58,6 +58,12 @@ def handle_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             _interrupted(exc)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except ModuleNotFoundError as exc:  # an install missing a dependency: the environment's doing, not a bug
+            if debug:
+                raise
+            click.echo(f"error: the Python module {exc.name!r} is not installed; install rembert-convert with its "
+                       "dependencies (pip install rembert-convert, or pip install -e . in a checkout)", err=True)
+            sys.exit(EXIT_USER_ERROR)
         except Exception as exc:  # an internal error: still one line, the traceback is one flag away
             if debug:
                 raise

@@ -419,6 +419,18 @@ def test_internal_errors_keep_their_own_exit_code(tmp_path, monkeypatch):
     assert line == "error: internal error RuntimeError: a bug (rerun with --debug for the traceback)"
 
 
+def test_a_missing_dependency_is_the_installs_problem_not_a_bug(tmp_path, monkeypatch):
+    import converters.convert
+
+    def not_installed(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'google_crc32c'", name="google_crc32c")
+
+    monkeypatch.setattr(converters.convert, "plan_conversion", not_installed)
+    line = one_error_line(run("pytorch", EXAMPLE, "-o", tmp_path / "out"))
+    assert line.startswith("error: the Python module 'google_crc32c' is not installed; install rembert-convert")
+    assert not (tmp_path / "out").exists()
+
+
 def test_no_command_shows_the_help_not_an_error():
     result = run()
     assert result.output.startswith("Usage: convert-rembert [OPTIONS] COMMAND") and "error:" not in result.output
