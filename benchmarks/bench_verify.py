@@ -148,9 +148,10 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
         (f"bundle {median(runs, bundle, 'wall'):.1f} s <= {BUNDLE_VS_HF}x Hugging Face convert "
          f"{BUNDLE_VS_HF * hf_wall:.1f} s", median(runs, bundle, "wall") <= BUNDLE_VS_HF * hf_wall),
     ]
-    for name in (verify, bundle):
-        rss = median(runs, name, "rss")
-        checks.append((f"{name.split(' ')[0]} peak RSS {rss / 2**30:.2f} GiB <= 5 GiB", rss <= RSS_TARGET))
+    for name in (verify, bundle):  # memory is a limit, not an average: the largest peak of any repeat counts
+        rss = max(r.rss for r in runs if r.name == name)
+        checks.append((f"{name.split(' ')[0]} peak RSS {rss / 2**30:.2f} GiB (largest of the repeats) <= 5 GiB",
+                       rss <= RSS_TARGET))
     for text, ok in checks:
         print(f"  {'PASS' if ok else 'FAIL'}  {text}")
 

@@ -2,7 +2,7 @@
 report and sha256 checksums. The parity check runs on the staged files; if it fails, nothing is published.
 
 The model card (`README.md`) is what a model hub shows and indexes: YAML front matter (license, language,
-pipeline_tag, library_name, tags), how the files were made (tool, version, the exact command), the measured
+pipeline_tag, library_name, tags), how the files were made (tool, version, the command, normalised), the measured
 parity and tokenizer agreement, usage that runs as written, and how to check the files. `SHA256SUMS` covers
 every file but the card, so editing the card on the hub does not break `sha256sum -c SHA256SUMS`.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 from converters.convert import ConversionResult, ConvertOptions, convert_checkpoint, sha256_file
 from rembert_ref.config import ACTIVATION_MEANING
 from rembert_ref.errors import UserError, require_tensorflow
-from validation.parity import (HEADS, ParityReport, check_tolerance, imports_ahead, progress_printer,
+from validation.parity import (HEADS, ParityReport, severity, check_tolerance, imports_ahead, progress_printer,
                                verify_conversion)
 
 CHECKSUMS_NAME = "SHA256SUMS"
@@ -51,7 +51,7 @@ class CardOptions:
     name: str | None = None  # the title; default: the output folder's name
     license: str = DEFAULT_LICENSE
     languages: tuple[str, ...] = DEFAULT_LANGUAGES
-    command: str | None = None  # the exact command that made the bundle, as the user typed it
+    command: str | None = None  # the command that made the bundle, every option spelled out in one order
     tags: tuple[str, ...] = field(default=())
 
     def check(self) -> None:
@@ -104,7 +104,7 @@ def bundle_checkpoint(
                                    release_cache=True)
         parity["report"] = report
         if not report.passed:
-            worst = sorted(report.failures, key=lambda r: -r.max_abs / max(r.tolerance, 1e-30))[:3]
+            worst = sorted(report.failures, key=severity, reverse=True)[:3]
             rows = [f"{r.head}/{r.format}/{r.output} max abs {r.max_abs:.2e} > {r.tolerance:.2e}" for r in worst]
             rows += [f"tensor {r.format}/{r.tensor} {r.check}" for r in report.tensor_failures[:3]]
             raise ParityFailure(f"parity failed on {len(report.failures)} of {len(report.rows)} outputs and "
@@ -413,7 +413,8 @@ def _parity_section(parity: ParityReport) -> list[str]:
         f"graph: {len(parity.rows)} outputs, {'all within' if parity.passed else 'NOT all within'} tolerance "
         f"(atol {parity.tolerance['atol']:g} + rtol {parity.tolerance['rtol']:g} x scale"
         + (", overridden by the user" if parity.tolerance_override else "") + "). Task heads the checkpoint "
-        "does not hold carry seeded weights in both. Worst relative error:",
+        "does not hold carry seeded weights in both. The largest relative error of any output, per head and "
+        "format (`parity_report.md` names each one's output nearest its tolerance):",
         "",
         "| head | " + " | ".join(parity.formats) + " |",
         "| --- |" + " --- |" * len(parity.formats),

@@ -156,7 +156,7 @@ class ParityReport:
         worst: dict[tuple[str, str], ParityRow] = {}
         for row in self.rows:
             key = (row.head, row.format)
-            if key not in worst or _severity(row) > _severity(worst[key]):
+            if key not in worst or severity(row) > severity(worst[key]):
                 worst[key] = row
         return list(worst.values())
 
@@ -197,6 +197,8 @@ class ParityReport:
             f"Inputs: {self.inputs.get('description', '')}",
             "",
             "## Summary",
+            "",
+            "The worst output of each head and format is the one nearest its tolerance (max abs / tolerance).",
             "",
             "| head | format | worst output | max abs | rel err | tolerance | pass |",
             "| --- | --- | --- | --- | --- | --- | --- |",
@@ -257,7 +259,8 @@ class ParityReport:
         return paths
 
 
-def _severity(row: ParityRow) -> float:
+def severity(row: ParityRow) -> float:
+    """How near a row is to failing: its max abs difference over its tolerance (above 1 fails)."""
     return row.max_abs / row.tolerance if row.tolerance > 0 else float("inf")
 
 
