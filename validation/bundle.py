@@ -313,7 +313,9 @@ def _usage(folder: str, formats: list[str], mlm_head: bool, has_tokenizer: bool,
             code += ["tokenizer = AutoTokenizer.from_pretrained(path)"]
         code += [f"model = {auto}.from_pretrained(path)", inputs_pt, f"print(model(**inputs).{out}.shape)"]
         lines += [
-            "PyTorch, with transformers 5 (the same code runs with 4.57):",
+            "PyTorch, with transformers 5 (the same code runs with 4.57; there, in an environment that also has "
+            "TensorFlow with Keras 3 but no `tf-keras`, set `USE_TF=0` first, or transformers fails with \"Keras 3 "
+            "is not yet supported\"):",
             "",
             "```bash",
             'pip install "transformers>=5" torch',
@@ -325,6 +327,10 @@ def _usage(folder: str, formats: list[str], mlm_head: bool, has_tokenizer: bool,
             "```",
             "",
         ]
+        if mlm_head and task_kind is None:
+            lines += ["transformers lists `rembert.pooler.dense.*` as unexpected (5.x) or not used (4.57) when it "
+                      "loads the masked-LM class: the files keep the original pooler for `AutoModel`, which uses "
+                      "it.", ""]
     if "tf2" in formats:
         tf_auto = f"TF{auto}"
         # Workarounds for transformers 4.57 (each is checked by scripts/tf_interop_check.py):
@@ -366,9 +372,7 @@ def _usage(folder: str, formats: list[str], mlm_head: bool, has_tokenizer: bool,
         if has_tokenizer and mlm_head:
             lines += ["- `pipeline(..., dtype=None)`: without torch installed, `pipeline()` fails with "
                       "`NameError: name 'torch' is not defined` on its default dtype."]
-        lines += ["- In an environment that has PyTorch and TensorFlow with Keras 3 but no `tf-keras`, "
-                  "transformers 4.57's PyTorch `pipeline()` fails with \"Keras 3 is not yet supported\": set "
-                  "`USE_TF=0` in the environment.", ""]
+        lines += [""]
     return lines
 
 
