@@ -475,23 +475,11 @@ def verify(ckpt: str, converted: str, config: str | None, formats: tuple[str, ..
       convert-rembert verify ckpt/ out/rembert --report out/parity --junit out/verify.xml
       convert-rembert verify ckpt/ out/rembert --format safetensors --tolerance 1e-4
     """
-    from pathlib import Path
+    from validation.parity import progress_printer, verify_to_files
 
-    from converters.output import (check_output, check_output_file, checkpoint_inputs, inputs_of,
-                                   require_existing_dir, staged_output, write_file_atomically)
-    from converters.tf1_checkpoint import resolve_checkpoint
-    from validation.parity import progress_printer, verify_conversion
-
-    require_existing_dir(converted, "converted folder")
-    report_inputs = checkpoint_inputs(resolve_checkpoint(ckpt), ckpt) + inputs_of(
-        [(config, "config file"), (converted, "folder being verified")])
-    if report_dir is not None:  # before measuring: a refused --report costs nothing
-        check_output(report_dir, report_inputs, force=force, option="--report")
-    if junit_file is not None:
-        check_output_file(junit_file, report_inputs, force=force, option="--junit")
-    progress = progress_printer(not quiet and sys.stderr.isatty())
-    report = verify_conversion(ckpt, converted, original_config=config, tolerance=tolerance, formats=formats or None,
-                               progress=progress)
+    report, written = verify_to_files(ckpt, converted, original_config=config, formats=formats or None,
+                                      tolerance=tolerance, report_dir=report_dir, junit_file=junit_file, force=force,
+                                      progress=progress_printer(not quiet and sys.stderr.isatty()))
     shown = report.rows if all_rows else report.worst_rows()
     if not quiet:
         for row in shown:
@@ -499,14 +487,9 @@ def verify(ckpt: str, converted: str, config: str | None, formats: tuple[str, ..
                        f"max abs {row.max_abs:.2e}  rel {row.rel_err:.2e}  tol {row.tolerance:.2e}")
     for row in report.tensor_failures:
         click.echo(f"FAIL {row.subject:18} {row.tensor} ({row.check}; source {row.source}): {row.detail}")
-    if report_dir is not None:
-        with staged_output(report_dir, report_inputs, force=force, option="--report") as staging:
-            written = report.write(staging)
+    if not quiet:
         for path in written:
-            click.echo(f"wrote {report_dir}/{path.name}")
-    if junit_file is not None:
-        write_file_atomically(Path(junit_file), report.to_junit())
-        click.echo(f"wrote {junit_file}")
+            click.echo(f"wrote {path}")
     verdict = "passed" if report.passed else "FAILED"
     click.echo(f"parity {verdict}: tensor checks {len(report.tensor_rows) - len(report.tensor_failures)}/"
                f"{len(report.tensor_rows)} pass, outputs {len(report.rows) - len(report.failures)}/"

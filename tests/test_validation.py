@@ -409,6 +409,10 @@ def test_verify_cli_exit_codes_junit_and_report(tiny_ckpt, converted, tmp_path):
     cases = suites.findall(".//testcase")
     assert len(cases) == len(report["rows"]) + len(report["tensor_rows"]) == int(suites.get("tests"))
     assert suites.get("failures") == "0" and report["tolerance_override"] is False
+    assert f"wrote {report_dir / 'parity_report.json'}" in ok.output and f"wrote {junit}" in ok.output
+    quiet = runner.invoke(main, ["verify", str(tiny_ckpt.prefix), str(converted), "--junit", str(junit), "--force",
+                                 "-q"])
+    assert quiet.exit_code == 0 and quiet.output.count("\n") == 1 and quiet.output.startswith("parity passed")
 
     again = runner.invoke(main, ["verify", str(tiny_ckpt.prefix), str(converted), "--report", str(report_dir)])
     assert again.exit_code == 2 and "not empty" in again.output and "--force" in again.output

@@ -439,7 +439,8 @@ def _check_folder(converted: Path, formats: tuple[str, ...] | None, functional: 
             raise UserError(f"{converted} has no {', '.join(absent)} files; it holds {', '.join(found)}")
         found = [f for f in FORMATS if f in formats]
     if "tf2" in found and functional:
-        require_tensorflow(f"verifying {converted / 'tf_model.h5'}", "verify a folder without it, or --format")
+        require_tensorflow(f"verifying {converted / 'tf_model.h5'}",
+                           "check the other formats alone with --format pytorch --format safetensors")
     return found
 
 
@@ -485,6 +486,45 @@ def _prepare(reader, converted: Path, original_config: str | os.PathLike | None,
         _, weight, bias = original_head_weights(CheckpointWeights(reader))  # the checkpoint's own head
         head_weights[finetuned] = (weight, bias)
     return _Setup(config, original, activation, dtype, specs, inputs, head_weights, plan, config_rows)
+
+
+def verify_to_files(
+    ckpt: str | os.PathLike,
+    converted: str | os.PathLike,
+    *,
+    original_config: str | os.PathLike | None = None,
+    formats: tuple[str, ...] | None = None,
+    tolerance: float | None = None,
+    report_dir: str | os.PathLike | None = None,
+    junit_file: str | os.PathLike | None = None,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[ParityReport, list[Path]]:
+    """`verify`: `verify_conversion`, then the report as parity_report.{json,md} in `report_dir` and as JUnit XML
+    in `junit_file`. Both places are checked before anything is measured (never inside an input; an existing
+    one only with `force`) and written atomically. Returns the report and the files written."""
+    from converters.output import (check_output, check_output_file, checkpoint_inputs, inputs_of,
+                                   require_existing_dir, staged_output, write_file_atomically)
+    from converters.tf1_checkpoint import resolve_checkpoint
+
+    require_existing_dir(converted, "converted folder")
+    inputs = checkpoint_inputs(resolve_checkpoint(ckpt), ckpt) + inputs_of(
+        [(original_config, "config file"), (converted, "folder being verified")])
+    if report_dir is not None:  # before measuring: a refused --report costs nothing
+        check_output(report_dir, inputs, force=force, option="--report")
+    if junit_file is not None:
+        check_output_file(junit_file, inputs, force=force, option="--junit")
+    report = verify_conversion(ckpt, converted, original_config=original_config, tolerance=tolerance,
+                               formats=formats, progress=progress)
+    written: list[Path] = []
+    if report_dir is not None:
+        with staged_output(report_dir, inputs, force=force, option="--report") as staging:
+            names = [path.name for path in report.write(staging)]
+        written += [Path(report_dir) / name for name in names]
+    if junit_file is not None:
+        write_file_atomically(Path(junit_file), report.to_junit())
+        written.append(Path(junit_file))
+    return report, written
 
 
 def verify_conversion(
