@@ -42,7 +42,7 @@ def main() -> None:
     lines = probe_corpus(args.lines, seed=99)
     n_chars = sum(len(t) for t in lines)
     with tempfile.TemporaryDirectory() as tmp:
-        report = convert_tokenizer(args.model, Path(tmp) / "tok", quiet=True)
+        report = convert_tokenizer(args.model, Path(tmp) / "tok")
         fast = Tokenizer.from_file(str(Path(tmp) / "tok" / "tokenizer.json"))
     sp = spm.SentencePieceProcessor(model_file=str(args.model))
     agreement = measure_agreement(read_sentencepiece(args.model), fast, lines)

@@ -21,7 +21,6 @@ import numpy as np
 from rembert_ref.errors import UserError
 from converters.mapping import (
     BLEURT_CONFIG,
-    HEAD_KINDS,
     SEQUENCE_CLASSIFICATION,
     ConversionPlan,
     TaskHead,
@@ -151,8 +150,7 @@ def read_labels(path: str | os.PathLike) -> list[str]:
 
 
 def detect_task_head(reader: CheckpointReader, options: ConvertOptions) -> TaskHead | None:
-    if options.head is not None and options.head not in HEAD_KINDS:
-        raise UserError(f"unknown --head {options.head!r}; use one of: {', '.join(HEAD_KINDS)}")
+    """The checkpoint's task head (find_task_head), after refusing a TF2 object graph, whose names match nothing."""
     variables = reader.variables()
     refuse_object_graph_checkpoint(variables, str(checkpoint_home(reader.prefix)))
     return find_task_head(variables, options.head, hint=head_hint(reader.prefix))
@@ -425,16 +423,11 @@ def _source_itemsize(mapping: TensorMapping) -> int:
     return 2 if mapping.source_dtype == "bfloat16" else np.dtype(mapping.source_dtype).itemsize
 
 
-def _read_whole(mapping: TensorMapping) -> bool:
-    """Transposed kernels are read whole (the largest real one is 21 MB); the rest streams in slices."""
-    return mapping.transpose or mapping.tf_transpose
-
-
 def _slice_bytes(reader: CheckpointReader, mapping: TensorMapping, options: ConvertOptions) -> int:
     """The largest slice `_slices` reads of this tensor: all of a transposed kernel, else `chunk_bytes`
     worth of rows (at least one row, at most the whole tensor)."""
     entry = reader.entries[mapping.source]
-    if _read_whole(mapping):
+    if mapping.read_whole:
         return entry.nbytes
     row_bytes = entry.nbytes // max(entry.shape[0], 1) if entry.shape else entry.nbytes
     return min(entry.nbytes, max(row_bytes, options.chunk_bytes // max(row_bytes, 1) * row_bytes))
@@ -445,7 +438,7 @@ def _slices(reader: CheckpointReader, mappings: Sequence[TensorMapping], options
     """(mapping, slice in the source dtype and layout, in a buffer of `buffers`) for every slice of every
     mapped tensor."""
     for mapping in mappings:
-        limit = reader.entries[mapping.source].nbytes if _read_whole(mapping) else options.chunk_bytes
+        limit = reader.entries[mapping.source].nbytes if mapping.read_whole else options.chunk_bytes
         for chunk in reader.iter_rows(mapping.source, max_bytes=max(limit, 1), buffers=buffers):
             yield mapping, chunk
 

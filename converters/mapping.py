@@ -297,6 +297,12 @@ class TensorMapping:
     tf_transpose: bool = False  # tf_model.h5 needs the source transposed (BERT's [out, in] output_weights)
 
     @property
+    def read_whole(self) -> bool:
+        """Transposed kernels are read whole (the largest real one is 21 MB), the rest in row slices: convert
+        and the tensor proof both cut tensors by this, so every format is compared in the same slices."""
+        return self.transpose or self.tf_transpose
+
+    @property
     def target_shape(self) -> Shape:
         return tuple(reversed(self.source_shape)) if self.transpose else self.source_shape
 

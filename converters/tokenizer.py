@@ -542,7 +542,7 @@ def measure_agreement(info: SpmInfo, tokenizer: Tokenizer, lines: Iterable[str])
 
 
 def convert_tokenizer(spm_path: str | Path, output_dir: str | Path, *, force: bool = False,
-                      quiet: bool = False, probe_lines: int | None = None,
+                      probe_lines: int | None = None,
                       model_max_length: int = DEFAULT_MODEL_MAX_LENGTH) -> TokenizerReport:
     """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and sentencepiece.model.
 

@@ -10,6 +10,7 @@ between runs: the same input gives the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -624,7 +625,7 @@ class TorchBinWriter(Writer):
         self.out.abort()  # first: what zipfile still writes on closing goes nowhere (each write raises)
         # Both closed, each on its own: a zip left open would try again when collected, and complain.
         for close in ([self.stream.close] if self.stream is not None else []) + [self.zip.close]:
-            try:
+            # What closing an aborted zip raises ("aborted", a closed file): the directory is deleted anyway,
+            # and the original error is the one to report.
+            with contextlib.suppress(RuntimeError, OSError, ValueError):
                 close()
-            except Exception:  # the directory is deleted anyway; the original error matters
-                pass

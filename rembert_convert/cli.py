@@ -432,7 +432,7 @@ def tokenizer(spm: str, output: str, model_max_length: int, force: bool, quiet: 
     """
     from converters.tokenizer import convert_tokenizer
 
-    report = convert_tokenizer(spm, output, force=force, quiet=quiet, model_max_length=model_max_length)
+    report = convert_tokenizer(spm, output, force=force, model_max_length=model_max_length)
     if not quiet:
         click.echo(report.summary())
 

@@ -37,9 +37,6 @@ TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_MAP_FILE = "special_tokens_map.json"
 
-TextInput = str
-PairInput = tuple[str, str]
-
 
 @dataclasses.dataclass(frozen=True)
 class SpmInfo:
@@ -268,7 +265,7 @@ class _RemBertTokenizerBase:
                 raise UserError(f"got {len(texts)} texts and {len(pairs)} text pairs; pass one pair per text")
         first = self._encode_texts(texts)
         second = self._encode_texts(pairs) if pairs is not None else [None] * len(texts)
-        strategy = _truncation_strategy(truncation, max_length)
+        strategy = _truncation_strategy(truncation)
         limit = max_length if max_length is not None else self.model_max_length
 
         rows: list[dict[str, list[int]]] = []
@@ -333,7 +330,7 @@ class _RemBertTokenizerBase:
         raise NotImplementedError
 
 
-def _truncation_strategy(truncation: bool | str, max_length: int | None) -> str | None:
+def _truncation_strategy(truncation: bool | str) -> str | None:
     if truncation in (False, "do_not_truncate"):
         return None
     if truncation is True:
@@ -621,7 +618,7 @@ class RemBertTokenizerFast(_RemBertTokenizerBase):
         return [self._tokenizer.id_to_token(i) for i in ids]
 
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
-        unk = self._tokenizer.token_to_id(self.unk_token) if hasattr(self, "unk_token") else None
+        unk = self._tokenizer.token_to_id(self.unk_token)
 
         def one(t: str) -> int:
             i = self._tokenizer.token_to_id(t)

@@ -675,7 +675,7 @@ BACKBONE_MODULES = ("embeddings.", "encoder.", "pooler.")
 IGNORED_KEYS = ("rembert.embeddings.position_ids",)
 
 
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
     """Both layouts -> the prefixed one: bare backbone names gain `rembert.`, head names stay as they are."""
     return "rembert." + name if name.startswith(BACKBONE_MODULES) else name
 
@@ -797,12 +797,12 @@ def _from_pretrained(
         model = cls(config)
     model.to_empty(device="cpu")
     params = dict(model.named_parameters())
-    by_canonical = {_canonical(k): k for k in params}
+    by_canonical = {canonical_name(k): k for k in params}
 
     targets: dict[str, str] = {}  # file key -> model parameter name
     unexpected = []
     for key in sorted(locations):
-        canonical = _canonical(key)
+        canonical = canonical_name(key)
         if canonical in IGNORED_KEYS:
             continue
         if canonical in by_canonical:
@@ -810,7 +810,7 @@ def _from_pretrained(
         else:
             unexpected.append(key)
     absent = sorted(set(params) - set(targets.values()))
-    missing = [k for k in absent if _is_pretrained(_canonical(k))]
+    missing = [k for k in absent if _is_pretrained(canonical_name(k))]
     if missing and strict_backbone:
         raise UserError(
             f"{weights_file} in {directory} lacks {len(missing)} weight(s) {cls.__name__} needs: "

@@ -647,7 +647,7 @@ def import_ahead(formats: list[str]) -> None:
             import torch  # noqa: F401
         if "tf2" in formats:
             importlib.import_module("rembert_ref.tf_model")
-    except BaseException:  # noqa: BLE001 - the same import in the format's own step raises it, with its message
+    except Exception:  # noqa: BLE001 - the same import in the format's own step raises it, with its message
         pass
 
 
@@ -816,10 +816,6 @@ def _head_config(config, spec: HeadSpec):
     return head_config
 
 
-def _canonical(name: str) -> str:
-    return "rembert." + name if name.startswith(("embeddings.", "encoder.", "pooler.")) else name
-
-
 def _wants_hidden_states(name: str, spec: HeadSpec | None = None) -> bool:
     # Hidden states are compared for the base model (bidirectional) and the causal LM, where they differ; for the
     # masked LM, a bundle's main head, which `--heads` may ask for alone (beside RemBertModel its rows repeat the
@@ -915,7 +911,7 @@ class _TorchHeads:
         if kind not in self.encoders:
             from rembert_ref import torch_model
 
-            pooled = "rembert.pooler.dense.weight" in {_canonical(k) for k in self.state}
+            pooled = "rembert.pooler.dense.weight" in {torch_model.canonical_name(k) for k in self.state}
             with _on_meta(self.torch):  # token-classification and QA files have no pooler
                 base = torch_model.RemBertModel(config, add_pooling_layer=pooled)
             problem = _load(base, self._tensors_for(base))
@@ -925,9 +921,11 @@ class _TorchHeads:
     def _tensors_for(self, model) -> dict[str, Any]:
         """The file's tensors by this model's parameter names, matched as Hugging Face does: a file in the
         bare layout (`embeddings.*`) or the prefixed one (`rembert.embeddings.*`) fits any class."""
-        by_canonical = {_canonical(k): k for k in self.state}
-        return {key: self.state[by_canonical[_canonical(key)]] for key in model.state_dict()
-                if _canonical(key) in by_canonical}
+        from rembert_ref.torch_model import canonical_name
+
+        by_canonical = {canonical_name(k): k for k in self.state}
+        return {key: self.state[by_canonical[canonical_name(key)]] for key in model.state_dict()
+                if canonical_name(key) in by_canonical}
 
     def run(self, model, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
         torch = self.torch

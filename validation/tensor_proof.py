@@ -500,17 +500,15 @@ def prove_format(reader: CheckpointReader, plan: ConversionPlan, handle, fmt: st
 def _compare_values(reader: CheckpointReader, mapping: TensorMapping, handle, fmt: str, name: str,
                     shape: tuple[int, ...], dtype: str) -> tuple[TensorRow, str]:
     differing, max_abs, first = 0, 0.0, None
-    torch_layout_needed = _transposed(mapping, fmt)
+    transposed = _transposed(mapping, fmt)
     entry = reader.entries[mapping.source]
-    # Transposed kernels (at most 21 MB at full size) are compared whole in every format, so that all formats
-    # cut a tensor into the same slices; everything else goes in row slices.
-    limit = entry.nbytes if mapping.transpose or mapping.tf_transpose else DEFAULT_CHUNK_BYTES
+    limit = entry.nbytes if mapping.read_whole else DEFAULT_CHUNK_BYTES
     marks: list[str] = []  # per slice: "=" or a digest of what the file holds there (TF1 layout)
     start = 0
     for chunk in reader.iter_rows(mapping.source, max_bytes=max(limit, 1)):
         want = cast(chunk, mapping.source_dtype, dtype)
         rows = chunk.shape[0] if chunk.ndim else 1
-        if torch_layout_needed:  # the whole [out, in] kernel
+        if transposed:  # the whole [out, in] kernel
             want = transpose(want)
             have = np.asarray(handle.rows(name, 0, shape[0]))
         else:
@@ -519,11 +517,11 @@ def _compare_values(reader: CheckpointReader, mapping: TensorMapping, handle, fm
         if n:
             if first is None and where is not None:
                 first = tuple(int(i) for i in where)
-                if first and not torch_layout_needed:
+                if first and not transposed:
                     first = (first[0] + start, *first[1:])
             differing += n
             max_abs = max(max_abs, worst)
-            held = have.T if torch_layout_needed else have
+            held = have.T if transposed else have
             marks.append(hashlib.blake2b(np.ascontiguousarray(held).tobytes(), digest_size=16).hexdigest())
         else:
             marks.append("=")
