@@ -45,7 +45,7 @@ from converters.writers import (
     torch_layout,
     transpose,
 )
-from rembert_ref.config import ACTIVATION_MEANING, ACTIVATION_TO_HF, RemBertConfig, _read_json, is_original_config
+from rembert_ref.config import ACTIVATION_MEANING, ACTIVATION_TO_HF, RemBertConfig, read_json, is_original_config
 
 FORMATS = ("pytorch", "safetensors", "tf2")
 DEFAULT_MAX_SHARD_SIZE = "5GB"
@@ -126,7 +126,7 @@ def tokenizer_max_length(prefix: Path, config: RemBertConfig) -> tuple[int, str]
     """The tokenizer's model_max_length and where it comes from: a BLEURT checkpoint's max_seq_length (BLEURT cuts
     every pair to it, so `truncation=True` must too), else the model's max_position_embeddings."""
     path = checkpoint_home(prefix) / BLEURT_CONFIG
-    value = _read_json(path).get("max_seq_length") if path.is_file() else None
+    value = read_json(path).get("max_seq_length") if path.is_file() else None
     if value is None:
         return config.max_position_embeddings, "max_position_embeddings"
     if not isinstance(value, int) or isinstance(value, bool) or not 3 <= value <= config.max_position_embeddings:
@@ -158,7 +158,7 @@ def detect_task_head(reader: CheckpointReader, options: ConvertOptions) -> TaskH
 
 def load_config(prefix: Path, options: ConvertOptions) -> RemBertConfig:
     path = find_config(prefix, options.config)
-    values = _read_json(path)
+    values = read_json(path)
     if is_original_config(values):
         return RemBertConfig.from_original(values, activation=options.activation or "tanh")
     config = RemBertConfig.from_dict(values)

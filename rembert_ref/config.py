@@ -128,7 +128,7 @@ class RemBertConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> RemBertConfig:
-        return cls.from_dict(_read_json(path))
+        return cls.from_dict(read_json(path))
 
     # -- Google's original bert_config.json ---------------------------------------------------------
 
@@ -168,7 +168,7 @@ class RemBertConfig:
 
     @classmethod
     def from_original_json_file(cls, path: str | os.PathLike, activation: str = "tanh") -> RemBertConfig:
-        return cls.from_original(_read_json(path), activation=activation)
+        return cls.from_original(read_json(path), activation=activation)
 
 
 # Sizes are whole numbers in [1, limit]: far above any RemBERT (32 layers, vocabulary 250,300), low enough
@@ -197,7 +197,8 @@ def is_original_config(values: dict[str, Any]) -> bool:
     return "model_type" not in values
 
 
-def _read_json(path: str | os.PathLike) -> dict[str, Any]:
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object from a config-like file; a missing, unreadable or non-object file is one UserError."""
     try:
         with open(path, encoding="utf-8") as handle:
             values = json.load(handle)

@@ -40,13 +40,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache, partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
 from rembert_ref.errors import UserError, require_tensorflow
 from validation.tensor_proof import TensorRow
+
+if TYPE_CHECKING:  # for annotations only: both are imported where they are used
+    from converters.tf1_checkpoint import CheckpointReader
+    from rembert_ref.config import RemBertConfig
 
 # (atol, rtol) per weight dtype. fp32 against float64: rounding of ~1e-7 per op, grown through the layers;
 # fp16 / bf16 weights carry 2^-11 / 2^-8 relative rounding into every product.
@@ -314,7 +318,7 @@ def present_formats(directory: Path) -> list[str]:
     return [fmt for fmt, names in FORMAT_FILES.items() if any((directory / n).is_file() for n in names)]
 
 
-def make_inputs(config, tokenizer_dir: Path | None = None, seed: int = 0) -> dict[str, Any]:
+def make_inputs(config: RemBertConfig, tokenizer_dir: Path | None = None, seed: int = 0) -> dict[str, Any]:
     """Three rows: the multilingual sample, a sentence pair (token types 0 and 1), a short text padded to the
     others' length (attention mask 0). Through the folder's tokenizer when it has tokenizer.json, else seeded
     ids of the same shapes. Returns input_ids / token_type_ids / attention_mask arrays and a description."""
@@ -350,7 +354,8 @@ def make_inputs(config, tokenizer_dir: Path | None = None, seed: int = 0) -> dic
             "description": description}
 
 
-def seeded_task_heads(config, specs: Mapping[str, HeadSpec], seed: int = 0) -> dict[str, tuple[np.ndarray, ...]]:
+def seeded_task_heads(config: RemBertConfig, specs: Mapping[str, HeadSpec], seed: int = 0
+                      ) -> dict[str, tuple[np.ndarray, ...]]:
     """(weight [out, in], bias [out]) float32 for each task head, normal(0, initializer_range) weights and
     small nonzero biases (a zero bias would hide a dropped bias)."""
     rng = np.random.default_rng(seed)
@@ -369,7 +374,7 @@ def seeded_task_heads(config, specs: Mapping[str, HeadSpec], seed: int = 0) -> d
 class CheckpointWeights:
     """The checkpoint as a `numpy_reference.WeightSource`: variables read on demand, float64, by original name."""
 
-    def __init__(self, reader):
+    def __init__(self, reader: CheckpointReader) -> None:
         self.reader = reader
 
     def names(self) -> list[str]:
@@ -447,7 +452,7 @@ def _check_folder(converted: Path, formats: tuple[str, ...] | None, functional: 
 def _prepare(reader, converted: Path, original_config: str | os.PathLike | None, heads: tuple[str, ...], seed: int,
              task_head_weights: Mapping[str, tuple[np.ndarray, np.ndarray]] | None) -> _Setup:
     from converters.convert import ConvertOptions, find_config, load_config
-    from rembert_ref.config import ACTIVATION_MEANING, ACTIVATION_TO_HF, RemBertConfig, _read_json
+    from rembert_ref.config import ACTIVATION_MEANING, ACTIVATION_TO_HF, RemBertConfig, read_json
     from validation import tensor_proof
 
     unknown = sorted(set(heads) - set(HEADS))
@@ -459,7 +464,7 @@ def _prepare(reader, converted: Path, original_config: str | os.PathLike | None,
         raise UserError(f"config.json has hidden_act {config.hidden_act!r}; only {' / '.join(ACTIVATION_MEANING)} "
                         "are verifiable")
     original_path = find_config(reader.prefix, original_config)
-    original = _read_json(original_path)
+    original = read_json(original_path)
     dtype = config.torch_dtype if config.torch_dtype in TOLERANCES else "float32"
     mlm_head = not set(config.architectures or ()) & {"RemBertModel", *_finetuned_architectures()}
     finetuned = finetuned_head(config)
@@ -477,7 +482,7 @@ def _prepare(reader, converted: Path, original_config: str | os.PathLike | None,
     inputs = make_inputs(config, converted, seed)
     plan = tensor_proof.plan_for(reader, converted, config)
     expected = load_config(reader.prefix, ConvertOptions(config=original_config))  # as convert derives it
-    config_rows = tensor_proof.config_rows(config, expected, plan, tensor_proof.conversion_report(converted),
+    config_rows = tensor_proof.config_rows(config, expected, plan, tensor_proof.read_conversion_report(converted),
                                            original_path.name)
     head_weights = dict(seeded_task_heads(config, specs, seed), **(task_head_weights or {}))
     if finetuned is not None and finetuned in specs:
@@ -657,7 +662,7 @@ def _finetuned_architectures() -> set[str]:
     return {kind.architecture for kind in HEAD_KINDS.values()}
 
 
-def finetuned_head(config) -> str | None:
+def finetuned_head(config: RemBertConfig) -> str | None:
     """The task-head class a fine-tuned conversion wrote (config.json's architectures), or None."""
     return next((name for name in config.architectures or () if name in _finetuned_architectures()), None)
 

@@ -33,6 +33,7 @@ import numpy as np
 from converters.mapping import ConversionPlan, TensorMapping, plan_conversion
 from converters.tf1_checkpoint import DEFAULT_CHUNK_BYTES, CheckpointReader
 from converters.writers import cast, drop_cached_file, to_float32, transpose
+from rembert_ref.config import RemBertConfig
 from rembert_ref.errors import UserError
 from rembert_ref.weight_files import h5_attribute, read_weight_index
 
@@ -306,7 +307,8 @@ def _numpy(tensor: Any) -> np.ndarray:
     return tensor.numpy()
 
 
-def open_format(directory: Path, fmt: str):
+def open_format(directory: Path, fmt: str) -> _TorchFile | _SafetensorsFiles | _H5File:
+    """One format's files, open for the proofs (and the functional proof's loader) to read."""
     if fmt == "pytorch":
         return _TorchFile(directory / "pytorch_model.bin")
     if fmt == "safetensors":
@@ -319,7 +321,7 @@ def open_format(directory: Path, fmt: str):
 # -- what each file must hold -----------------------------------------------------------------------------------
 
 
-def conversion_report(converted: Path) -> dict[str, Any]:
+def read_conversion_report(converted: Path) -> dict[str, Any]:
     """conversion_report.json of the folder, or {} where there is none (or it is not JSON)."""
     from converters.convert import REPORT_NAME
 
@@ -330,14 +332,14 @@ def conversion_report(converted: Path) -> dict[str, Any]:
     return report if isinstance(report, dict) else {}
 
 
-def plan_for(reader: CheckpointReader, converted: Path, config) -> ConversionPlan:
+def plan_for(reader: CheckpointReader, converted: Path, config: RemBertConfig) -> ConversionPlan:
     """The conversion plan the folder was written with: what conversion_report.json says (MLM head, output
     embedding, task head), else what config.json's architecture implies."""
     import dataclasses
 
     from converters.mapping import HEAD_KINDS, find_task_head
 
-    report = conversion_report(converted)
+    report = read_conversion_report(converted)
     architectures = config.architectures or []
     mlm_head = report.get("mlm_head", "RemBertModel" not in architectures)
     output_embedding = (report.get("source") or {}).get("output_embedding")
@@ -355,7 +357,7 @@ def plan_for(reader: CheckpointReader, converted: Path, config) -> ConversionPla
                            task_head=task_head, next_step=next_step)
 
 
-def keras_root(config) -> str:
+def keras_root(config: RemBertConfig) -> str:
     from converters.h5_writer import KERAS_ROOTS, ROOT_WITH_MLM_HEAD
 
     return next((KERAS_ROOTS[a] for a in config.architectures or () if a in KERAS_ROOTS), ROOT_WITH_MLM_HEAD)
@@ -396,7 +398,8 @@ CONFIG_ROW = "config.json"
 WEIGHT_SUFFIXES = (".bin", ".safetensors", ".h5", ".msgpack", ".pt", ".pth", ".ckpt", ".npz", ".gguf", ".onnx")
 
 
-def config_rows(config, expected, plan: ConversionPlan, report: dict[str, Any], source: str) -> list[TensorRow]:
+def config_rows(config: RemBertConfig, expected: RemBertConfig, plan: ConversionPlan, report: dict[str, Any],
+                source: str) -> list[TensorRow]:
     """config.json against the config convert derives from the checkpoint's own (`expected`): the model's sizes
     and structure, its class and labels count, the activation conversion_report.json records, and no key that
     would make transformers build or return something else. One row per key that differs, or one passing row."""
