@@ -98,16 +98,24 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """Accept a checkpoint prefix, its `.index` file, a directory (its `checkpoint` file picks the latest), or
     a SavedModel directory (its `variables/variables` prefix: a TF1 Estimator export stores the graph's
     variables there under their graph names, like any checkpoint)."""
+    return resolve_checkpoint_saying_how(path)[0]
+
+
+def resolve_checkpoint_saying_how(path: str | os.PathLike) -> tuple[Path, str]:
+    """`resolve_checkpoint`, and how the prefix was chosen where a folder chose it ("" otherwise), for the
+    line that names what was read: a directory's `checkpoint` file may pick a prefix silently."""
     path = Path(path)
+    how = ""
     if path.is_dir() and is_saved_model(path):
         prefix = path / SAVED_MODEL_VARIABLES
         if not Path(f"{prefix}.index").is_file():
             raise UserError(f"SavedModel {path} has no {SAVED_MODEL_VARIABLES}.index; it holds no variables to "
                             "convert (copy its variables/ folder too)")
-        return prefix
+        return prefix, "the SavedModel's variables"
     if path.is_dir():
         state = path / "checkpoint"
         if state.is_file():
+            how = f"named by {state}"
             match = re.search(r'^model_checkpoint_path:\s*"(.*)"\s*$', state.read_text(encoding="utf-8"), re.MULTILINE)
             if not match:
                 raise UserError(f"{state} names no model_checkpoint_path; pass the checkpoint prefix instead")
@@ -132,7 +140,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if not Path(f"{prefix}.index").is_file():
         raise UserError(f"no TF1 checkpoint at {path}: {prefix}.index does not exist; pass a checkpoint prefix, "
                         "its .index file, or a directory with a `checkpoint` file")
-    return prefix
+    return prefix, how
 
 
 class CheckpointReader:

@@ -235,19 +235,11 @@ def _options(kwargs: dict[str, Any], **extra: Any):
 
 def say_checkpoint(ckpt: str, quiet: bool) -> None:
     """Name the checkpoint prefix that was read: a directory's `checkpoint` file may pick one silently."""
-    from pathlib import Path
+    from converters.tf1_checkpoint import resolve_checkpoint_saying_how
 
-    from converters.tf1_checkpoint import is_saved_model, resolve_checkpoint
-
-    prefix = resolve_checkpoint(ckpt)
     if not quiet:
-        if Path(ckpt).is_dir() and is_saved_model(Path(ckpt)):
-            how = " (the SavedModel's variables)"
-        elif (Path(ckpt) / "checkpoint").is_file():
-            how = f" (named by {Path(ckpt) / 'checkpoint'})"
-        else:
-            how = ""
-        click.echo(f"read checkpoint {prefix}{how}")
+        prefix, how = resolve_checkpoint_saying_how(ckpt)
+        click.echo(f"read checkpoint {prefix}" + (f" ({how})" if how else ""))
 
 
 def _run_conversion(ckpt: str, formats: list[str], kwargs: dict[str, Any], **extra: Any) -> None:
