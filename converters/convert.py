@@ -25,6 +25,7 @@ from converters.mapping import (
     ConversionPlan,
     TaskHead,
     TensorMapping,
+    VariableRow,
     apply_task_head,
     classify,
     find_task_head,
@@ -171,7 +172,23 @@ def load_config(prefix: Path, options: ConvertOptions) -> RemBertConfig:
     return config
 
 
-def inspect_checkpoint(ckpt: str | os.PathLike, options: ConvertOptions | None = None) -> dict:
+@dataclass
+class InspectResult:
+    """What `inspect` shows: every variable's fate, and each reason the conversion would fail."""
+
+    checkpoint: str  # the prefix read
+    num_shards: int
+    rows: list[VariableRow]  # one per variable, and one per missing target
+    config_note: str | None  # why no config could be loaded (the rows then have no shapes to check)
+    output_embedding: str | None
+    task_head: TaskHead | None
+    head_problem: str | None
+    tokenizer: Path | None  # the SentencePiece model convert would take
+    tokenizer_problem: str | None
+    ok: bool  # the conversion would succeed
+
+
+def inspect_checkpoint(ckpt: str | os.PathLike, options: ConvertOptions | None = None) -> InspectResult:
     """Every variable with its shape, dtype and fate (mapped / ignored / error), plus what is missing."""
     options = options or ConvertOptions()
     reader = CheckpointReader(ckpt)
@@ -207,11 +224,12 @@ def inspect_checkpoint(ckpt: str | os.PathLike, options: ConvertOptions | None =
             _read_tokenizer(spm, config)
         except UserError as exc:
             tokenizer_problem = str(exc)
-    return {"checkpoint": str(reader.prefix), "num_shards": reader.num_shards, "config_note": note,
-            "output_embedding": output_embedding, "rows": rows, "task_head": task_head,
-            "head_problem": head_problem, "tokenizer": spm, "tokenizer_problem": tokenizer_problem,
-            "ok": config is not None and head_problem is None and tokenizer_problem is None
-            and not any(r.status in ("missing", "error") for r in rows)}
+    return InspectResult(
+        checkpoint=str(reader.prefix), num_shards=reader.num_shards, rows=rows, config_note=note,
+        output_embedding=output_embedding, task_head=task_head, head_problem=head_problem, tokenizer=spm,
+        tokenizer_problem=tokenizer_problem,
+        ok=config is not None and head_problem is None and tokenizer_problem is None
+        and not any(r.status in ("missing", "error") for r in rows))
 
 
 def _writer_factories(formats: Sequence[str], options: ConvertOptions,

@@ -291,7 +291,7 @@ def inspect(ckpt: str, show_all: bool, **kwargs: Any) -> None:
 
     tokenizer, no_tokenizer_note = _choose_tokenizer(ckpt, kwargs)
     info = inspect_checkpoint(ckpt, _options(kwargs, tokenizer=tokenizer))
-    rows = info["rows"]
+    rows = info.rows
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.status] = counts.get(row.status, 0) + 1
@@ -302,21 +302,21 @@ def inspect(ckpt: str, show_all: bool, **kwargs: Any) -> None:
         shape = "[" + ",".join(map(str, row.shape)) + "]"
         click.echo(f"{row.status:8} {row.variable:{width}} {shape:16} {row.dtype:9} {row.detail}")
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    click.echo(f"{info['checkpoint']}: {info['num_shards']} data shard(s); {summary}"
+    click.echo(f"{info.checkpoint}: {info.num_shards} data shard(s); {summary}"
                + ("" if show_all else " (optimizer slots hidden; --all lists them)"))
-    if info["config_note"]:
-        click.echo(f"note: {info['config_note']}")
-    if info["task_head"] is not None:
-        click.echo(f"task head: {info['task_head'].describe()}")
-    elif info["head_problem"] is not None:
-        click.echo(f"task head: {info['head_problem']}")
-    if info["tokenizer_problem"] is not None:
-        click.echo(f"tokenizer: {info['tokenizer_problem']} (or convert with --no-tokenizer)")
-    elif info["tokenizer"] is not None:
-        click.echo(f"tokenizer: {info['tokenizer']} (its pieces match vocab_size)")
+    if info.config_note:
+        click.echo(f"note: {info.config_note}")
+    if info.task_head is not None:
+        click.echo(f"task head: {info.task_head.describe()}")
+    elif info.head_problem is not None:
+        click.echo(f"task head: {info.head_problem}")
+    if info.tokenizer_problem is not None:
+        click.echo(f"tokenizer: {info.tokenizer_problem} (or convert with --no-tokenizer)")
+    elif info.tokenizer is not None:
+        click.echo(f"tokenizer: {info.tokenizer} (its pieces match vocab_size)")
     elif no_tokenizer_note is not None:
         click.echo(no_tokenizer_note)
-    if not info["ok"]:
+    if not info.ok:
         raise UserError("this checkpoint would not convert: see the 'error'/'missing' rows and notes above")
 
 

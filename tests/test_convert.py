@@ -426,8 +426,8 @@ def test_inspect_refuses_what_convert_refuses(tmp_path):
                       shape_and_slices=[""] * len(values), tensors=[tf.constant(values[n]) for n in sorted(values)])
     (ckpt / "bert_config.json").write_text(json.dumps(TINY_ORIGINAL_CONFIG))
     inspected = inspect_checkpoint(ckpt / "model.ckpt-1")
-    assert not inspected["ok"]
-    (row,) = [r for r in inspected["rows"] if r.status == "error"]
+    assert not inspected.ok
+    (row,) = [r for r in inspected.rows if r.status == "error"]
     assert row.variable == "bert/embeddings/token_type_embeddings" and "dtype int32" in row.detail
     with pytest.raises(UserError, match="dtype int32"):
         convert_checkpoint(ckpt / "model.ckpt-1", tmp_path / "out", ["safetensors"], ConvertOptions(quiet=True))
