@@ -318,6 +318,76 @@ def test_a_tensor_dropped_from_tf_model_h5_fails_every_tf2_head_by_name(tiny_ckp
     assert all(r.output.startswith("load: the file lacks") and scope in r.output for r in loads)
 
 
+@pytest.fixture(scope="module")
+def sharded(tiny_ckpt, tmp_path_factory) -> Path:
+    """model.safetensors in several shards + index (read-only: tests copy it)."""
+    out = tmp_path_factory.mktemp("sharded") / "out"
+    convert_checkpoint(tiny_ckpt.prefix, out, ["safetensors"], ConvertOptions(quiet=True, max_shard_size=100_000))
+    return out
+
+
+def _index(folder: Path) -> dict:
+    return json.loads((folder / "model.safetensors.index.json").read_text())
+
+
+def test_a_stale_copy_of_a_tensor_in_another_shard_is_caught(tiny_ckpt, sharded, tmp_path):
+    """The index names the right shard, but transformers 4.57 loads every shard's tensors: a changed second
+    copy elsewhere is what a user may get."""
+    folder = _copy(sharded, tmp_path)
+    weight_map = _index(folder)["weight_map"]
+    shards = sorted(set(weight_map.values()))
+    name = next(k for k, v in sorted(weight_map.items()) if v == shards[0])
+    other = load_file(folder / shards[1])
+    other[name] = load_file(folder / shards[0])[name] + 1.0
+    save_file(other, folder / shards[1], metadata={"format": "pt"})
+    report = verify_conversion(tiny_ckpt.prefix, folder, functional=False)
+    assert any(r.check == "duplicate" and name in r.tensor for r in report.tensor_failures), report.tensor_failures
+
+
+def test_a_tensor_the_index_leaves_out_is_caught(tiny_ckpt, sharded, tmp_path):
+    """transformers initialises a tensor the index does not name at random, whatever the shard holds."""
+    folder = _copy(sharded, tmp_path)
+    index = _index(folder)
+    name = sorted(index["weight_map"])[-1]
+    del index["weight_map"][name]
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    report = verify_conversion(tiny_ckpt.prefix, folder, functional=False)
+    assert ("safetensors", name, "index") in _failing_tensors(report), report.tensor_failures
+
+
+def test_safetensors_metadata_without_the_format_flag_is_caught(tiny_ckpt, converted, tmp_path):
+    folder = _copy(converted, tmp_path)  # transformers: "Incompatible safetensors file" for such a header
+    save_file(load_file(folder / ST), folder / ST, metadata={"source": "elsewhere"})
+    report = verify_conversion(tiny_ckpt.prefix, folder, formats=("safetensors",), functional=False)
+    assert _failing_tensors(report) == {("safetensors", ST, "metadata")}
+
+
+@pytest.mark.parametrize("where", [(0, 0), (-1, -1)])
+def test_a_changed_first_or_last_value_in_pytorch_model_bin_is_caught(tiny_ckpt, converted, tmp_path, where):
+    """pytorch_model.bin's records are compared in 8-byte words: the first and last of a tensor count too."""
+    import torch
+
+    folder = _copy(converted, tmp_path)
+    state = torch.load(folder / BIN, weights_only=True)
+    name = "rembert.embeddings.position_embeddings.weight"
+    state[name][where] += 0.5
+    torch.save(state, folder / BIN)
+    report = verify_conversion(tiny_ckpt.prefix, folder, formats=("pytorch",), functional=False)
+    assert _failing_tensors(report) == {("pytorch", name, "values")}
+
+
+def test_a_tensor_of_the_wrong_shape_is_caught_by_the_tensor_proof(tiny_ckpt, converted, tmp_path):
+    folder = _copy(converted, tmp_path)
+    name = "rembert.embeddings.word_embeddings.weight"
+
+    def edit(t):
+        t[name] = np.concatenate([t[name], np.zeros((1, t[name].shape[1]), np.float32)])
+
+    _edit_safetensors(folder, edit)
+    report = verify_conversion(tiny_ckpt.prefix, folder, formats=("safetensors",), functional=False)
+    assert ("safetensors", name, "shape") in _failing_tensors(report)
+
+
 def test_pytorch_and_safetensors_disagreeing_on_one_value(tiny_ckpt, converted, tmp_path):
     folder = _copy(converted, tmp_path)
     name = "rembert.encoder.layer.2.intermediate.dense.weight"

@@ -131,7 +131,9 @@ class _SafetensorsFiles:
                 raise UserError(f"cannot read {path} ({exc}); convert the checkpoint again") from exc
             self.handles[shard] = handle
             stated = (handle.metadata() or {}).get("format")
-            if stated != "pt":  # transformers reads the weights by this flag, and refuses a file without it
+            # transformers refuses metadata without format "pt" ("Incompatible safetensors file"); convert always
+            # writes it, so a header without metadata is not what convert wrote either.
+            if stated != "pt":
                 self.problems.append((shard, "metadata", f"the header's metadata says format {stated!r}, not 'pt' "
                                       "(as convert writes it)"))
             for name in handle.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
