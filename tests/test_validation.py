@@ -213,6 +213,43 @@ def test_failed_parity_writes_no_bundle(tiny_ckpt, tmp_path):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+# -- the functional proof's bar ---------------------------------------------------------------------------------
+
+
+def _compare(ours, reference, atol=1e-5, rtol=1e-5):
+    from validation.parity import compare
+
+    return compare("H", "f", "out", "ref", ours, reference, atol, rtol)
+
+
+def test_a_row_passes_within_atol_plus_rtol_times_the_outputs_scale_and_fails_past_it():
+    reference = np.full((3, 5), 100.0)  # scale 100: the bar is 1e-5 + 1e-5 * 100 = 1.01e-3
+    reference[1, 2] = -100.0
+    bar = 1e-5 + 1e-5 * 100
+    for offset, passed in ((0.9 * bar, True), (1.1 * bar, False)):
+        ours = reference.copy()
+        ours[2, 4] += offset
+        row = _compare(ours.astype(np.float32), reference)
+        assert row.passed is passed, (offset, row)
+        assert row.tolerance == pytest.approx(bar) and row.max_abs == pytest.approx(offset, rel=2e-2)  # float32 steps
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_nan_or_inf_anywhere_fails_the_row(bad):
+    from validation.parity import COMPARE_BLOCK
+
+    reference = np.ones(COMPARE_BLOCK * 2 + 7)  # the bad value in the last, partial block
+    ours = reference.astype(np.float32)
+    ours[-1] = bad
+    assert not _compare(ours, reference).passed
+
+
+def test_an_output_of_the_same_size_but_another_shape_fails_the_row():
+    reference = np.arange(12.0).reshape(3, 4)
+    row = _compare(reference.reshape(4, 3).astype(np.float32), reference)
+    assert not row.passed and row.shape == (4, 3)
+
+
 # -- tampering with values: the tensor proof names the tensor -------------------------------------------------
 
 
