@@ -193,8 +193,10 @@ def train_sentencepiece(
     return output_path
 
 
-def handmade_unigram_model(output_path: str | Path, pieces: Sequence[tuple[str, float]]) -> Path:
-    """A unigram model with exactly the given normal pieces and scores (identity normalization).
+def handmade_unigram_model(output_path: str | Path, pieces: Sequence[tuple[str, float]],
+                           user_defined: Sequence[str] = ()) -> Path:
+    """A unigram model with exactly the given normal pieces and scores (identity normalization), then the
+    `user_defined` pieces.
 
     `[PAD]` 0, `<unk>` 1 and `[CLS]`, `[SEP]`, `[MASK]` (control) come first. Used to build exact
     reproducers, such as a float32 score tie.
@@ -209,7 +211,8 @@ def handmade_unigram_model(output_path: str | Path, pieces: Sequence[tuple[str, 
     proto.normalizer_spec.remove_extra_whitespaces = True
     proto.normalizer_spec.escape_whitespaces = True
     for piece, kind, score in [(PAD_PIECE, 3, 0.0), (UNK_PIECE, 2, 0.0)] + [
-            (p, 3, 0.0) for p in REMBERT_SPECIAL_PIECES] + [(p, 1, s) for p, s in pieces]:
+            (p, 3, 0.0) for p in REMBERT_SPECIAL_PIECES] + [(p, 1, s) for p, s in pieces] + [
+            (p, 4, 0.0) for p in user_defined]:
         entry = proto.pieces.add()
         entry.piece, entry.type, entry.score = piece, kind, score
     output_path = Path(output_path)

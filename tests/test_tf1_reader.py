@@ -65,10 +65,18 @@ def test_row_slices_cover_the_tensor_in_order(mixed_ckpt):
     np.testing.assert_array_equal(np.concatenate(chunks), values["a/kernel"].astype(np.float32))
 
 
-def test_bfloat16_cast_matches_torch_rounding():
+@pytest.mark.parametrize("with_ml_dtypes", [True, False])
+def test_bfloat16_cast_matches_torch_rounding(with_ml_dtypes, monkeypatch):
+    """Both casts: ml_dtypes' (it comes with TensorFlow) and the numpy one a base install runs."""
+    import sys
+
     import torch
 
-    values = np.random.default_rng(3).standard_normal(10_000).astype(np.float32) * 100
+    if not with_ml_dtypes:
+        monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # `import ml_dtypes` raises ImportError
+    ties = np.array([0x3F808000, 0x3F818000, 0x3F808001, 0x3F80FFFF, 0x7F7FFFFF, 0x00008000, 0x80018000],
+                    np.uint32).view(np.float32)  # halfway cases (to even, both ways), overflow, subnormals
+    values = np.concatenate([ties, np.random.default_rng(3).standard_normal(10_000).astype(np.float32) * 100])
     values[:3] = [np.nan, np.inf, -0.0]
     ours = cast(values, "float32", "bfloat16")
     theirs = torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
@@ -290,6 +298,21 @@ def test_a_partitioned_variable_is_read_whole_in_one_slice(partitioned_ckpt):
             chunks.clear()
             reader.read(name)
             assert len(chunks) == 1, name
+
+
+@pytest.mark.parametrize(("slices", "problem"), [
+    ((((0, 2), (0, -1)), ((1, 2), (0, -1))), "overlap"),  # rows 0-1 and 1-2 of 4: the volumes still add up
+    ((((0, 2), (0, -1)), ((2, 1), (0, -1))), "a gap"),  # row 3 in no slice
+])
+def test_slices_that_do_not_tile_the_variable_exactly_once_are_refused(slices, problem):
+    from converters.tf1_checkpoint import TensorEntry, _pieces, slice_key
+
+    variable = TensorEntry("w", "float32", (4, 3), 0, 0, 0, 0, slices)
+    parts = {slice_key("w", extents): TensorEntry("w-part", "float32", (extents[0][1], 3), 0, 36 * i,
+                                                  12 * extents[0][1], 0)
+             for i, extents in enumerate(slices)}
+    with pytest.raises(UserError, match="do not cover it exactly once"):
+        _pieces(variable, parts)
 
 
 @pytest.mark.parametrize("rows_per_chunk", [1, 4, 69, 1000])

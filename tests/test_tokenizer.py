@@ -168,6 +168,15 @@ def test_tie_class_reproducer(tmp_path: Path) -> None:
     assert tokenizer.encode("...", add_special_tokens=False).ids == sp.encode("...")
 
 
+def test_unigram_user_defined_pieces_win_as_in_sentencepiece(tmp_path: Path) -> None:
+    """SentencePiece prefers the longest user-defined piece ('ab' over 'a' + 'b'): their scores must say so."""
+    path = handmade_unigram_model(tmp_path / "user.model", [("▁", -1.0), ("c", -2.0)], user_defined=["ab", "a", "b"])
+    info, tokenizer, sp = _load(path)
+    for text in ["ab", "c ab c", "abab", "aab"]:
+        assert tokenizer.encode(text, add_special_tokens=False).ids == sp.encode(text), text
+    assert sp.encode("ab", out_type=str) == ["▁", "ab"]
+
+
 def test_grapheme_class_reproducer(models: dict[str, Path]) -> None:
     info, tokenizer, sp = _load(models["unigram-nfkc"])
     plain = build_normalizer(info, compose_first=False)
