@@ -571,6 +571,27 @@ def test_without_a_tokenizer_special_ids_stay_inside_the_vocabulary(classifier_c
     assert config["bos_token_id"] is None and config["eos_token_id"] is None and config["pad_token_id"] == 0
 
 
+def test_without_a_tokenizer_the_special_id_bound_is_the_vocabulary_size(tmp_path):
+    """313 words: id 312 is the last word (bos stays), id 313 is past it (eos goes)."""
+    from testkit.synthetic_checkpoint import write_synthetic_checkpoint
+
+    prefix = write_synthetic_checkpoint(tmp_path / "ck", {**CLASSIFIER_CONFIG, "vocab_size": 313},
+                                        optimizer_slots=False)
+    convert_checkpoint(prefix, tmp_path / "out", ["safetensors"], ConvertOptions(quiet=True))
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"]) == (312, None)
+
+
+@pytest.mark.parametrize(("num_labels", "problem_type"), [(1, "regression"), (2, "single_label_classification"),
+                                                          (3, "single_label_classification")])
+def test_one_output_is_regression_and_two_or_more_are_classes(tmp_path, num_labels, problem_type):
+    """transformers trains with this problem_type: MSE on class ids would be a silent mistake."""
+    prefix = write_finetuned_checkpoint(tmp_path / "ck", CLASSIFIER_CONFIG, "run_classifier", num_labels=num_labels)
+    convert_checkpoint(prefix, tmp_path / "out", ["safetensors"],
+                       ConvertOptions(quiet=True, head="sequence-classification"))
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["problem_type"] == problem_type
+
+
 @pytest.mark.parametrize(("max_seq_length", "expected"), [(32, 32), (None, 64), (65, None), (2, None), ("64", None)])
 def test_bleurt_max_seq_length_is_the_tokenizers_limit(tmp_path, max_seq_length, expected):
     """BLEURT cuts every pair to bleurt_config.json's max_seq_length: `truncation=True` must cut there too."""

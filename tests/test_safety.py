@@ -226,6 +226,34 @@ def test_current_directory_as_output_is_refused_cleanly(work, monkeypatch):
     assert snapshot(work) == before  # no ..old-* / ..partial-* debris
 
 
+def test_an_output_holding_the_current_directory_is_refused(work, monkeypatch):
+    """-o .. from inside: replacing it would delete the folder the user stands in, with everything in it."""
+    (work / "out" / "here").mkdir(parents=True)
+    (work / "out" / "here" / "notes.txt").write_text("mine\n")
+    before = snapshot(work)
+    monkeypatch.chdir(work / "out" / "here")
+    line = one_error_line(run("pytorch", work / "ckpt", "-o", "..", "--force"))
+    assert "current directory" in line
+    assert snapshot(work) == before
+
+
+def test_an_output_that_appears_during_the_run_is_not_replaced_without_force(work):
+    """Checked when the run starts and again right before the new output goes in place."""
+    from converters.convert import ConvertOptions, convert_checkpoint
+    from rembert_ref.errors import UserError
+
+    out = work / "out"
+
+    def someone_else_writes_there(result):
+        out.mkdir()
+        (out / "precious.txt").write_text("not ours\n")
+
+    with pytest.raises(UserError, match="not empty"):
+        convert_checkpoint(work / "ckpt", out, ["safetensors"], ConvertOptions(quiet=True),
+                           before_commit=someone_else_writes_there)
+    assert [p.name for p in out.iterdir()] == ["precious.txt"]
+
+
 # -- 3. signals -------------------------------------------------------------------------------------------------
 
 # Runs the CLI in a child process whose first tensor write blocks (after touching READY) until a signal comes.
