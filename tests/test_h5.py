@@ -44,6 +44,39 @@ def h5_dir(tiny_ckpt, tmp_path_factory) -> Path:
     return out
 
 
+# Written from transformers' TF RemBERT (modeling_tf_rembert.py: the layer and weight names of
+# TFRemBertForMaskedLM), independently of the mapping table: Keras name below the root -> original variable.
+KERAS_NAMES_BY_HAND = {
+    "rembert/embeddings/word_embeddings/weight:0": "bert/embeddings/word_embeddings",
+    "rembert/embeddings/position_embeddings/embeddings:0": "bert/embeddings/position_embeddings",
+    "rembert/embeddings/token_type_embeddings/embeddings:0": "bert/embeddings/token_type_embeddings",
+    "rembert/embeddings/LayerNorm/gamma:0": "bert/embeddings/LayerNorm/gamma",
+    "rembert/embeddings/LayerNorm/beta:0": "bert/embeddings/LayerNorm/beta",
+    "rembert/encoder/embedding_hidden_mapping_in/kernel:0": "bert/encoder/embedding_hidden_mapping_in/kernel",
+    "rembert/encoder/layer_._1/attention/self/query/kernel:0": "bert/encoder/layer_1/attention/self/query/kernel",
+    "rembert/encoder/layer_._2/attention/self/value/bias:0": "bert/encoder/layer_2/attention/self/value/bias",
+    "rembert/encoder/layer_._0/attention/output/LayerNorm/gamma:0":
+        "bert/encoder/layer_0/attention/output/LayerNorm/gamma",
+    "rembert/encoder/layer_._1/intermediate/dense/kernel:0": "bert/encoder/layer_1/intermediate/dense/kernel",
+    "rembert/encoder/layer_._2/output/dense/kernel:0": "bert/encoder/layer_2/output/dense/kernel",
+    "rembert/encoder/layer_._2/output/LayerNorm/beta:0": "bert/encoder/layer_2/output/LayerNorm/beta",
+    "rembert/pooler/dense/kernel:0": "bert/pooler/dense/kernel",
+    "mlm___cls/predictions/dense/kernel:0": "cls/predictions/transform/dense/kernel",
+    "mlm___cls/predictions/LayerNorm/gamma:0": "cls/predictions/transform/LayerNorm/gamma",
+    "mlm___cls/predictions/decoder/weight:0": "cls/predictions/output_embedding",
+    "mlm___cls/predictions/decoder/bias:0": "cls/predictions/output_bias",
+}
+
+
+def test_keras_names_written_by_hand_hold_their_original_variables(tiny_ckpt, h5_dir):
+    """Keras kernels are [in, out] like TF1's, so every value is the original's as it is."""
+    with h5py.File(h5_dir / "tf_model.h5", "r") as f:
+        for name, source in KERAS_NAMES_BY_HAND.items():
+            layer = name.split("/", 1)[0]
+            stored = f[f"{layer}/tf_rem_bert_for_masked_lm/{name}"][()]
+            np.testing.assert_array_equal(stored, tiny_ckpt.variables[source], err_msg=name)
+
+
 def test_layout_is_hugging_face_keras(tiny_ckpt, h5_dir):
     config = RemBertConfig.from_original(tiny_ckpt.config)
     with h5py.File(h5_dir / "tf_model.h5", "r") as f:
