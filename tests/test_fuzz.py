@@ -2,7 +2,8 @@
 bert_config.json and SentencePiece model (truncation, bit flips, random bytes, and, with valid checksums,
 any declared dtype, shape, shard, offset or size; any config value), then runs `convert`.
 
-Each case must end in exit 0, or in exit 2 with one line `error: ...` and nothing written; never a
+Each case must end in exit 0 with the unchanged example's weights, or in exit 2 with one line `error: ...` and
+nothing written; never a
 traceback, an internal error, a hang (a 30 s alarm per case), or more than a small bound of memory
 (tracemalloc's peak) whatever size the bytes declare. The inputs stay as they were. Derandomized (fixed
 cases); the number of cases tried is printed.
@@ -10,6 +11,7 @@ cases); the number of cases tried is printed.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import signal
@@ -61,6 +63,17 @@ def _alarm(signum, frame):
     raise Hang(f"a case ran longer than {SECONDS_PER_CASE} s")
 
 
+@functools.cache
+def clean_weights() -> bytes:
+    """pytorch_model.bin of the unchanged example: what a case that converts must give too (the weights are
+    checksummed, and nothing a mutation can leave valid changes them)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        result = CliRunner().invoke(main, ["convert", str(EXAMPLE), "--format", "pytorch", "--no-tokenizer", "-o",
+                                           f"{scratch}/out", "--quiet"])
+        assert result.exit_code == 0, result.output
+        return (Path(scratch) / "out" / "pytorch_model.bin").read_bytes()
+
+
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -99,6 +112,8 @@ def run_case(target: str, mutate) -> None:
             lines = result.output.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith("error: "), result.output
             assert sorted(p.name for p in scratch.iterdir()) == ["ckpt"]  # nothing written, no debris
+        else:  # converted: then with the weights of the unchanged example, never silently other ones
+            assert (out / "pytorch_model.bin").read_bytes() == clean_weights()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
