@@ -2,10 +2,9 @@
 bert_config.json and SentencePiece model (truncation, bit flips, random bytes, and, with valid checksums,
 any declared dtype, shape, shard, offset or size; any config value), then runs `convert`.
 
-Each case must end in exit 0 with the unchanged example's weights, or in exit 2 with one line `error: ...` and
-nothing written; never a
-traceback, an internal error, a hang (a 30 s alarm per case), or more than a small bound of memory
-(tracemalloc's peak) whatever size the bytes declare. The inputs stay as they were. Derandomized (fixed
+Each case must end in exit 0 with the unchanged example's weights, or in exit 2 with one line `error: ...`
+and nothing written; never a traceback, an internal error, a hang (a 30 s alarm per case), or more than a
+small bound of memory (tracemalloc's peak) whatever size the bytes declare. The inputs stay as they were. Derandomized (fixed
 cases); the number of cases tried is printed.
 """
 
