@@ -178,6 +178,16 @@ def test_damaged_snappy_block_with_valid_checksum_is_read_or_refused(tmp_path_fa
     shutil.copytree(EXAMPLE, ckpt)
     compress_data_blocks(ckpt / "model.ckpt-3.index", damage)
     try:
-        CheckpointReader(ckpt / "model.ckpt-3").close()
+        reader = CheckpointReader(ckpt / "model.ckpt-3")
     except UserError as error:
         assert "\n" not in str(error)
+        return
+    with reader, CheckpointReader(EXAMPLE / "model.ckpt-3") as clean:  # opened: what it reads is the truth or refused
+        for name in reader.variables():
+            try:
+                value = reader.read(name)
+            except UserError as error:
+                assert "\n" not in str(error)
+                continue
+            if name in clean.entries and reader.entries[name].dtype == clean.entries[name].dtype:
+                np.testing.assert_array_equal(value, clean.read(name).reshape(value.shape), err_msg=name)
