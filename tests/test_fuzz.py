@@ -4,8 +4,8 @@ any declared dtype, shape, shard, offset or size; any config value), then runs `
 
 Each case must end in exit 0 with the unchanged example's weights, or in exit 2 with one line `error: ...`
 and nothing written; never a traceback, an internal error, a hang (a 30 s alarm per case), or more than a
-small bound of memory (tracemalloc's peak) whatever size the bytes declare. The inputs stay as they were. Derandomized (fixed
-cases); the number of cases tried is printed.
+small bound of memory (tracemalloc's peak) whatever size the bytes declare. The inputs stay as they were.
+Derandomized (fixed cases); the number of cases tried is printed.
 """
 
 from __future__ import annotations

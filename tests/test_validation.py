@@ -776,6 +776,36 @@ def test_config_json_that_changes_the_model_is_caught(tiny_ckpt, converted, tmp_
     assert repr(value) in row.detail and row.source == "bert_config.json"
 
 
+def _changed(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 if value else 1
+    return {"0": [0]} if isinstance(value, dict) else None
+
+
+def _every_config_key_verify_proves():
+    from validation.tensor_proof import FOREIGN_KEYS, MODEL_KEYS
+
+    return [*MODEL_KEYS, *FOREIGN_KEYS]
+
+
+@pytest.mark.parametrize("key", _every_config_key_verify_proves())
+def test_every_config_key_verify_proves_is_caught_when_changed(tiny_ckpt, converted, tmp_path, key):
+    """Each key: a config row fails, or the folder no longer fits the checkpoint at all (one UserError)."""
+    from validation.tensor_proof import FOREIGN_KEYS
+
+    folder = _copy(converted, tmp_path)
+    values = json.loads((folder / "config.json").read_text())
+    values[key] = _changed(values.get(key, FOREIGN_KEYS.get(key)))
+    (folder / "config.json").write_text(json.dumps(values))
+    try:
+        report = verify_conversion(tiny_ckpt.prefix, folder, heads=BASE_HEADS, functional=False)
+    except UserError:
+        return
+    assert ("config", f"config.json {key}", "config") in _failing_tensors(report), key
+
+
 def test_without_a_report_the_activation_must_be_the_original_graphs(tiny_ckpt, converted, tmp_path):
     folder = _copy(converted, tmp_path)
     (folder / "conversion_report.json").unlink()
