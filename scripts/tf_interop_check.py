@@ -45,7 +45,7 @@ from interop_common import failures, last_line, run_snippet  # noqa: E402
 from converters.convert import ConvertOptions, convert_checkpoint  # noqa: E402
 from rembert_ref import tf_model as ours  # noqa: E402
 from rembert_ref.config import RemBertConfig  # noqa: E402
-from rembert_ref.tf_model import _h5_attribute  # noqa: E402
+from rembert_ref.weight_files import h5_attribute  # noqa: E402
 
 POOLER = {"rembert/pooler/dense/kernel:0", "rembert/pooler/dense/bias:0"}
 TASK_HEADS = {"classifier", "qa_outputs"}
@@ -151,8 +151,8 @@ def check_layout_against_transformers_writer(directory: Path, work: Path) -> Non
     names = {}
     for label, path in (("ours", directory / "tf_model.h5"), ("theirs", work / "hf-saved" / "tf_model.h5")):
         with h5py.File(path, "r") as f:
-            layers = _h5_attribute(f, "layer_names")
-            stored = [w for layer in layers for w in _h5_attribute(f[layer], "weight_names")]
+            layers = h5_attribute(f, "layer_names")
+            stored = [w for layer in layers for w in h5_attribute(f[layer], "weight_names")]
         # The root differs only when Keras uniquifies a second instance's name (tf_rem_bert_for_masked_lm_1).
         roots = {w.split("/", 1)[0] for w in stored}
         names[label] = (layers, {w.split("/", 1)[1] for w in stored}, roots)
