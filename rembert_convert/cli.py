@@ -201,8 +201,13 @@ def _choose_tokenizer(ckpt: str, kwargs: dict[str, Any]) -> tuple[str | None, st
     return (None if chosen is None else str(chosen)), note
 
 
+# The library's choices, spelled here so that `--help` imports no numpy; tests/test_cli.py keeps them equal to
+# converters' FORMATS, DEFAULT_MAX_SHARD_SIZE, TARGET_DTYPES, H5_DTYPES and DEFAULT_MODEL_MAX_LENGTH.
+FORMATS = ("pytorch", "safetensors", "tf2")
+DEFAULT_MAX_SHARD_SIZE = "5GB"
 ALL_DTYPES = ("float32", "float16", "bfloat16")
 TF2_DTYPES = ("float32", "float16")  # HDF5 has no bfloat16: not offered, so refused while parsing
+DEFAULT_MODEL_MAX_LENGTH = 512
 
 
 def writer_options(command: Callable[..., Any], dtypes: tuple[str, ...] = ALL_DTYPES) -> Callable[..., Any]:
@@ -320,7 +325,7 @@ def inspect(ckpt: str, show_all: bool, **kwargs: Any) -> None:
         raise UserError("this checkpoint would not convert: see the 'error'/'missing' rows and notes above")
 
 
-max_shard_size_option = click.option("--max-shard-size", default="5GB", show_default=True,
+max_shard_size_option = click.option("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, show_default=True,
                                      help="Split into model-0000K-of-0000N.safetensors + index above this size.")
 
 
@@ -375,10 +380,10 @@ for _fmt, (_doc, _extra_options) in SINGLE_FORMAT_COMMANDS.items():
 @main.command()
 @click.argument("ckpt", type=click.Path())
 @writer_options
-@click.option("--format", "formats", multiple=True, type=click.Choice(["pytorch", "safetensors", "tf2"]),
+@click.option("--format", "formats", multiple=True, type=click.Choice(FORMATS),
               help="Formats to write (repeatable; default: all three), in one pass over the checkpoint.")
 @tokenizer_options
-@click.option("--max-shard-size", default="5GB", show_default=True,
+@click.option("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, show_default=True,
               help="Split model.safetensors into shards + index above this size.")
 @checkpoint_options
 @handle_user_errors
@@ -393,7 +398,7 @@ def convert(ckpt: str, formats: tuple[str, ...], max_shard_size: str, **kwargs: 
       convert-rembert convert ckpt/ --config bert_config.json --tokenizer sentencepiece.model -o out/rembert
     """
     tokenizer, no_tokenizer_note = _choose_tokenizer(ckpt, kwargs)
-    _run_conversion(ckpt, list(formats) or ["pytorch", "safetensors", "tf2"], kwargs,
+    _run_conversion(ckpt, list(formats or FORMATS), kwargs,
                     max_shard_size=max_shard_size, tokenizer=tokenizer)
     if no_tokenizer_note is not None and not kwargs.get("quiet"):
         click.echo(no_tokenizer_note)
@@ -406,7 +411,7 @@ def convert(ckpt: str, formats: tuple[str, ...], max_shard_size: str, **kwargs: 
 @click.argument("spm", type=click.Path())
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
               help="Output directory (written atomically).")
-@click.option("--model-max-length", type=click.IntRange(min=1), default=512, show_default=True,
+@click.option("--model-max-length", type=click.IntRange(min=1), default=DEFAULT_MODEL_MAX_LENGTH, show_default=True,
               help="tokenizer_config.json's model_max_length: the model's max_position_embeddings (RemBERT: "
                    "512; convert and bundle take it from the config).")
 @force_option
@@ -437,7 +442,7 @@ def tokenizer(spm: str, output: str, model_max_length: int, force: bool, quiet: 
 @click.argument("converted", type=click.Path(file_okay=False))
 @click.option("--config", "config", type=click.Path(dir_okay=False),
               help="Original bert_config.json (default: beside the checkpoint).")
-@click.option("--format", "formats", multiple=True, type=click.Choice(["pytorch", "safetensors", "tf2"]),
+@click.option("--format", "formats", multiple=True, type=click.Choice(FORMATS),
               help="Check only these formats (repeatable; default: every format in CONVERTED).")
 @click.option("--tolerance", type=float, default=None,
               help="Override the per-dtype tolerance (atol = rtol = this); recorded in the report.")
@@ -512,9 +517,9 @@ def _command_line(ctx: click.Context) -> str:
 @click.argument("ckpt", type=click.Path())
 @writer_options
 @tokenizer_options
-@click.option("--format", "formats", multiple=True, type=click.Choice(["pytorch", "safetensors", "tf2"]),
+@click.option("--format", "formats", multiple=True, type=click.Choice(FORMATS),
               help="Formats to publish (repeatable; default: all three; bfloat16 needs pytorch/safetensors only).")
-@click.option("--max-shard-size", default="5GB", show_default=True,
+@click.option("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, show_default=True,
               help="Split model.safetensors into shards + index above this size.")
 @click.option("--tolerance", type=float, default=None,
               help="Override the per-dtype parity tolerance; recorded in the report and the model card.")
@@ -548,7 +553,7 @@ def bundle(ckpt: str, formats: tuple[str, ...], max_shard_size: str, tolerance: 
                        command=_command_line(click.get_current_context()))
     result = bundle_checkpoint(ckpt, kwargs["output"], _options(kwargs, max_shard_size=max_shard_size,
                                                                 tokenizer=tokenizer),
-                               formats=formats or ("pytorch", "safetensors", "tf2"), tolerance=tolerance,
+                               formats=formats or FORMATS, tolerance=tolerance,
                                card=card)
     say_checkpoint(ckpt, kwargs.get("quiet", False))
     if not kwargs.get("quiet"):

@@ -195,3 +195,16 @@ def test_a_transformers_config_with_dtype_gets_the_converted_dtype_under_both_na
     assert result.exit_code == 0, result.output
     written = json.loads((tmp_path / "out" / "config.json").read_text())
     assert written["dtype"] == written["torch_dtype"] == "bfloat16"
+
+
+def test_the_clis_choices_are_the_librarys():
+    """The CLI spells them out so that --help imports no numpy; they must stay what the library takes."""
+    import rembert_convert.cli as cli
+    from converters.convert import DEFAULT_MAX_SHARD_SIZE, FORMATS
+    from converters.h5_writer import H5_DTYPES
+    from converters.tokenizer import DEFAULT_MODEL_MAX_LENGTH
+    from converters.writers import TARGET_DTYPES
+
+    ours = (cli.FORMATS, cli.DEFAULT_MAX_SHARD_SIZE, cli.ALL_DTYPES, cli.TF2_DTYPES, cli.DEFAULT_MODEL_MAX_LENGTH)
+    library = (FORMATS, DEFAULT_MAX_SHARD_SIZE, TARGET_DTYPES, tuple(H5_DTYPES), DEFAULT_MODEL_MAX_LENGTH)
+    assert ours == library
