@@ -47,6 +47,7 @@ from rembert_ref.tokenization import (
     NORMAL,
     PAD,
     SEP,
+    SPACE_SYMBOL,
     USER_DEFINED,
     SpmInfo,
     added_piece_ids,
@@ -55,7 +56,6 @@ from rembert_ref.tokenization import (
     split_on_specials,
 )
 
-SPACE_SYMBOL = "▁"
 FLT_MIN = np.float32(1.17549435e-38)
 
 
