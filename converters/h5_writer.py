@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from rembert_ref.errors import UserError
+from rembert_ref.weight_files import TF_WEIGHTS_NAME
 from converters.mapping import ENCODER, HEAD, MLM, POOLER, RULES, TensorMapping
 from converters.writers import DirectFile, Writer
 
-TF_WEIGHTS_NAME = "tf_model.h5"
 H5_DTYPES = {"float32": np.float32, "float16": np.float16}  # HDF5 has no bfloat16 type
 HDF5_OBJECT_HEADER_LIMIT = 64512  # Keras splits larger attributes into name0, name1, ...
 ROOT_WITH_MLM_HEAD, ROOT_BARE = "tf_rem_bert_for_masked_lm", "tf_rem_bert_model"

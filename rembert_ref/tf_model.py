@@ -46,7 +46,7 @@ from rembert_ref.outputs import (
     QuestionAnsweringOutput,
 )
 from rembert_ref.errors import TF_EXTRA_HINT, UserError
-from rembert_ref.weight_files import h5_attribute
+from rembert_ref.weight_files import TF_WEIGHTS_NAME, h5_attribute
 
 
 @contextlib.contextmanager
@@ -86,7 +86,6 @@ except ImportError as exc:  # the lean install: TensorFlow is the [tf] extra
     raise UserError(f"rembert_ref.tf_model needs TensorFlow, which is not installed ({exc}): {TF_EXTRA_HINT}") \
         from exc
 
-TF_WEIGHTS_NAME = "tf_model.h5"
 CONFIG_NAME = "config.json"
 
 PastKeyValues = tuple[tuple[tf.Tensor, tf.Tensor], ...]  # per layer: (key, value), each (B, nh, S, hs)

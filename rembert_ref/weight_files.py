@@ -12,6 +12,8 @@ from typing import Any
 
 from rembert_ref.errors import UserError
 
+TF_WEIGHTS_NAME = "tf_model.h5"  # Hugging Face's name for a TF model's weights
+
 
 def h5_attribute(group: Any, name: str) -> list[str]:
     """The list stored as attribute `name` of an h5py group or file, as Keras' `load_attributes_from_hdf5_group`
