@@ -46,6 +46,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from rembert_ref.errors import UserError, require_tensorflow
+from rembert_ref.numpy_reference import PER_TOKEN, POOLED
 from validation.tensor_proof import TensorRow
 
 if TYPE_CHECKING:  # for annotations only: both are imported where they are used
@@ -104,11 +105,11 @@ def head_specs(num_labels: int = 3) -> dict[str, HeadSpec]:
         HeadSpec("RemBertForMaskedLM"),
         HeadSpec("RemBertForCausalLM", encoder=CAUSAL),
         HeadSpec("RemBertForSequenceClassification", layer="classifier", out_features=num_labels,
-                 applies_to="pooled"),
-        HeadSpec("RemBertForMultipleChoice", layer="classifier", out_features=1, applies_to="pooled"),
+                 applies_to=POOLED),
+        HeadSpec("RemBertForMultipleChoice", layer="classifier", out_features=1, applies_to=POOLED),
         HeadSpec("RemBertForTokenClassification", layer="classifier", out_features=num_labels,
-                 applies_to="per-token"),
-        HeadSpec("RemBertForQuestionAnswering", layer="qa_outputs", out_features=2, applies_to="per-token",
+                 applies_to=PER_TOKEN),
+        HeadSpec("RemBertForQuestionAnswering", layer="qa_outputs", out_features=2, applies_to=PER_TOKEN,
                  outputs=("start_logits", "end_logits")),
     )}
 
@@ -473,7 +474,7 @@ def _prepare(reader, converted: Path, original_config: str | os.PathLike | None,
         spec = dataclasses.replace(spec, out_features=config.num_labels if spec.layer == "classifier" else 2,
                                    from_checkpoint=True)
         if heads == HEADS:  # a fine-tuned file: its own head (and the base model where it keeps the pooler)
-            heads = ("RemBertModel", finetuned) if spec.applies_to == "pooled" else (finetuned,)
+            heads = ("RemBertModel", finetuned) if spec.applies_to == POOLED else (finetuned,)
         specs = {name: (spec if name == finetuned else HEAD_SPECS[name]) for name in heads
                  if name not in ("RemBertForMaskedLM", "RemBertForCausalLM")}
     else:
