@@ -299,8 +299,8 @@ def convert_checkpoint(
             config.extra["dtype"] = options.dtype
         config.architectures = [plan.architecture]
         with staged_output(output_dir, inputs, force=options.force) as staging:
-            # The tokenizer first (it sets the config's special-token ids): the parsed SentencePiece model, 250,300
-            # pieces as Python objects at full size, is freed before the weights and `before_commit` need memory.
+            # The tokenizer first: the parsed SentencePiece model, 250,300 pieces as Python objects at full size, is
+            # freed before the weights and `before_commit` need memory.
             tokenizer_files = _write_tokenizer(spm_info, max_length[0], staging) if spm_info is not None else []
             del spm_info
             config.save(staging / "config.json")
