@@ -454,6 +454,12 @@ def test_a_transformers_config_with_another_activation_is_refused(converted, tin
     convert_checkpoint(tiny_ckpt.prefix, out, ["safetensors"],
                        ConvertOptions(config=tmp_path / "hf_config.json", activation="exact", quiet=True))
     assert json.loads((out / "config.json").read_text())["hidden_act"] == "gelu"
+    # verify takes that config too: the activation is the one the conversion report records
+    from validation.parity import verify_conversion
+
+    report = verify_conversion(tiny_ckpt.prefix, out, original_config=tmp_path / "hf_config.json",
+                               heads=("RemBertModel",))
+    assert report.passed, [r.detail for r in report.tensor_failures]
 
 
 def test_no_format_is_named_as_such(tiny_ckpt, tmp_path):

@@ -482,9 +482,14 @@ def _prepare(reader, converted: Path, original_config: str | os.PathLike | None,
                  and (mlm_head or name not in ("RemBertForMaskedLM", "RemBertForCausalLM"))}
     inputs = make_inputs(config, converted, seed)
     plan = tensor_proof.plan_for(reader, converted, config)
-    expected = load_config(reader.prefix, ConvertOptions(config=original_config))  # as convert derives it
-    config_rows = tensor_proof.config_rows(config, expected, plan, tensor_proof.read_conversion_report(converted),
-                                           original_path.name)
+    report = tensor_proof.read_conversion_report(converted)
+    # As convert derived it, with the --activation the report records (a transformers config.json as --config
+    # may name another gelu form, which convert takes only with --activation).
+    recorded = (report.get("activation") or {}).get("hidden_act") if isinstance(report.get("activation"), dict) \
+        else None
+    as_option = {hf: option for option, hf in ACTIVATION_TO_HF.items()}.get(recorded)
+    expected = load_config(reader.prefix, ConvertOptions(config=original_config, activation=as_option))
+    config_rows = tensor_proof.config_rows(config, expected, plan, report, original_path.name)
     head_weights = dict(seeded_task_heads(config, specs, seed), **(task_head_weights or {}))
     if finetuned is not None and finetuned in specs:
         from rembert_ref.numpy_reference import original_head_weights
