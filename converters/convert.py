@@ -222,6 +222,7 @@ def inspect_checkpoint(ckpt: str | os.PathLike, options: ConvertOptions | None =
     if spm is not None and config is not None:
         try:
             _read_tokenizer(spm, config)
+            tokenizer_max_length(reader.prefix, config)  # BLEURT's max_seq_length, which convert checks too
         except UserError as exc:
             tokenizer_problem = str(exc)
     return InspectResult(

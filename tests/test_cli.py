@@ -208,3 +208,13 @@ def test_the_clis_choices_are_the_librarys():
     ours = (cli.FORMATS, cli.DEFAULT_MAX_SHARD_SIZE, cli.ALL_DTYPES, cli.TF2_DTYPES, cli.DEFAULT_MODEL_MAX_LENGTH)
     library = (FORMATS, DEFAULT_MAX_SHARD_SIZE, TARGET_DTYPES, tuple(H5_DTYPES), DEFAULT_MODEL_MAX_LENGTH)
     assert ours == library
+
+
+def test_inspect_without_a_config_does_not_claim_the_tokenizer_fits(tmp_path):
+    copy = tmp_path / "ck"
+    shutil.copytree(EXAMPLE, copy)
+    (copy / "bert_config.json").unlink()
+    result = run("inspect", copy)
+    assert result.exit_code == 2
+    assert "(not checked: there is no config to check it against)" in result.output
+    assert "its pieces match" not in result.output

@@ -603,10 +603,13 @@ def test_bleurt_max_seq_length_is_the_tokenizers_limit(tmp_path, max_seq_length,
         bleurt_config["max_seq_length"] = max_seq_length
     (ckpt / "bleurt_config.json").write_text(json.dumps(bleurt_config))
     result = CliRunner().invoke(main, ["convert", str(ckpt), "-o", str(tmp_path / "out"), "--format", "safetensors"])
+    inspected = CliRunner().invoke(main, ["inspect", str(ckpt)])
     if expected is None:
         assert result.exit_code == 2 and "max_seq_length" in result.output, result.output
         assert not (tmp_path / "out").exists()
+        assert inspected.exit_code == 2 and "max_seq_length" in inspected.output  # as convert refuses it
         return
+    assert inspected.exit_code == 0, inspected.output
     assert result.exit_code == 0, result.output
     tokenizer_config = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
     assert tokenizer_config["model_max_length"] == expected
