@@ -402,8 +402,8 @@ def _save_common(tokenizer: _RemBertTokenizerBase, directory: str | Path, source
 def _copy_from_source(source_dir: Path | None, directory: Path, names: tuple[str, ...]) -> None:
     """The files the tokenizer was loaded with, copied as they are into `directory`: unless that is the same
     folder, however spelled (a file copied onto itself is an error)."""
-    if source_dir is None or os.path.samefile(source_dir, directory):
-        return
+    if source_dir is None or not source_dir.is_dir() or os.path.samefile(source_dir, directory):
+        return  # (a source folder deleted since loading has nothing left to copy)
     for name in names:
         if (source_dir / name).is_file():
             shutil.copyfile(source_dir / name, directory / name)

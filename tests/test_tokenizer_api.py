@@ -4,6 +4,7 @@ with SentencePiece, and (interop) with Hugging Face transformers loading the con
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,19 @@ def test_save_into_the_folder_it_was_loaded_from_however_spelled(pair, tmp_path:
         before = {p.name: p.read_bytes() for p in (tmp_path / "tok").iterdir()}
         loaded.save_pretrained(tmp_path / "tok")
         assert {p.name: p.read_bytes() for p in (tmp_path / "tok").iterdir()} == before
+
+
+def test_save_after_the_folder_it_was_loaded_from_is_gone(pair, tmp_path: Path) -> None:
+    slow, fast = pair
+    fast.save_pretrained(tmp_path / "tok")
+    for cls in (RemBertTokenizerFast, RemBertTokenizer):
+        loaded = cls.from_pretrained(tmp_path / "tok")
+        shutil.copytree(tmp_path / "tok", tmp_path / "kept")
+        shutil.rmtree(tmp_path / "tok")
+        loaded.save_pretrained(tmp_path / "again")
+        assert cls.from_pretrained(tmp_path / "again")(LINES[:5])["input_ids"] == loaded(LINES[:5])["input_ids"]
+        shutil.move(tmp_path / "kept", tmp_path / "tok")
+        shutil.rmtree(tmp_path / "again")
 
 
 def test_decode_and_batch_decode(pair) -> None:
