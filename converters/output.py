@@ -229,6 +229,11 @@ def check_writable_place(output: Path, folder: Path, option: str) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{option} {output} cannot be made: {existing} is not writable (a read-only file system or "
                         f"no permission); choose another {option}")
+    try:  # a folder may look writable and take no new entry (/proc, /sys): try, and take the trial back at once
+        os.rmdir(tempfile.mkdtemp(prefix=".rembert-convert-probe-", dir=existing))
+    except OSError as exc:
+        raise UserError(f"{option} {output} cannot be made: {existing} takes no new folder ({exc.strerror}); "
+                        f"choose another {option}") from None
 
 
 def _refuse_mounts_inside(output: Path, real: Path, inputs: Sequence[NamedInput], option: str) -> None:
@@ -416,11 +421,7 @@ def staged_output(output: str | os.PathLike, inputs: Sequence[NamedInput] = (), 
         real.parent.mkdir(parents=True, exist_ok=True)
         staging_prefix, aside_prefix = _prefixes(real)
         # The marker sits beside the new files, not among them: `staging / "new"` becomes the output.
-        try:
-            holder = Path(tempfile.mkdtemp(prefix=staging_prefix, dir=real.parent))
-        except OSError as exc:  # a place that takes no new folder (/proc, /sys) though it looks writable
-            raise UserError(f"{option} {output} cannot be made: {real.parent} takes no new folder "
-                            f"({exc.strerror}); choose another {option}") from exc
+        holder = Path(tempfile.mkdtemp(prefix=staging_prefix, dir=real.parent))
         staging = holder / "new"
         try:
             _write_marker(holder, STAGING_KIND, real)

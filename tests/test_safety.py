@@ -611,6 +611,9 @@ def test_an_output_that_cannot_be_made_is_one_line_before_any_work(work, tmp_pat
     if Path("/proc/self").is_dir():  # writable by its mode, yet no folder can be made in it
         line = one_error_line(run("pytorch", work / "ckpt", "-o", "/proc/rembert-out"))
         assert "-o /proc/rembert-out cannot be made: /proc " in line  # (not writable, as non-root)
+        for option, place in (("--report", "/proc/rembert-report"), ("--junit", "/proc/rembert.xml")):
+            line = one_error_line(run("verify", work / "ckpt", work / "ckpt", option, place))
+            assert f"{option} {place} cannot be made: /proc " in line  # before any proof is run
 
 
 def test_a_full_disk_is_the_output_places_problem_not_a_bug(work, tmp_path, monkeypatch):
