@@ -524,10 +524,26 @@ def test_a_bleurt_bundle_card_names_the_head_and_its_snippet_runs(tmp_path):
     assert "task head `RemBertForSequenceClassification` (regression)" in card and "`tiny-bleurt`" in card
     code = card_snippets(card)["pytorch"]
     assert "AutoModelForSequenceClassification" in code
-    assert 'tokenizer("The cat sat on the mat.", "A cat was sitting on the mat."' in code  # BLEURT scores pairs
+    assert 'tokenizer("The cat sat on the mat.", "A cat was sitting on the mat.", return_tensors="pt")  # ' \
+           '(reference, candidate): BLEURT scores the pair' in code
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().splitlines()[-1] == "torch.Size([1, 1])"
+
+
+def test_a_classifier_card_that_is_not_bleurt_says_sentence_pair_and_needs_no_use_tf_note(tmp_path):
+    from validation.bundle import card_snippets
+
+    ckpt = tmp_path / "classifier"
+    shutil.copytree(EXAMPLE, ckpt)
+    (ckpt / "bleurt_config.json").unlink()  # then only --head says what the dense head reads
+    result = CliRunner().invoke(main, ["bundle", str(ckpt), "-o", str(tmp_path / "out"), "--format", "safetensors",
+                                       "--head", "sequence-classification", "-q"])
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "out" / "README.md").read_text()
+    code = card_snippets(card)["pytorch"]
+    assert "# a sentence pair" in code and "BLEURT" not in code
+    assert "USE_TF" not in card  # its snippet has no pipeline(), the one call that needs it
 
 
 def test_a_tf2_object_graph_is_refused_whatever_its_attributes_are_called():

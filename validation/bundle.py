@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from converters.convert import ConversionResult, ConvertOptions, convert_checkpoint, sha256_file
+from converters.mapping import BLEURT_CONFIG
 from rembert_ref.config import ACTIVATION_MEANING
 from rembert_ref.errors import UserError, require_tensorflow
 from validation.parity import (HEADS, ParityReport, severity, check_tolerance, imports_ahead, progress_printer,
@@ -248,7 +249,8 @@ def model_card(staged: ConversionResult, parity: ParityReport, card: CardOptions
         f"- {len(report['mapped'])} tensors converted; {len(report['ignored'])} checkpoint variables ignored"
         f"{_ignored_kinds(report['ignored'])}: see `conversion_report.json`",
         "",
-        *_usage(folder, formats, mlm_head, tokenizer is not None, config, task_kind),
+        *_usage(folder, formats, mlm_head, tokenizer is not None, config, task_kind,
+                bleurt=bool(task_head) and BLEURT_CONFIG in task_head["decided_by"]),
         *_tokenizer_section(tokenizer),
         *_parity_section(parity),
         "## How it was made",
@@ -281,7 +283,7 @@ def model_card(staged: ConversionResult, parity: ParityReport, card: CardOptions
 
 
 def _usage(folder: str, formats: list[str], mlm_head: bool, has_tokenizer: bool, config,
-           task_kind: str | None = None) -> list[str]:
+           task_kind: str | None = None, bleurt: bool = False) -> list[str]:
     lines = ["## Use", ""]
     path_line = f"path = {json.dumps(folder)}  # this folder, or its id once uploaded to a hub"
     torch_formats = [f for f in formats if f in ("pytorch", "safetensors")]
@@ -293,8 +295,9 @@ def _usage(folder: str, formats: list[str], mlm_head: bool, has_tokenizer: bool,
         # A sentence pair, [CLS] a [SEP] b [SEP] with token types 0/1: what BLEURT (reference, candidate) and
         # run_classifier's pair tasks read; a single sentence gives a meaningless BLEURT score.
         pair = '"The cat sat on the mat.", "A cat was sitting on the mat."'
-        inputs_pt = f'inputs = tokenizer({pair}, return_tensors="pt")  # (reference, candidate) for BLEURT'
-        inputs_tf = f'inputs = tokenizer({pair}, return_tensors="tf")  # (reference, candidate) for BLEURT'
+        comment = "  # (reference, candidate): BLEURT scores the pair" if bleurt else "  # a sentence pair"
+        inputs_pt = f'inputs = tokenizer({pair}, return_tensors="pt"){comment}'
+        inputs_tf = f'inputs = tokenizer({pair}, return_tensors="tf"){comment}'
     elif has_tokenizer:
         inputs_pt = 'inputs = tokenizer("Hello world", return_tensors="pt")'
         inputs_tf = 'inputs = tokenizer("Hello world", return_tensors="tf")'
@@ -313,9 +316,10 @@ def _usage(folder: str, formats: list[str], mlm_head: bool, has_tokenizer: bool,
             code += ["tokenizer = AutoTokenizer.from_pretrained(path)"]
         code += [f"model = {auto}.from_pretrained(path)", inputs_pt, f"print(model(**inputs).{out}.shape)"]
         lines += [
-            "PyTorch, with transformers 5 (the same code runs with 4.57; there, in an environment that also has "
-            "TensorFlow with Keras 3 but no `tf-keras`, set `USE_TF=0` first, or transformers fails with \"Keras 3 "
-            "is not yet supported\"):",
+            "PyTorch, with transformers 5 (the same code runs with 4.57"
+            + ("; there, in an environment that also has TensorFlow with Keras 3 but no `tf-keras`, set `USE_TF=0` "
+               "first, or `pipeline()` fails with \"Keras 3 is not yet supported\"" if has_tokenizer and mlm_head
+               else "") + "):",
             "",
             "```bash",
             'pip install "transformers>=5" torch',
