@@ -25,6 +25,7 @@ EXIT_PARITY_FAILURE = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
 EXIT_SIGINT = 128 + 2
+OWN_PACKAGES = ("converters", "rembert_ref", "validation", "rembert_convert")
 
 
 def _interrupted(exc: BaseException) -> None:
@@ -58,15 +59,15 @@ def handle_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             _interrupted(exc)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except ModuleNotFoundError as exc:  # an install missing a dependency: the environment's doing, not a bug
-            if debug:
-                raise
-            click.echo(f"error: the Python module {exc.name!r} is not installed; install rembert-convert with its "
-                       "dependencies (pip install rembert-convert, or pip install -e . in a checkout)", err=True)
-            sys.exit(EXIT_USER_ERROR)
         except Exception as exc:  # an internal error: still one line, the traceback is one flag away
             if debug:
                 raise
+            missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+            if missing and missing.split(".")[0] not in OWN_PACKAGES:  # the install's doing (ours missing: a bug)
+                click.echo(f"error: the Python module {missing!r} is not installed; install rembert-convert with "
+                           "its dependencies (pip install rembert-convert, or pip install -e . in a checkout)",
+                           err=True)
+                sys.exit(EXIT_USER_ERROR)
             where = _file_system_refusal(exc)
             if where is not None:  # the disk's or a permission's doing, not a bug: the staged output is removed
                 click.echo(f"error: {where}", err=True)

@@ -459,6 +459,13 @@ def test_a_missing_dependency_is_the_installs_problem_not_a_bug(tmp_path, monkey
     assert line.startswith("error: the Python module 'google_crc32c' is not installed; install rembert-convert")
     assert not (tmp_path / "out").exists()
 
+    def ours_missing(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'converters.plan_v2'", name="converters.plan_v2")
+
+    monkeypatch.setattr(converters.convert, "plan_conversion", ours_missing)
+    line = one_error_line(run("pytorch", EXAMPLE, "-o", tmp_path / "out"), code=3)  # our own module: a bug
+    assert line.startswith("error: internal error ModuleNotFoundError")
+
 
 def test_no_command_shows_the_help_not_an_error():
     result = run()
