@@ -803,7 +803,8 @@ def test_every_config_key_verify_proves_is_caught_when_changed(tiny_ckpt, conver
     (folder / "config.json").write_text(json.dumps(values))
     try:
         report = verify_conversion(tiny_ckpt.prefix, folder, heads=BASE_HEADS, functional=False)
-    except UserError:
+    except UserError as exc:  # a size the checkpoint's tensors do not have
+        assert "checkpoint and config disagree" in str(exc), exc
         return
     assert ("config", f"config.json {key}", "config") in _failing_tensors(report), key
 
