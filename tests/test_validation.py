@@ -735,12 +735,18 @@ def test_safetensors_shards_the_index_does_not_name_fail(tiny_ckpt, tmp_path):
     assert _failing_tensors(report) == {("folder", "model-extra.safetensors", "unproven")}
 
 
-def test_verify_against_another_checkpoint_says_so(converted, tmp_path):
+def test_verify_against_another_checkpoint_says_so(tiny_ckpt, converted, tmp_path):
     other = Path(__file__).resolve().parents[1] / "examples" / "tiny-bleurt"
     result = CliRunner().invoke(main, ["verify", str(other), str(converted)])
     assert result.exit_code == 2 and result.output.count("\n") == 1
     assert f"Was {converted} converted from {other / 'variables' / 'variables'}?" in result.output
     assert "CKPT" not in result.output and "--config" not in result.output
+    # A fine-tuned folder against a checkpoint without its head: no word of convert's --head either.
+    bleurt = tmp_path / "bleurt"
+    convert_checkpoint(other, bleurt, ["safetensors"], ConvertOptions(quiet=True))
+    result = CliRunner().invoke(main, ["verify", str(tiny_ckpt.prefix), str(bleurt)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "was it converted from this checkpoint?" in result.output and "--head" not in result.output
 
 
 @pytest.mark.parametrize("weight_map", [["model-00001-of-00002.safetensors"], {"a": 1}, "x"])

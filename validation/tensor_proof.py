@@ -349,7 +349,11 @@ def plan_for(reader: CheckpointReader, converted: Path, config: RemBertConfig) -
         output_embedding = None
     kind = ((report.get("task_head") or {}).get("kind")
             or next((k for k, v in HEAD_KINDS.items() if v.architecture in architectures), None))
-    task_head = find_task_head(reader.variables(), kind) if kind is not None else None
+    try:
+        task_head = find_task_head(reader.variables(), kind) if kind is not None else None
+    except UserError:  # its messages speak of convert's --head, which verify has not got
+        raise UserError(f"{converted} holds a {kind} task head that {reader.prefix} has no fitting variables for; "
+                        "was it converted from this checkpoint?") from None
     config = dataclasses.replace(config)
     if task_head is not None:
         config.num_labels = task_head.num_labels
