@@ -453,7 +453,7 @@ def _check_folder(converted: Path, formats: tuple[str, ...] | None, functional: 
 def _prepare(reader, converted: Path, original_config: str | os.PathLike | None, heads: tuple[str, ...], seed: int,
              task_head_weights: Mapping[str, tuple[np.ndarray, np.ndarray]] | None) -> _Setup:
     from converters.convert import ConvertOptions, find_config, load_config
-    from rembert_ref.config import ACTIVATION_MEANING, ACTIVATION_TO_HF, RemBertConfig, read_json
+    from rembert_ref.config import ACTIVATION_MEANING, ACTIVATION_TO_HF, RemBertConfig, is_original_config, read_json
     from validation import tensor_proof
 
     unknown = sorted(set(heads) - set(HEADS))
@@ -485,9 +485,13 @@ def _prepare(reader, converted: Path, original_config: str | os.PathLike | None,
     report = tensor_proof.read_conversion_report(converted)
     # As convert derived it, with the --activation the report records (a transformers config.json as --config
     # may name another gelu form, which convert takes only with --activation).
-    recorded = (report.get("activation") or {}).get("hidden_act") if isinstance(report.get("activation"), dict) \
-        else None
-    as_option = {hf: option for option, hf in ACTIVATION_TO_HF.items()}.get(recorded)
+    recorded = report.get("activation", {}).get("hidden_act") if isinstance(report.get("activation"), dict) else None
+    as_option = {hf: option for option, hf in ACTIVATION_TO_HF.items()}.get(recorded) \
+        if isinstance(recorded, str) else None
+    if as_option is None and not is_original_config(original) and original.get("hidden_act") not in ACTIVATION_MEANING:
+        raise UserError(f"{original_path} has hidden_act {original.get('hidden_act')!r}, which convert takes only "
+                        f"with --activation, and {converted} has no conversion_report.json recording the one it "
+                        "was converted with: convert it again (convert writes the report)")
     expected = load_config(reader.prefix, ConvertOptions(config=original_config, activation=as_option))
     config_rows = tensor_proof.config_rows(config, expected, plan, report, original_path.name)
     head_weights = dict(seeded_task_heads(config, specs, seed), **(task_head_weights or {}))
