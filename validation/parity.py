@@ -490,8 +490,8 @@ def _prepare(reader, converted: Path, original_config: str | os.PathLike | None,
         if isinstance(recorded, str) else None
     if as_option is None and not is_original_config(original) and original.get("hidden_act") not in ACTIVATION_MEANING:
         raise UserError(f"{original_path} has hidden_act {original.get('hidden_act')!r}, which convert takes only "
-                        f"with --activation, and {converted} has no conversion_report.json recording the one it "
-                        "was converted with: convert it again (convert writes the report)")
+                        f"with --activation, and {converted / 'conversion_report.json'} does not record which one it "
+                        "was converted with (or is missing): convert it again (convert writes the report)")
     expected = load_config(reader.prefix, ConvertOptions(config=original_config, activation=as_option))
     config_rows = tensor_proof.config_rows(config, expected, plan, report, original_path.name)
     head_weights = dict(seeded_task_heads(config, specs, seed), **(task_head_weights or {}))
