@@ -131,7 +131,7 @@ def overlap(output: Path, source: Path) -> str | None:
 
 
 def check_output(output: str | os.PathLike, inputs: Sequence[NamedInput], *, force: bool,
-                 option: str = "-o") -> Path:
+                 option: str = "-o", probe: bool = True) -> Path:
     """Refuse an output that would touch an input, or that cannot be replaced atomically; return its real path.
 
     Checked before anything is read, so a mistake costs nothing. Leftovers of killed runs for this output are
@@ -142,7 +142,7 @@ def check_output(output: str | os.PathLike, inputs: Sequence[NamedInput], *, for
     if os.path.lexists(output) and not output.is_dir():
         raise UserError(f"output {output} exists and is not a directory; choose another {option}")
     real = Path(os.path.realpath(output))
-    check_writable_place(output, real.parent, option)
+    check_writable_place(output, real.parent, option, probe=probe)
     cwd = Path(os.path.realpath(os.getcwd()))
     if real == cwd or real in cwd.parents:
         raise UserError(f"output {output} is the current directory or holds it, which cannot be replaced "
@@ -217,7 +217,7 @@ def _mount_points() -> list[Path]:
     return [Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), f[4])) for f in fields if len(f) > 4]
 
 
-def check_writable_place(output: Path, folder: Path, option: str) -> None:
+def check_writable_place(output: Path, folder: Path, option: str, *, probe: bool = True) -> None:
     """The output goes into `folder` (made if missing): its nearest existing ancestor must be a folder this
     process may write in, else one line now rather than a failed write later."""
     existing = folder
@@ -229,11 +229,29 @@ def check_writable_place(output: Path, folder: Path, option: str) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{option} {output} cannot be made: {existing} is not writable (a read-only file system or "
                         f"no permission); choose another {option}")
-    try:  # a folder may look writable and take no new entry (/proc, /sys): try, and take the trial back at once
-        os.rmdir(tempfile.mkdtemp(prefix=".rembert-convert-probe-", dir=existing))
+    if probe:
+        _probe_new_folder(output, existing, option)
+
+
+PROBE_PREFIX = ".rembert-convert-probe-"
+
+
+def _probe_new_folder(output: Path, existing: Path, option: str) -> None:
+    """A folder may look writable and take no new entry (/proc, /sys): make one and remove it at once. Its
+    name carries this process's id, so a later run removes it should this one be killed in between."""
+    try:
+        trial = tempfile.mkdtemp(prefix=f"{PROBE_PREFIX}{os.getpid()}-", dir=existing)
     except OSError as exc:
+        if exc.errno in OUTPUT_FULL_ERRNOS:
+            raise UserError(f"{option} {output} cannot be made: no free space in {existing} ({exc.strerror}); "
+                            f"free some or choose another {option}") from None
         raise UserError(f"{option} {output} cannot be made: {existing} takes no new folder ({exc.strerror}); "
                         f"choose another {option}") from None
+    try:
+        os.rmdir(trial)
+    except OSError as exc:
+        raise UserError(f"the trial folder {trial} could not be removed ({exc.strerror}); remove it, or choose "
+                        f"another {option}") from None
 
 
 def _refuse_mounts_inside(output: Path, real: Path, inputs: Sequence[NamedInput], option: str) -> None:
@@ -313,6 +331,13 @@ def recover_leftovers(real: Path) -> list[Path]:
         return []
     handled = []
     for candidate in sorted(parent.iterdir()):
+        if candidate.name.startswith(PROBE_PREFIX):  # an empty trial folder of a run killed while it checked
+            pid = candidate.name[len(PROBE_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and _process_gone(int(pid)):
+                with contextlib.suppress(OSError):  # only ever an empty folder
+                    os.rmdir(candidate)
+                    handled.append(candidate)
+            continue
         if not candidate.name.startswith(_prefixes(real)):
             continue
         marker = _read_marker(candidate)
@@ -416,7 +441,7 @@ def staged_output(output: str | os.PathLike, inputs: Sequence[NamedInput] = (), 
 
     On any exception or signal inside the block the staging directory is removed and the old output stays
     as it was. Leftovers of earlier killed runs for the same output are dealt with first."""
-    real = check_output(output, inputs, force=force, option=option)
+    real = check_output(output, inputs, force=force, option=option, probe=False)  # the staging folder tries
     with _SignalGuard() as guard:
         real.parent.mkdir(parents=True, exist_ok=True)
         staging_prefix, aside_prefix = _prefixes(real)
@@ -427,7 +452,7 @@ def staged_output(output: str | os.PathLike, inputs: Sequence[NamedInput] = (), 
             _write_marker(holder, STAGING_KIND, real)
             staging.mkdir()
             yield staging
-            check_output(real, inputs, force=force, option=option)  # nothing appeared there meanwhile
+            check_output(real, inputs, force=force, option=option, probe=False)  # nothing appeared meanwhile
             guard.critical = True  # a signal now waits until the new output is in place or the old one back
             _commit(staging, real, aside_prefix)
         except OSError as exc:

@@ -623,6 +623,36 @@ def test_an_output_that_cannot_be_made_is_one_line_before_any_work(work, tmp_pat
             assert f"{option} {place} cannot be made: /proc " in line  # before any proof is run
 
 
+def test_the_output_place_is_tried_once_before_the_work_and_a_killed_trial_is_cleared(work, tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    import converters.output as output
+
+    trials = []
+    probe = output._probe_new_folder
+    monkeypatch.setattr(output, "_probe_new_folder", lambda *args: trials.append(args) or probe(*args))
+    assert run("pytorch", work / "ckpt", "-o", tmp_path / "out", "-q").exit_code == 0
+    assert len(trials) == 1  # not again once the work is done: a place that fills up then is the write's problem
+    # A trial folder left by a run killed in between (its process gone) goes; one of a live process stays.
+    dead, alive = (tmp_path / f"{output.PROBE_PREFIX}{pid}-x" for pid in (2**22 + 12345, os.getpid()))
+    dead.mkdir()
+    alive.mkdir()
+    assert run("pytorch", work / "ckpt", "-o", tmp_path / "out", "--force", "-q").exit_code == 0
+    assert not dead.exists() and alive.exists()
+    # A full disk while trying is said as such.
+    make = tempfile.mkdtemp
+
+    def full(*args, prefix="", **kwargs):
+        if prefix.startswith(output.PROBE_PREFIX):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return make(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", full)
+    line = one_error_line(run("pytorch", work / "ckpt", "-o", tmp_path / "new"))
+    assert f"cannot be made: no free space in {tmp_path}" in line
+
+
 def test_a_full_disk_is_the_output_places_problem_not_a_bug(work, tmp_path, monkeypatch):
     from converters.writers import SafetensorsWriter
 
