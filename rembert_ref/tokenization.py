@@ -391,7 +391,20 @@ def _read_config(directory: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def _require_sources(source_dir: Path | None, vocab_file: Path | None = None) -> None:
+    """Before a save writes anything: the files it copies from where the tokenizer was loaded must still be there
+    (tokenizer_config.json and special_tokens_map.json are copied, not rebuilt)."""
+    if source_dir is not None and not source_dir.is_dir():
+        raise UserError(f"the folder this tokenizer was loaded from, {source_dir}, is gone, and saving copies its "
+                        "tokenizer_config.json and special_tokens_map.json: load the tokenizer again from a folder "
+                        "that has them")
+    if vocab_file is not None and not vocab_file.is_file():
+        raise UserError(f"{vocab_file}, the vocabulary this tokenizer was loaded with, is gone: load the tokenizer "
+                        "again from a folder that has it")
+
+
 def _save_common(tokenizer: _RemBertTokenizerBase, directory: str | Path, source_dir: Path | None) -> Path:
+    _require_sources(source_dir)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.save_vocabulary(directory)
@@ -402,8 +415,8 @@ def _save_common(tokenizer: _RemBertTokenizerBase, directory: str | Path, source
 def _copy_from_source(source_dir: Path | None, directory: Path, names: tuple[str, ...]) -> None:
     """The files the tokenizer was loaded with, copied as they are into `directory`: unless that is the same
     folder, however spelled (a file copied onto itself is an error)."""
-    if source_dir is None or not source_dir.is_dir() or os.path.samefile(source_dir, directory):
-        return  # (a source folder deleted since loading has nothing left to copy)
+    if source_dir is None or os.path.samefile(source_dir, directory):
+        return
     for name in names:
         if (source_dir / name).is_file():
             shutil.copyfile(source_dir / name, directory / name)
@@ -584,6 +597,7 @@ class RemBertTokenizerFast(_RemBertTokenizerBase):
                    vocab_file=spm_file if spm_file.is_file() else None)
 
     def save_pretrained(self, directory: str | Path) -> Path:
+        _require_sources(self._source_dir, self.vocab_file)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / TOKENIZER_FILE).write_text(self._tokenizer.to_str(pretty=True) + "\n", encoding="utf-8")
