@@ -319,7 +319,8 @@ def inspect(ckpt: str, show_all: bool, **kwargs: Any) -> None:
     if info.tokenizer_problem is not None:
         click.echo(f"tokenizer: {info.tokenizer_problem} (or convert with --no-tokenizer)")
     elif info.tokenizer is not None and info.config_note is not None:
-        click.echo(f"tokenizer: {info.tokenizer} (not checked: there is no config to check it against)")
+        click.echo(f"tokenizer: {info.tokenizer} (not checked: no usable config to check it against; see the note "
+                   "above)")
     elif info.tokenizer is not None:
         click.echo(f"tokenizer: {info.tokenizer} (its pieces match vocab_size)")
     elif no_tokenizer_note is not None:

@@ -216,5 +216,5 @@ def test_inspect_without_a_config_does_not_claim_the_tokenizer_fits(tmp_path):
     (copy / "bert_config.json").unlink()
     result = run("inspect", copy)
     assert result.exit_code == 2
-    assert "(not checked: there is no config to check it against)" in result.output
+    assert "(not checked: no usable config to check it against; see the note above)" in result.output
     assert "its pieces match" not in result.output
