@@ -425,6 +425,31 @@ def test_a_tensor_of_the_wrong_shape_is_caught_by_the_tensor_proof(tiny_ckpt, co
     assert ("safetensors", name, "shape") in _failing_tensors(report)
 
 
+def test_a_zero_stored_with_the_other_sign_is_caught(tmp_path):
+    """-0.0 == +0.0 as numbers, but float32 must be bit-identical: a sign flipped on a zero is a changed value."""
+    import tensorflow as tf
+
+    from tests.conftest import TINY_ORIGINAL_CONFIG
+    from testkit.synthetic_checkpoint import synthetic_variables
+
+    values = synthetic_variables(TINY_ORIGINAL_CONFIG, seed=4)
+    values["bert/pooler/dense/bias"][2] = 0.0
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    tf.raw_ops.SaveV2(prefix=str(ckpt / "model.ckpt-1"), tensor_names=sorted(values),
+                      shape_and_slices=[""] * len(values), tensors=[tf.constant(values[n]) for n in sorted(values)])
+    (ckpt / "bert_config.json").write_text(json.dumps(TINY_ORIGINAL_CONFIG))
+    out = tmp_path / "out"
+    convert_checkpoint(ckpt / "model.ckpt-1", out, ["safetensors"], ConvertOptions(quiet=True))
+
+    def edit(t):
+        t["rembert.pooler.dense.bias"][2] = -0.0
+
+    _edit_safetensors(out, edit)
+    report = verify_conversion(ckpt / "model.ckpt-1", out, functional=False)
+    assert _failing_tensors(report) == {("safetensors", "rembert.pooler.dense.bias", "values")}
+
+
 def test_pytorch_and_safetensors_disagreeing_on_one_value(tiny_ckpt, converted, tmp_path):
     folder = _copy(converted, tmp_path)
     name = "rembert.encoder.layer.2.intermediate.dense.weight"
