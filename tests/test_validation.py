@@ -742,10 +742,11 @@ def test_weight_files_verify_does_not_read_fail_by_name(tiny_ckpt, converted_h5,
     (folder / "pytorch_model-00001-of-00001.bin").write_bytes(b"weights")
     (folder / "pytorch_model.bin.index.json").write_text('{"weight_map": {}}')
     (folder / "flax_model.msgpack").write_bytes(b"weights")
+    (folder / "rembert-q8.gguf").write_bytes(b"weights")  # llama.cpp's format: a published file all the same
     (folder / "NOTES.txt").write_text("not weights")
     report = verify_conversion(tiny_ckpt.prefix, folder, heads=BASE_HEADS)
     assert _failing_tensors(report) == {("folder", name, "unproven") for name in (
-        "pytorch_model-00001-of-00001.bin", "pytorch_model.bin.index.json", "flax_model.msgpack")}
+        "pytorch_model-00001-of-00001.bin", "pytorch_model.bin.index.json", "flax_model.msgpack", "rembert-q8.gguf")}
     assert not report.failures
 
 
