@@ -16,6 +16,7 @@ from rembert_ref.errors import UserError
 
 # BERT's TF1 code defines `gelu` as the tanh approximation; Hugging Face's "gelu" is the exact erf form.
 ACTIVATION_TO_HF = {"tanh": "gelu_new", "exact": "gelu"}
+ACTIVATION_FROM_HF = {hf: option for option, hf in ACTIVATION_TO_HF.items()}  # hidden_act -> --activation
 # The hidden_act values a conversion writes and verify proves, in words for reports, messages and cards.
 ACTIVATION_MEANING = {"gelu_new": "tanh approximation, TF1 BERT's gelu", "gelu": "exact erf gelu"}
 

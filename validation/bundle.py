@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from converters.convert import ConversionResult, ConvertOptions, convert_checkpoint, sha256_file
-from converters.mapping import BLEURT_CONFIG
+from converters.mapping import BLEURT_CONFIG, SEQUENCE_CLASSIFICATION
 from rembert_ref.config import ACTIVATION_MEANING
 from rembert_ref.errors import UserError, require_tensorflow
 from validation.parity import (HEADS, ParityReport, severity, check_tolerance, imports_ahead, progress_printer,
@@ -291,7 +291,7 @@ def _usage(folder: str, formats: list[str], mlm_head: bool, has_tokenizer: bool,
     out = "logits" if mlm_head else "last_hidden_state"
     if task_kind is not None:
         auto, _, out = TASK_PIPELINES[task_kind]
-    if has_tokenizer and task_kind == "sequence-classification":
+    if has_tokenizer and task_kind == SEQUENCE_CLASSIFICATION:
         # A sentence pair, [CLS] a [SEP] b [SEP] with token types 0/1: what BLEURT (reference, candidate) and
         # run_classifier's pair tasks read; a single sentence gives a meaningless BLEURT score.
         pair = '"The cat sat on the mat.", "A cat was sitting on the mat."'

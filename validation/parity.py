@@ -453,14 +453,14 @@ def _check_folder(converted: Path, formats: tuple[str, ...] | None, functional: 
 def _prepare(reader, converted: Path, original_config: str | os.PathLike | None, heads: tuple[str, ...], seed: int,
              task_head_weights: Mapping[str, tuple[np.ndarray, np.ndarray]] | None) -> _Setup:
     from converters.convert import ConvertOptions, find_config, load_config
-    from rembert_ref.config import ACTIVATION_MEANING, ACTIVATION_TO_HF, RemBertConfig, is_original_config, read_json
+    from rembert_ref.config import ACTIVATION_FROM_HF, ACTIVATION_MEANING, RemBertConfig, is_original_config, read_json
     from validation import tensor_proof
 
     unknown = sorted(set(heads) - set(HEADS))
     if unknown:
         raise UserError(f"unknown head(s) {', '.join(unknown)}; use some of: {', '.join(HEADS)}")
     config = RemBertConfig.from_json_file(converted / "config.json")
-    activation = {hf: option for option, hf in ACTIVATION_TO_HF.items()}.get(config.hidden_act)
+    activation = ACTIVATION_FROM_HF.get(config.hidden_act)
     if activation is None:
         raise UserError(f"config.json has hidden_act {config.hidden_act!r}; only {' / '.join(ACTIVATION_MEANING)} "
                         "are verifiable")
@@ -481,13 +481,12 @@ def _prepare(reader, converted: Path, original_config: str | os.PathLike | None,
         specs = {name: spec for name, spec in HEAD_SPECS.items() if name in heads
                  and (mlm_head or name not in ("RemBertForMaskedLM", "RemBertForCausalLM"))}
     inputs = make_inputs(config, converted, seed)
-    plan = tensor_proof.plan_for(reader, converted, config)
     report = tensor_proof.read_conversion_report(converted)
+    plan = tensor_proof.plan_for(reader, converted, config, report)
     # As convert derived it, with the --activation the report records (a transformers config.json as --config
     # may name another gelu form, which convert takes only with --activation).
     recorded = report.get("activation", {}).get("hidden_act") if isinstance(report.get("activation"), dict) else None
-    as_option = {hf: option for option, hf in ACTIVATION_TO_HF.items()}.get(recorded) \
-        if isinstance(recorded, str) else None
+    as_option = ACTIVATION_FROM_HF.get(recorded) if isinstance(recorded, str) else None
     if as_option is None and not is_original_config(original) and original.get("hidden_act") not in ACTIVATION_MEANING:
         raise UserError(f"{original_path} has hidden_act {original.get('hidden_act')!r}, which convert takes only "
                         f"with --activation, and {converted / 'conversion_report.json'} does not record which one it "

@@ -334,14 +334,14 @@ def read_conversion_report(converted: Path) -> dict[str, Any]:
     return report if isinstance(report, dict) else {}
 
 
-def plan_for(reader: CheckpointReader, converted: Path, config: RemBertConfig) -> ConversionPlan:
-    """The conversion plan the folder was written with: what conversion_report.json says (MLM head, output
-    embedding, task head), else what config.json's architecture implies."""
+def plan_for(reader: CheckpointReader, converted: Path, config: RemBertConfig, report: dict[str, Any]
+             ) -> ConversionPlan:
+    """The conversion plan the folder was written with: what its conversion_report.json (`report`) says (MLM
+    head, output embedding, task head), else what config.json's architecture implies."""
     import dataclasses
 
     from converters.mapping import HEAD_KINDS, find_task_head
 
-    report = read_conversion_report(converted)
     architectures = config.architectures or []
     mlm_head = report.get("mlm_head", "RemBertModel" not in architectures)
     output_embedding = (report.get("source") or {}).get("output_embedding")
