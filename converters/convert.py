@@ -34,6 +34,7 @@ from converters.mapping import (
 )
 from converters.output import NamedInput, check_output, checkpoint_inputs, inputs_of, staged_output
 from converters.pipeline import BufferPool, ScratchArray, read_ahead
+from converters.progress import StepProgress, Update, terminal_progress
 from converters.tf1_checkpoint import DEFAULT_CHUNK_BYTES, CheckpointReader, checkpoint_home, resolve_checkpoint
 from converters.writers import (
     TARGET_DTYPES,
@@ -259,14 +260,20 @@ def convert_checkpoint(
     *,
     before_commit: Callable[[ConversionResult], None] | None = None,
     hash_in_stream: bool = False,
+    progress: StepProgress | None = None,
 ) -> ConversionResult:
     """Convert a TF1 RemBERT checkpoint into the requested formats (one pass over the checkpoint).
 
     `before_commit` sees the finished files in the staging directory and may add files or raise (then nothing
     is written): `bundle` verifies parity there, before the output appears. `hash_in_stream`: every weight file
     gets its sha256 in `ConversionResult.digests` even without `options.checksums` (each writer hashes its files
-    as it writes them)."""
+    as it writes them). `progress`: where the steps are shown (bundle shows its own steps on the same lines); by
+    default on a terminal's stderr, unless `options.quiet`."""
     options = options or ConvertOptions()
+    if progress is None:
+        with terminal_progress(not options.quiet and sys.stderr.isatty()) as progress:
+            return convert_checkpoint(ckpt, output_dir, formats, options, before_commit=before_commit,
+                                      hash_in_stream=hash_in_stream, progress=progress)
     if options.dtype not in TARGET_DTYPES:
         raise UserError(f"unknown dtype {options.dtype!r}; use one of: {', '.join(TARGET_DTYPES)}")
     if options.activation is not None and options.activation not in ACTIVATION_TO_HF:
@@ -302,13 +309,17 @@ def convert_checkpoint(
         with staged_output(output_dir, inputs, force=options.force) as staging:
             # The tokenizer first: the parsed SentencePiece model, 250,300 pieces as Python objects at full size, is
             # freed before the weights and `before_commit` need memory.
-            tokenizer_files = _write_tokenizer(spm_info, max_length[0], staging) if spm_info is not None else []
+            tokenizer_files = []
+            if spm_info is not None:
+                with progress.step("tokenizer files"):
+                    tokenizer_files = _write_tokenizer(spm_info, max_length[0], staging)
             del spm_info
             config.save(staging / "config.json")
             writers = [factory(staging, plan.mappings, options.dtype, plan) for factory in factories]
             try:
-                _stream(reader, plan.mappings, writers, options)
-                closed = [path for writer in writers for path in writer.close()]
+                with progress.step(f"convert to {' + '.join(formats)}") as update:
+                    _stream(reader, plan.mappings, writers, options, update)
+                    closed = [path for writer in writers for path in writer.close()]
             except BaseException:
                 for writer in writers:
                     writer.abort()
@@ -375,9 +386,9 @@ READ_AHEAD_SLICES = 2
 
 
 def _stream(reader: CheckpointReader, mappings: Sequence[TensorMapping], writers: Sequence[Writer],
-            options: ConvertOptions) -> None:
-    total = sum(reader.entries[m.source].nbytes for m in mappings)
-    progress = _progress(total, options.quiet)
+            options: ConvertOptions, progress: Update) -> None:
+    total = max(sum(reader.entries[m.source].nbytes for m in mappings), 1)
+    done = 0
     # Every slice is read into one of a few buffers allocated here, cast into one of a few more, and
     # transposed into two more (see converters/pipeline.py): memory stays bounded by design, whatever the model.
     # One slice being converted here, READ_AHEAD_SLICES queued, one being read: with that many buffers the
@@ -426,10 +437,10 @@ def _stream(reader: CheckpointReader, mappings: Sequence[TensorMapping], writers
             for job in jobs:
                 job.result()  # a writer's error, raised here
             (buffers if mapping.source_dtype == options.dtype else cast_buffers).give_back(converted)
-            progress.update(source_bytes)
+            done += source_bytes
+            progress(done / total)
     finally:
         writing.shutdown()
-        progress.close()
 
 
 def tf_layout(mapping: TensorMapping, chunk: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -460,14 +471,6 @@ def _slices(reader: CheckpointReader, mappings: Sequence[TensorMapping], options
         limit = reader.entries[mapping.source].nbytes if mapping.read_whole else options.chunk_bytes
         for chunk in reader.iter_rows(mapping.source, max_bytes=max(limit, 1), buffers=buffers):
             yield mapping, chunk
-
-
-def _progress(total: int, quiet: bool):
-    from tqdm import tqdm
-
-    disable = quiet or not sys.stderr.isatty()
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="converting", disable=disable,
-                file=sys.stderr, leave=False)
 
 
 def conversion_report(prefix: Path, plan: ConversionPlan, options: ConvertOptions, formats: Sequence[str],

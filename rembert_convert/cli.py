@@ -476,11 +476,13 @@ def verify(ckpt: str, converted: str, config: str | None, formats: tuple[str, ..
       convert-rembert verify ckpt/ out/rembert --report out/parity --junit out/verify.xml
       convert-rembert verify ckpt/ out/rembert --format safetensors --tolerance 1e-4
     """
-    from validation.parity import progress_printer, verify_to_files
+    from validation.parity import verify_to_files
+    from converters.progress import terminal_progress
 
-    report, written = verify_to_files(ckpt, converted, original_config=config, formats=formats or None,
-                                      tolerance=tolerance, report_dir=report_dir, junit_file=junit_file, force=force,
-                                      progress=progress_printer(not quiet and sys.stderr.isatty()))
+    with terminal_progress(not quiet and sys.stderr.isatty()) as progress:
+        report, written = verify_to_files(ckpt, converted, original_config=config, formats=formats or None,
+                                          tolerance=tolerance, report_dir=report_dir, junit_file=junit_file,
+                                          force=force, progress=progress)
     shown = report.rows if all_rows else report.worst_rows()
     if not quiet:
         for row in shown:

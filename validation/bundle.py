@@ -15,14 +15,15 @@ import re
 import shlex
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from converters.convert import ConversionResult, ConvertOptions, convert_checkpoint, sha256_file
 from converters.mapping import BLEURT_CONFIG, SEQUENCE_CLASSIFICATION
 from rembert_ref.config import ACTIVATION_MEANING
 from rembert_ref.errors import UserError, require_tensorflow
-from validation.parity import (HEADS, ParityReport, severity, check_tolerance, imports_ahead, progress_printer,
-                               verify_conversion)
+from validation.parity import HEADS, ParityReport, check_tolerance, imports_ahead, severity, verify_conversion
+from converters.progress import StepProgress, terminal_progress
 
 CHECKSUMS_NAME = "SHA256SUMS"
 MODEL_CARD_NAME = "README.md"
@@ -95,14 +96,12 @@ def bundle_checkpoint(
         card = CardOptions(**{**card.__dict__, "name": _default_name(Path(output_dir))})
     parity: dict[str, ParityReport] = {}
 
-    def verify_and_describe(staged: ConversionResult) -> None:
+    def verify_and_describe(staged: ConversionResult, progress: StepProgress) -> None:
         # The weight files were hashed as convert wrote them (hash_in_stream); the small files are hashed at the end.
         # verify drops each format from the page cache once proven, so that the next one reuses those pages
         # (bundle has just written them all: converters.writers.DirectFile says why new pages cost).
         report = verify_conversion(ckpt, staged.output_dir, original_config=options.config, heads=heads,
-                                   tolerance=tolerance,
-                                   progress=progress_printer(not options.quiet and sys.stderr.isatty()),
-                                   release_cache=True)
+                                   tolerance=tolerance, progress=progress, release_cache=True)
         parity["report"] = report
         if not report.passed:
             worst = sorted(report.failures, key=severity, reverse=True)[:3]
@@ -115,15 +114,18 @@ def bundle_checkpoint(
         report.write(staged.output_dir)
         write_checksums(staged.output_dir, staged.digests)  # before the card: it leaves the card out
         # After verify, not beside it: a 250,300-piece tokenizer in memory would add to verify's peak.
-        tokenizer = _tokenizer_agreement(staged.output_dir)
+        with progress.step("tokenizer agreement"):
+            tokenizer = _tokenizer_agreement(staged.output_dir)
         text = model_card(staged, report, card, tokenizer, folder=Path(output_dir).resolve().name)
         (staged.output_dir / MODEL_CARD_NAME).write_text(text, encoding="utf-8")
 
     # verify's imports (torch, TensorFlow: 2-3 s of one core) run while convert writes, which leaves a core idle,
     # instead of beside verify, which keeps both busy.
-    with imports_ahead(list(formats)):
-        conversion = convert_checkpoint(ckpt, output_dir, list(formats), options, before_commit=verify_and_describe,
-                                        hash_in_stream=True)
+    # One set of progress lines for the whole bundle: convert's steps, then verify's.
+    with terminal_progress(not options.quiet and sys.stderr.isatty()) as progress, imports_ahead(list(formats)):
+        conversion = convert_checkpoint(ckpt, output_dir, list(formats), options, hash_in_stream=True,
+                                        before_commit=partial(verify_and_describe, progress=progress),
+                                        progress=progress)
     out = Path(output_dir)
     return BundleResult(out, sorted(p for p in out.iterdir() if p.is_file()), parity["report"], conversion)
 

@@ -32,7 +32,6 @@ import importlib
 import json
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -47,6 +46,7 @@ import numpy as np
 
 from rembert_ref.errors import UserError, require_tensorflow
 from rembert_ref.numpy_reference import PER_TOKEN, POOLED
+from converters.progress import StepProgress, Update
 from validation.tensor_proof import TensorRow
 
 if TYPE_CHECKING:  # for annotations only: both are imported where they are used
@@ -512,7 +512,7 @@ def verify_to_files(
     report_dir: str | os.PathLike | None = None,
     junit_file: str | os.PathLike | None = None,
     force: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: StepProgress | None = None,
 ) -> tuple[ParityReport, list[Path]]:
     """`verify`: `verify_conversion`, then the report as parity_report.{json,md} in `report_dir` and as JUnit XML
     in `junit_file`. Both places are checked before anything is measured (never inside an input; an existing
@@ -553,7 +553,7 @@ def verify_conversion(
     tensors: bool = True,
     functional: bool = True,
     task_head_weights: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: StepProgress | None = None,
     release_cache: bool = False,
 ) -> ParityReport:
     """Prove `converted` against the checkpoint: every tensor of every format (tensor proof) and every head in
@@ -575,7 +575,7 @@ def verify_conversion(
 
 
 def _verify(setup: _Setup, reader, converted: Path, found: list[str], seed: int, tolerance: float | None,
-            tensors: bool, functional: bool, progress: Callable[[str], None] | None,
+            tensors: bool, functional: bool, progress: StepProgress | None,
             iter_formats: Callable[[Path, list[str]], Iterator[tuple[str, Any]]]) -> ParityReport:
     from validation import tensor_proof
 
@@ -587,14 +587,16 @@ def _verify(setup: _Setup, reader, converted: Path, found: list[str], seed: int,
                            "input_ids": inputs["input_ids"].tolist(),
                            "token_type_ids": inputs["token_type_ids"].tolist(),
                            "attention_mask": inputs["attention_mask"].tolist()}, found)
-    say = progress or (lambda text: None)
+    steps = progress or StepProgress()
     clock = time.perf_counter()
 
     plan, root = setup.plan, tensor_proof.keras_root(config)
 
-    def timed(key: str, work: Callable[[], Any]) -> Any:
+    def timed(key: str, title: str, work: Callable[[Update], Any]) -> Any:
+        """`work` as a progress step; its seconds go into the report under `key`."""
         started = time.perf_counter()
-        result = work()
+        with steps.step(title) as update:
+            result = work(update)
         report.seconds[key] = time.perf_counter() - started
         return result
 
@@ -607,19 +609,20 @@ def _verify(setup: _Setup, reader, converted: Path, found: list[str], seed: int,
     # order, so the report is the same as one thread's.
     truth = None
     if functional and specs:
-        say("functional: float64 reference of the original graph")
-        truth = timed("reference", partial(setup.compute_reference, reader))
+        truth = timed("reference", "float64 reference",
+                      lambda update: setup.compute_reference(reader))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-tensors") as helper:
         for fmt, handle in iter_formats(converted, found):
             tensor_job = None
             if tensors:
-                tensor_job = helper.submit(timed, f"tensors {fmt}", partial(
-                    tensor_proof.prove_format, reader, plan, handle, fmt, setup.dtype, root, say))
+                tensor_job = helper.submit(timed, f"tensors {fmt}", f"{fmt} tensors",
+                                           partial(tensor_proof.prove_format, reader, plan, handle, fmt, setup.dtype,
+                                                   root))
             try:
                 if functional and specs:
-                    say(f"functional: {len(specs)} heads in {fmt}")
                     checker = _Checker(report, config, inputs, truth, atol, rtol, specs, head_weights)
-                    timed(f"functional {fmt}", partial(checker.run_format, fmt, handle, converted))
+                    timed(f"functional {fmt}", f"{fmt} {len(specs)} heads",
+                          partial(checker.run_format, fmt, handle, converted))
             finally:  # the format is closed after this: its tensor proof must be done with it first
                 if tensor_job is not None:
                     rows, digests[fmt] = tensor_job.result()
@@ -785,10 +788,12 @@ class _Checker:
         self.report.rows.append(ParityRow(head, fmt, f"{output}: {reason}", ORIGINAL, (), float("inf"),
                                           float("inf"), float("inf"), 0.0, False))
 
-    def run_format(self, fmt: str, handle, converted: Path) -> None:
+    def run_format(self, fmt: str, handle, converted: Path, progress: Update | None = None) -> None:
         models = _TorchHeads(self, handle, fmt) if fmt != "tf2" else _TFHeads(self, converted, handle)
         try:
-            for name, spec in self.specs.items():
+            for done, (name, spec) in enumerate(self.specs.items()):
+                if progress is not None:
+                    progress(done / len(self.specs))
                 model = models.build(name, spec)
                 if model is None:
                     continue
@@ -1072,13 +1077,3 @@ def _shared_weights_class() -> type:
     return SharedWeights
 
 
-def progress_printer(enabled: bool) -> Callable[[str], None] | None:
-    """One line per long step on stderr (only on a terminal)."""
-    if not enabled:
-        return None
-    started = time.perf_counter()
-
-    def say(text: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f} s] {text}", file=sys.stderr, flush=True)
-
-    return say

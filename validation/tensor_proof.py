@@ -23,7 +23,7 @@ import json
 import shlex
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +36,11 @@ from converters.writers import cast, drop_cached_file, to_float32, transpose
 from rembert_ref.config import RemBertConfig
 from rembert_ref.errors import UserError
 from rembert_ref.weight_files import h5_attribute, read_weight_index
+from converters.progress import Update
 
 SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 AGREEMENT = "all formats"
 CONFIG, FOLDER = "config", "folder"  # the rows about config.json and about the folder's other files
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -455,7 +455,7 @@ def unproven_files(directory: Path) -> list[TensorRow]:
 
 
 def prove_format(reader: CheckpointReader, plan: ConversionPlan, handle, fmt: str, dtype: str, root: str,
-                 progress: Progress | None = None) -> tuple[list[TensorRow], dict[str, str]]:
+                 progress: Update | None = None) -> tuple[list[TensorRow], dict[str, str]]:
     """Rows for one open format, and for every mapped tensor a digest of its values in the TF1 layout
     ("source" when the values are the expected ones), which `agreement_rows` compares across formats."""
     rows: list[TensorRow] = []
@@ -476,14 +476,12 @@ def prove_format(reader: CheckpointReader, plan: ConversionPlan, handle, fmt: st
                                   0, 0.0, None, False, "not listed in weight_names: Keras' loader cannot see it"))
     mappings = sorted(plan.mappings, key=lambda m: (reader.entries[m.source].shard, reader.entries[m.source].offset))
     done_bytes, total_bytes = 0, sum(reader.entries[m.source].nbytes for m in mappings)
-    next_report = 0.0
     for mapping in mappings:
         name = expected_name(mapping, fmt, root)
         shape = expected_shape(mapping, fmt)
+        if progress is not None:
+            progress(done_bytes / max(total_bytes, 1))
         done_bytes += reader.entries[mapping.source].nbytes
-        if progress is not None and done_bytes >= next_report:
-            progress(f"tensors {fmt}: {done_bytes / total_bytes:4.0%}")
-            next_report += total_bytes / 10
         if name not in present:
             rows.append(TensorRow(fmt, name, mapping.source, "missing", shape, dtype, 0, 0.0, None, False,
                                   "the file lacks it"))

@@ -1,0 +1,90 @@
+"""Progress of long steps (convert, verify, bundle) on a terminal: one line per step.
+
+While steps run, one status line at the bottom names each running step with its share done, rewritten in place.
+When a step ends it leaves one permanent line above it: when it ended, what it was, how long it took. Two steps
+run at once (the tensor proof in a helper thread beside the functional proof), so every write holds one lock:
+lines never interleave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TextIO
+
+Update = Callable[[float], None]  # a running step's share done, 0..1
+ERASE_LINE = "\r\x1b[K"  # back to the line's start, then clear it: the status line is redrawn in place
+
+
+class StepProgress:
+    """Steps with a status line on `stream`; with no stream, steps are still run but nothing is written."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._running: dict[str, float | None] = {}  # by step name: share done, None until the step reports one
+        self._started = time.perf_counter()
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[Update]:
+        """Run the block as a step named `name`; the block reports its share done through the function it gets.
+        Names of steps running at once must differ."""
+        started = time.perf_counter()
+        with self._lock:
+            self._running[name] = None
+            self._draw()
+
+        def update(done: float) -> None:
+            with self._lock:
+                shown = self._running.get(name)
+                if shown is None or int(done * 100) != int(shown * 100):  # redraw only when the percentage moves
+                    self._running[name] = done
+                    self._draw()
+
+        ended = "stopped"  # what the line says if the block raises
+        try:
+            yield update
+            ended = "done"
+        finally:
+            with self._lock:
+                del self._running[name]
+                now = time.perf_counter()
+                self._write(f"{ERASE_LINE}[{now - self._started:6.1f} s] {name} {ended} ({now - started:.1f} s)\n")
+                self._draw()
+
+    def _draw(self) -> None:
+        """The status line: every running step and its percentage, cut to the terminal's width (a line that wraps
+        cannot be redrawn in place)."""
+        if not self._running:
+            self._write(ERASE_LINE)
+            return
+        parts = [name if done is None else f"{name} {done:.0%}" for name, done in self._running.items()]
+        width = shutil.get_terminal_size().columns - 1
+        self._write(ERASE_LINE + ("... " + " | ".join(parts))[:width])
+
+    def _write(self, text: str) -> None:
+        if self._stream is not None:
+            self._stream.write(text)
+            self._stream.flush()
+
+
+@contextlib.contextmanager
+def terminal_progress(enabled: bool) -> Iterator[StepProgress]:
+    """Steps shown on stderr when enabled (silent otherwise), through a file descriptor of their own: while
+    TensorFlow imports in another thread (verify, bundle), rembert_ref.tf_model captures descriptor 2 to hide its
+    start-up notices, and progress written there would appear only once the import ends."""
+    if not enabled:
+        yield StepProgress()
+        return
+    try:
+        descriptor = os.dup(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):  # a stderr without a descriptor: write to it as it is
+        yield StepProgress(sys.stderr)
+        return
+    with open(descriptor, "w", encoding=sys.stderr.encoding or "utf-8", errors="replace") as terminal:
+        yield StepProgress(terminal)

@@ -1,0 +1,150 @@
+"""Progress on a terminal: one permanent line per long step, a status line redrawn in place, never interleaved."""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from converters.progress import StepProgress, terminal_progress
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "tiny-rembert"
+DONE_LINE = re.compile(r"\[\s*\d+\.\d s\] (?P<name>.+) (?P<ended>done|stopped) \(\d+\.\d s\)")
+
+
+def screen(text: str) -> list[str]:
+    """What a terminal shows after `text`, for writes that redraw a whole line: a carriage return goes back to
+    the line's start, so the last text after one is what stays (ESC[K, clear to the end, only removes)."""
+    lines = []
+    for raw in text.replace("\r\n", "\n").split("\n"):
+        segments = raw.split("\r")
+        while len(segments) > 1 and segments[-1] == "":
+            segments.pop()
+        lines.append(segments[-1].replace("\x1b[K", ""))
+    return lines
+
+
+def test_each_step_leaves_one_line_and_steps_in_threads_do_not_interleave():
+    out = io.StringIO()
+    progress = StepProgress(out)
+    names = [f"step {i}" for i in range(6)]
+    start = threading.Barrier(len(names))
+
+    def run(name: str) -> None:
+        start.wait()
+        with progress.step(name) as update:
+            for k in range(200):
+                update(k / 200)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    shown = screen(out.getvalue())
+    assert shown[-1] == ""  # the status line is cleared once no step runs
+    finished = [DONE_LINE.fullmatch(line) for line in shown[:-1]]
+    assert all(finished), shown
+    assert sorted(m["name"] for m in finished) == names
+    assert {m["ended"] for m in finished} == {"done"}
+
+
+def test_the_status_line_names_running_steps_with_their_share_done():
+    out = io.StringIO()
+    progress = StepProgress(out)
+    with progress.step("pytorch tensors") as tensors, progress.step("pytorch 7 heads") as heads:
+        tensors(0.4)
+        heads(3 / 7)
+        assert out.getvalue().rsplit("\r\x1b[K", 1)[-1] == "... pytorch tensors 40% | pytorch 7 heads 43%"
+        before = out.getvalue()
+        tensors(0.404)  # the same percentage: nothing is redrawn
+        assert out.getvalue() == before
+
+
+def test_a_step_that_raises_says_it_stopped():
+    out = io.StringIO()
+    progress = StepProgress(out)
+    with pytest.raises(RuntimeError), progress.step("tf2 tensors"):
+        raise RuntimeError("boom")
+    assert DONE_LINE.fullmatch(screen(out.getvalue())[0])["ended"] == "stopped"
+
+
+def test_the_status_line_never_wraps(monkeypatch):
+    monkeypatch.setattr("shutil.get_terminal_size", lambda *args: os.terminal_size((24, 10)))
+    out = io.StringIO()
+    progress = StepProgress(out)
+    with progress.step("safetensors 7 heads") as update, progress.step("safetensors tensors"):
+        update(0.5)
+    status = [part for part in out.getvalue().split("\r\x1b[K") if part and not part.endswith("\n")]
+    assert status and max(len(part) for part in status) == 23
+
+
+def test_silent_progress_runs_the_steps_and_writes_nothing(capsys):
+    with terminal_progress(False) as progress, progress.step("anything") as update:
+        update(0.5)
+    assert capsys.readouterr() == ("", "")
+
+
+def on_a_terminal(*args: str) -> tuple[list[str], str]:
+    """Run the CLI with stderr on a pseudo-terminal: the step names of the lines left on the screen (lines that
+    are not step lines as they are), and stdout."""
+    leader, follower = os.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "rembert_convert.cli", *args], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=follower, cwd=REPO)
+    os.close(follower)
+    received = []
+    while True:
+        try:
+            chunk = os.read(leader, 1 << 16)
+        except OSError:  # the other end closed (Linux raises EIO)
+            break
+        if not chunk:
+            break
+        received.append(chunk)
+    os.close(leader)
+    stdout = process.stdout.read().decode()
+    assert process.wait() == 0, stdout
+    shown = [line for line in screen(b"".join(received).decode()) if line]
+    return [m["name"] if (m := DONE_LINE.fullmatch(line)) else line for line in shown], stdout
+
+
+def format_steps(names: list[str]) -> list[set[str]]:
+    # A format's two proofs run side by side, so either may end first; the formats come one after another.
+    return [set(names[i:i + 2]) for i in range(0, len(names), 2)]
+
+
+EXPECTED_FORMAT_STEPS = [{f"{fmt} tensors", f"{fmt} 7 heads"} for fmt in ("pytorch", "safetensors", "tf2")]
+needs_a_terminal = pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+
+
+@needs_a_terminal
+def test_verify_on_a_terminal_shows_one_line_per_step(tmp_path):
+    """Every proof step of every format leaves exactly one line, and nothing TensorFlow prints while it imports
+    (in a thread, during the PyTorch proofs) lands inside them."""
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, "-m", "rembert_convert.cli", "convert", str(EXAMPLE), "-o", str(out), "-q"],
+                   check=True, cwd=REPO)
+    names, stdout = on_a_terminal("verify", str(EXAMPLE), str(out))
+    assert names[0] == "float64 reference" and format_steps(names[1:]) == EXPECTED_FORMAT_STEPS, names
+    assert "parity passed" in stdout
+
+
+@needs_a_terminal
+def test_bundle_on_a_terminal_shows_convert_and_verify_steps_on_one_timeline(tmp_path):
+    names, stdout = on_a_terminal("bundle", str(EXAMPLE), "-o", str(tmp_path / "bundle"))
+    assert names[:3] == ["tokenizer files", "convert to pytorch + safetensors + tf2", "float64 reference"], names
+    assert format_steps(names[3:9]) == EXPECTED_FORMAT_STEPS and names[9:] == ["tokenizer agreement"], names
+    assert "parity passed" in stdout
+
+
+@needs_a_terminal
+def test_quiet_shows_no_progress_on_a_terminal(tmp_path):
+    names, _ = on_a_terminal("convert", str(EXAMPLE), "-o", str(tmp_path / "out"), "-q")
+    assert names == []
