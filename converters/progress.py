@@ -41,7 +41,9 @@ class StepProgress:
 
         def update(done: float) -> None:
             with self._lock:
-                shown = self._running.get(name)
+                if name not in self._running:  # the step has ended
+                    return
+                shown = self._running[name]
                 if shown is None or int(done * 100) != int(shown * 100):  # redraw only when the percentage moves
                     self._running[name] = done
                     self._draw()
@@ -64,13 +66,22 @@ class StepProgress:
             self._write(ERASE_LINE)
             return
         parts = [name if done is None else f"{name} {done:.0%}" for name, done in self._running.items()]
-        width = shutil.get_terminal_size().columns - 1
-        self._write(ERASE_LINE + ("... " + " | ".join(parts))[:width])
+        self._write(ERASE_LINE + ("... " + " | ".join(parts))[:self._width() - 1])
+
+    def _width(self) -> int:
+        try:
+            return os.get_terminal_size(self._stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):  # not a terminal's descriptor (tests: a StringIO)
+            return shutil.get_terminal_size().columns
 
     def _write(self, text: str) -> None:
-        if self._stream is not None:
+        if self._stream is None:
+            return
+        try:
             self._stream.write(text)
             self._stream.flush()
+        except OSError:  # the terminal went away (a closed ssh session): the work goes on without progress
+            self._stream = None
 
 
 @contextlib.contextmanager

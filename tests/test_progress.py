@@ -86,6 +86,29 @@ def test_the_status_line_never_wraps(monkeypatch):
     assert status and max(len(part) for part in status) == 23
 
 
+def test_an_update_after_the_step_ended_changes_nothing():
+    out = io.StringIO()
+    progress = StepProgress(out)
+    with progress.step("pytorch tensors") as update:
+        pass
+    before = out.getvalue()
+    update(0.5)  # a late report from a helper thread
+    with progress.step("tf2 tensors"):
+        assert out.getvalue()[len(before):] == "\r\x1b[K... tf2 tensors"
+
+
+def test_a_terminal_that_goes_away_stops_the_progress_not_the_work():
+    class GoneTerminal(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(5, "Input/output error")
+
+    progress = StepProgress(GoneTerminal())
+    with progress.step("pytorch tensors") as update:
+        update(0.5)
+        result = "finished"
+    assert result == "finished"
+
+
 def test_silent_progress_runs_the_steps_and_writes_nothing(capsys):
     with terminal_progress(False) as progress, progress.step("anything") as update:
         update(0.5)
