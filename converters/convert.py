@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -271,7 +270,7 @@ def convert_checkpoint(
     default on a terminal's stderr, unless `options.quiet`."""
     options = options or ConvertOptions()
     if progress is None:
-        with terminal_progress(not options.quiet and sys.stderr.isatty()) as progress:
+        with terminal_progress(options.quiet) as progress:
             return convert_checkpoint(ckpt, output_dir, formats, options, before_commit=before_commit,
                                       hash_in_stream=hash_in_stream, progress=progress)
     if options.dtype not in TARGET_DTYPES:

@@ -395,6 +395,20 @@ def pending_redelivery() -> int | None:
         return None
 
 
+def occupy_closed_standard_descriptors() -> None:
+    """Open the null device on descriptors 0, 1 and 2 where the process started with them closed (`2>&-`). Else
+    the next file opened takes that number, perhaps an output file, and any message a library writes to
+    stderr at the C level (TensorFlow's notices, torch's warnings) would land inside it."""
+    for descriptor in (0, 1, 2):
+        try:
+            os.fstat(descriptor)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one, if the lower ones are open
+            if null != descriptor:
+                os.dup2(null, descriptor)
+                os.close(null)
+
+
 def interrupt_outside_imports(signum: int, frame: Any) -> None:
     """Python's own SIGINT handler (KeyboardInterrupt), but never inside the import system's code."""
     if not redeliver_outside_imports(signum, frame):

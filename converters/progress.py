@@ -85,17 +85,17 @@ class StepProgress:
 
 
 @contextlib.contextmanager
-def terminal_progress(enabled: bool) -> Iterator[StepProgress]:
-    """Steps shown on stderr when enabled (silent otherwise), through a file descriptor of their own: while
-    TensorFlow imports in another thread (verify, bundle), rembert_ref.tf_model captures descriptor 2 to hide its
-    start-up notices, and progress written there would appear only once the import ends."""
-    if not enabled:
+def terminal_progress(quiet: bool) -> Iterator[StepProgress]:
+    """Steps shown on stderr when it is a terminal and not `quiet` (silent otherwise), through a file descriptor of
+    their own: while TensorFlow imports in another thread (verify, bundle), rembert_ref.tf_model captures
+    descriptor 2 to hide its start-up notices, and progress written there would appear only once the import ends."""
+    stderr = sys.stderr  # None when the process started with descriptor 2 closed
+    try:
+        descriptor = os.dup(stderr.fileno()) if not quiet and stderr is not None and stderr.isatty() else None
+    except (AttributeError, OSError, ValueError):  # a stderr object without a descriptor
+        descriptor = None
+    if descriptor is None:
         yield StepProgress()
         return
-    try:
-        descriptor = os.dup(sys.stderr.fileno())
-    except (OSError, ValueError, AttributeError):  # a stderr without a descriptor: write to it as it is
-        yield StepProgress(sys.stderr)
-        return
-    with open(descriptor, "w", encoding=sys.stderr.encoding or "utf-8", errors="replace") as terminal:
+    with open(descriptor, "w", encoding=stderr.encoding or "utf-8", errors="replace") as terminal:
         yield StepProgress(terminal)

@@ -109,8 +109,9 @@ class OneLineErrorGroup(click.Group):
              standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        from converters.output import interrupt_outside_imports, pending_redelivery
+        from converters.output import interrupt_outside_imports, occupy_closed_standard_descriptors, pending_redelivery
 
+        occupy_closed_standard_descriptors()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, interrupt_outside_imports)
         try:
@@ -131,7 +132,7 @@ class OneLineErrorGroup(click.Group):
 
 
 debug_option = click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar, only errors.")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress lines, only errors.")
 force_option = click.option("--force", is_flag=True, help="Replace an existing output directory.")
 
 
@@ -479,7 +480,7 @@ def verify(ckpt: str, converted: str, config: str | None, formats: tuple[str, ..
     from validation.parity import verify_to_files
     from converters.progress import terminal_progress
 
-    with terminal_progress(not quiet and sys.stderr.isatty()) as progress:
+    with terminal_progress(quiet) as progress:
         report, written = verify_to_files(ckpt, converted, original_config=config, formats=formats or None,
                                           tolerance=tolerance, report_dir=report_dir, junit_file=junit_file,
                                           force=force, progress=progress)

@@ -758,3 +758,32 @@ def test_bad_option_values_are_one_line(args, expected, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert expected in one_error_line(run(*args))
     assert not (tmp_path / "never").exists()
+
+
+def test_a_closed_stderr_does_not_lend_its_number_to_an_output_file(tmp_path):
+    """A process started with descriptor 2 closed hands that number to the next file it opens; a C library's
+    message to stderr would then be written into it. The CLI parks the null device there first."""
+    probe = tmp_path / "output.bin"
+    script = textwrap.dedent(f"""
+        import os
+        from converters.output import occupy_closed_standard_descriptors
+        occupy_closed_standard_descriptors()
+        fd = os.open({str(probe)!r}, os.O_WRONLY | os.O_CREAT)
+        os.write(2, b"a library's warning")
+        print(fd)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                            preexec_fn=lambda: os.close(2), cwd=REPO)
+    assert int(result.stdout) > 2 and probe.read_bytes() == b""
+
+
+@pytest.mark.parametrize("command", ["convert", "bundle"])
+def test_commands_work_with_stderr_closed(tmp_path, command):
+    """`2>&-` (cron jobs, daemons): no progress and no messages on stderr, but the same files, and they verify."""
+    out = tmp_path / "out"
+    closed = subprocess.run([sys.executable, "-m", "rembert_convert.cli", command, str(EXAMPLE), "-o", str(out)],
+                            capture_output=True, text=True, preexec_fn=lambda: os.close(2), cwd=REPO)
+    assert closed.returncode == 0, closed.stdout
+    verified = subprocess.run([sys.executable, "-m", "rembert_convert.cli", "verify", str(EXAMPLE), str(out)],
+                              capture_output=True, text=True, cwd=REPO)
+    assert verified.returncode == 0 and "parity passed" in verified.stdout, verified.stdout + verified.stderr

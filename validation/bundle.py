@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shlex
-import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -122,7 +121,7 @@ def bundle_checkpoint(
     # verify's imports (torch, TensorFlow: 2-3 s of one core) run while convert writes, which leaves a core idle,
     # instead of beside verify, which keeps both busy.
     # One set of progress lines for the whole bundle: convert's steps, then verify's.
-    with terminal_progress(not options.quiet and sys.stderr.isatty()) as progress, imports_ahead(list(formats)):
+    with terminal_progress(options.quiet) as progress, imports_ahead(list(formats)):
         conversion = convert_checkpoint(ckpt, output_dir, list(formats), options, hash_in_stream=True,
                                         before_commit=partial(verify_and_describe, progress=progress),
                                         progress=progress)
