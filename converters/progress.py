@@ -59,6 +59,12 @@ class StepProgress:
                 self._write(f"{ERASE_LINE}[{now - self._started:6.1f} s] {name} {ended} ({now - started:.1f} s)\n")
                 self._draw()
 
+    def clear(self) -> None:
+        """Take the status line off the screen, whatever still runs; the steps go on silently."""
+        with self._lock:
+            self._write(ERASE_LINE)
+            self._stream = None
+
     def _draw(self) -> None:
         """The status line: every running step and its percentage, cut to the terminal's width (a line that wraps
         cannot be redrawn in place)."""
@@ -98,4 +104,8 @@ def terminal_progress(quiet: bool) -> Iterator[StepProgress]:
         yield StepProgress()
         return
     with open(descriptor, "w", encoding=stderr.encoding or "utf-8", errors="replace") as terminal:
-        yield StepProgress(terminal)
+        progress = StepProgress(terminal)
+        try:
+            yield progress
+        finally:  # a step left running (an error elsewhere) must not leave its status line under the error message
+            progress.clear()

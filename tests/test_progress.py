@@ -109,6 +109,16 @@ def test_a_terminal_that_goes_away_stops_the_progress_not_the_work():
     assert result == "finished"
 
 
+def test_clear_takes_the_status_line_of_a_step_still_running_off_the_screen():
+    out = io.StringIO()
+    progress = StepProgress(out)
+    with progress.step("pytorch tensors") as update:
+        update(0.3)
+        progress.clear()  # what terminal_progress does on the way out, before the error message
+        assert screen(out.getvalue())[-1] == ""
+    assert screen(out.getvalue())[-1] == ""  # the step ended silently
+
+
 def test_silent_progress_runs_the_steps_and_writes_nothing(capsys):
     with terminal_progress(False) as progress, progress.step("anything") as update:
         update(0.5)
