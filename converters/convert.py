@@ -269,10 +269,15 @@ def convert_checkpoint(
     as it writes them). `progress`: where the steps are shown (bundle shows its own steps on the same lines); by
     default on a terminal's stderr, unless `options.quiet`."""
     options = options or ConvertOptions()
-    if progress is None:
-        with terminal_progress(options.quiet) as progress:
-            return convert_checkpoint(ckpt, output_dir, formats, options, before_commit=before_commit,
-                                      hash_in_stream=hash_in_stream, progress=progress)
+    if progress is not None:
+        return _convert(ckpt, output_dir, formats, options, before_commit, hash_in_stream, progress)
+    with terminal_progress(options.quiet) as shown:
+        return _convert(ckpt, output_dir, formats, options, before_commit, hash_in_stream, shown)
+
+
+def _convert(ckpt: str | os.PathLike, output_dir: str | os.PathLike, formats: Sequence[str], options: ConvertOptions,
+             before_commit: Callable[[ConversionResult], None] | None, hash_in_stream: bool,
+             progress: StepProgress) -> ConversionResult:
     if options.dtype not in TARGET_DTYPES:
         raise UserError(f"unknown dtype {options.dtype!r}; use one of: {', '.join(TARGET_DTYPES)}")
     if options.activation is not None and options.activation not in ACTIVATION_TO_HF:

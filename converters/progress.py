@@ -15,19 +15,25 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TextIO
+from typing import Any, Protocol
 
 Update = Callable[[float], None]  # a running step's share done, 0..1
 ERASE_LINE = "\r\x1b[K"  # back to the line's start, then clear it: the status line is redrawn in place
 
 
+class Sink(Protocol):
+    def write(self, text: str, /) -> Any: ...
+
+    def flush(self) -> Any: ...
+
+
 class StepProgress:
     """Steps with a status line on `stream`; with no stream, steps are still run but nothing is written."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: Sink | None = None) -> None:
         self._stream = stream
         self._lock = threading.Lock()
-        self._running: dict[str, float | None] = {}  # by step name: share done, None until the step reports one
+        self._running: dict[str, int | None] = {}  # by step name: percent done, None until the step reports one
         self._started = time.perf_counter()
 
     @contextlib.contextmanager
@@ -43,9 +49,9 @@ class StepProgress:
             with self._lock:
                 if name not in self._running:  # the step has ended
                     return
-                shown = self._running[name]
-                if shown is None or int(done * 100) != int(shown * 100):  # redraw only when the percentage moves
-                    self._running[name] = done
+                percent = min(max(int(done * 100), 0), 100)  # shown as it is compared: whole percents, rounded down
+                if percent != self._running[name]:  # redraw only when the percentage moves
+                    self._running[name] = percent
                     self._draw()
 
         ended = "stopped"  # what the line says if the block raises
@@ -71,14 +77,15 @@ class StepProgress:
         if not self._running:
             self._write(ERASE_LINE)
             return
-        parts = [name if done is None else f"{name} {done:.0%}" for name, done in self._running.items()]
+        parts = [name if percent is None else f"{name} {percent}%" for name, percent in self._running.items()]
         self._write(ERASE_LINE + ("... " + " | ".join(parts))[:self._width() - 1])
 
     def _width(self) -> int:
         try:
-            return os.get_terminal_size(self._stream.fileno()).columns
+            columns = os.get_terminal_size(self._stream.fileno()).columns
         except (AttributeError, OSError, ValueError):  # not a terminal's descriptor (tests: a StringIO)
-            return shutil.get_terminal_size().columns
+            columns = 0
+        return columns or shutil.get_terminal_size().columns or 80  # 0: a terminal whose size was never set
 
     def _write(self, text: str) -> None:
         if self._stream is None:
@@ -88,6 +95,25 @@ class StepProgress:
             self._stream.flush()
         except OSError:  # the terminal went away (a closed ssh session): the work goes on without progress
             self._stream = None
+
+
+class _Descriptor:
+    """Text written straight to a file descriptor: nothing is buffered, so a terminal that went away fails the
+    write at hand (which StepProgress survives), never a later flush or close."""
+
+    def __init__(self, descriptor: int, encoding: str) -> None:
+        self.descriptor, self.encoding = descriptor, encoding
+
+    def write(self, text: str) -> None:
+        data = text.encode(self.encoding, errors="replace")
+        while data:
+            data = data[os.write(self.descriptor, data):]
+
+    def flush(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return self.descriptor
 
 
 @contextlib.contextmanager
@@ -103,9 +129,9 @@ def terminal_progress(quiet: bool) -> Iterator[StepProgress]:
     if descriptor is None:
         yield StepProgress()
         return
-    with open(descriptor, "w", encoding=stderr.encoding or "utf-8", errors="replace") as terminal:
-        progress = StepProgress(terminal)
-        try:
-            yield progress
-        finally:  # a step left running (an error elsewhere) must not leave its status line under the error message
-            progress.clear()
+    progress = StepProgress(_Descriptor(descriptor, getattr(stderr, "encoding", None) or "utf-8"))
+    try:
+        yield progress
+    finally:  # a step left running (an error elsewhere) must not leave its status line under the error message
+        progress.clear()
+        os.close(descriptor)

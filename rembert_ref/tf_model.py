@@ -57,7 +57,7 @@ def _startup_notices_hidden() -> Iterator[None]:
     try:
         sys.stderr.flush()
         saved = os.dup(2)
-    except (AttributeError, OSError, ValueError):  # no usable fd 2 (closed, embedded interpreters): nothing to hide
+    except (AttributeError, OSError, ValueError):  # no sys.stderr (started with fd 2 closed), or no fd: nothing to hide
         yield
         return
     with tempfile.TemporaryFile() as capture:

@@ -62,7 +62,8 @@ def test_the_status_line_names_running_steps_with_their_share_done():
     with progress.step("pytorch tensors") as tensors, progress.step("pytorch 7 heads") as heads:
         tensors(0.4)
         heads(3 / 7)
-        assert out.getvalue().rsplit("\r\x1b[K", 1)[-1] == "... pytorch tensors 40% | pytorch 7 heads 43%"
+        # Whole percents, rounded down, as they are compared: 3/7 shows 42%, and 100% only once all is done.
+        assert out.getvalue().rsplit("\r\x1b[K", 1)[-1] == "... pytorch tensors 40% | pytorch 7 heads 42%"
         before = out.getvalue()
         tensors(0.404)  # the same percentage: nothing is redrawn
         assert out.getvalue() == before
@@ -97,16 +98,62 @@ def test_an_update_after_the_step_ended_changes_nothing():
         assert out.getvalue()[len(before):] == "\r\x1b[K... tf2 tensors"
 
 
-def test_a_terminal_that_goes_away_stops_the_progress_not_the_work():
-    class GoneTerminal(io.StringIO):
-        def write(self, text: str) -> int:
-            raise OSError(5, "Input/output error")
+class FakeStderr:
+    """sys.stderr for terminal_progress: a terminal (so it says), on the descriptor given."""
 
-    progress = StepProgress(GoneTerminal())
-    with progress.step("pytorch tensors") as update:
-        update(0.5)
+    encoding = "utf-8"
+
+    def __init__(self, descriptor: int) -> None:
+        self.descriptor = descriptor
+
+    def isatty(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.descriptor
+
+
+def test_a_terminal_that_goes_away_stops_the_progress_not_the_work(monkeypatch):
+    leader, follower = os.openpty()
+    monkeypatch.setattr(sys, "stderr", FakeStderr(follower))
+    with terminal_progress(quiet=False) as progress, progress.step("pytorch tensors") as update:
+        update(0.2)
+        os.close(leader)  # the ssh session ends: writes to the terminal now fail (EIO)
+        update(0.6)
         result = "finished"
+    os.close(follower)
     assert result == "finished"
+
+
+def test_leaving_terminal_progress_takes_a_running_steps_status_line_off_the_screen(monkeypatch):
+    read_end, write_end = os.pipe()
+    monkeypatch.setattr(sys, "stderr", FakeStderr(write_end))
+    with pytest.raises(RuntimeError), terminal_progress(quiet=False) as progress:
+        running = progress.step("pytorch tensors")  # left running, as a helper thread's step may be
+        running.__enter__()(0.3)
+        raise RuntimeError("an error the CLI prints next")
+    os.close(write_end)
+    shown = screen(os.read(read_end, 1 << 16).decode())
+    os.close(read_end)
+    assert shown == [""]
+
+
+def test_a_terminal_of_unknown_size_gets_the_default_width(monkeypatch):
+    """A pseudo-terminal whose size was never set says 0 columns; the status line must not lose its end."""
+    leader, follower = os.openpty()
+    monkeypatch.setenv("COLUMNS", "60")
+
+    class UnsizedTerminal(io.StringIO):
+        def fileno(self) -> int:
+            return follower
+
+    out = UnsizedTerminal()
+    unsized = os.get_terminal_size(follower).columns == 0
+    with StepProgress(out).step("tf2 tensors") as update:
+        update(0.5)
+    os.close(follower)
+    os.close(leader)
+    assert unsized and "\r\x1b[K... tf2 tensors 50%" in out.getvalue()
 
 
 def test_clear_takes_the_status_line_of_a_step_still_running_off_the_screen():
@@ -114,13 +161,13 @@ def test_clear_takes_the_status_line_of_a_step_still_running_off_the_screen():
     progress = StepProgress(out)
     with progress.step("pytorch tensors") as update:
         update(0.3)
-        progress.clear()  # what terminal_progress does on the way out, before the error message
+        progress.clear()
         assert screen(out.getvalue())[-1] == ""
     assert screen(out.getvalue())[-1] == ""  # the step ended silently
 
 
 def test_silent_progress_runs_the_steps_and_writes_nothing(capsys):
-    with terminal_progress(False) as progress, progress.step("anything") as update:
+    with terminal_progress(quiet=True) as progress, progress.step("anything") as update:
         update(0.5)
     assert capsys.readouterr() == ("", "")
 

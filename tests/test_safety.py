@@ -787,3 +787,22 @@ def test_commands_work_with_stderr_closed(tmp_path, command):
     verified = subprocess.run([sys.executable, "-m", "rembert_convert.cli", "verify", str(EXAMPLE), str(out)],
                               capture_output=True, text=True, cwd=REPO)
     assert verified.returncode == 0 and "parity passed" in verified.stdout, verified.stdout + verified.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/self/fd")
+def test_the_cli_parks_the_null_device_on_a_closed_stderr(tmp_path):
+    """What the CLI itself does with `2>&-`: by the time it converts, descriptor 2 is the null device."""
+    script = textwrap.dedent(f"""
+        import os
+        import converters.convert
+        from rembert_convert.cli import main
+        real = converters.convert.convert_checkpoint
+        def spy(*args, **kwargs):
+            print(os.readlink("/proc/self/fd/2"), flush=True)
+            return real(*args, **kwargs)
+        converters.convert.convert_checkpoint = spy
+        main(["convert", {str(EXAMPLE)!r}, "-o", {str(tmp_path / "out")!r}, "-q"])
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            preexec_fn=lambda: os.close(2), cwd=REPO)
+    assert result.returncode == 0 and result.stdout.splitlines() == [os.devnull], result.stdout
