@@ -369,3 +369,11 @@ def test_a_trigger_in_the_line_excuses_no_other_difference(tmp_path: Path) -> No
         "user-defined-charsmap": 2}
     agreement = measure_agreement(info, broken, [word, f"\u2122 {word}", f"\u2122[SEP]{word}", f"{word}[SEP]\u2122"])
     assert agreement.classes == {} and len(agreement.unexplained) == 4
+
+
+def test_agreement_is_measured_on_every_probe_line(models: dict[str, Path], tmp_path: Path) -> None:
+    from converters.tokenizer import probe_corpus as shipped_probe_corpus
+
+    report = convert_tokenizer(models["unigram-nfkc"], tmp_path / "all")
+    assert report.agreement.total == len(shipped_probe_corpus()) > 400
+    assert convert_tokenizer(models["unigram-nfkc"], tmp_path / "some", probe_lines=7).agreement.total == 7

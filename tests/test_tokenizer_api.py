@@ -158,3 +158,74 @@ def test_fast_tokenizer_finds_the_unknown_token(pair) -> None:
     _, fast = pair
     assert fast.unk_token == "<unk>"
     assert fast.unk_token_id == fast.backend_tokenizer.token_to_id("<unk>")
+
+
+def test_model_max_length_survives_conversion_and_loading(tok_dir: Path, tmp_path: Path) -> None:
+    """A BLEURT's max_seq_length becomes model_max_length; both reference classes load it and truncate to it."""
+    from converters.tokenizer import convert_tokenizer
+
+    convert_tokenizer(tok_dir / "sentencepiece.model", tmp_path / "short", probe_lines=1, model_max_length=16)
+    long_text = " ".join(LINES[:20])
+    for cls in (RemBertTokenizer, RemBertTokenizerFast):
+        tokenizer = cls.from_pretrained(tmp_path / "short")
+        assert tokenizer.model_max_length == 16
+        assert len(tokenizer(long_text, truncation=True)["input_ids"]) == 16
+
+
+def _bpe_with_user_defined(tmp_path: Path, pieces: tuple[str, ...]) -> tuple[Path, RemBertTokenizer,
+                                                                            RemBertTokenizerFast]:
+    from converters.tokenizer import convert_tokenizer
+    from testkit.spm_models import train_sentencepiece
+
+    model = train_sentencepiece(tmp_path / "bpe.model", model_type="bpe", vocab_size=531,
+                                user_defined_symbols=("[CLS]", "[SEP]", "[MASK]", *pieces))
+    convert_tokenizer(model, tmp_path / "tok", probe_lines=1)
+    return model, RemBertTokenizer.from_pretrained(tmp_path / "tok"), RemBertTokenizerFast.from_pretrained(
+        tmp_path / "tok")
+
+
+def test_user_defined_pieces_are_kept_whole_longest_first_and_are_not_special(tmp_path: Path) -> None:
+    """In a BPE model, user-defined pieces are matched before the model runs, as SentencePiece does: the longest
+    of two that start alike wins, and none of them counts as a special token (they stay in decode)."""
+    import sentencepiece
+
+    model, slow, fast = _bpe_with_user_defined(tmp_path, ("<u>", "<u>v", "<url>"))
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(model))
+    for text in ("a<u>vb", "a<u>b", "see <url> and <u>v"):
+        assert slow(text, add_special_tokens=False)["input_ids"] == sp.encode(text), text
+    # tokenizer.json keeps the longer piece whole too; around it a `▁` may differ (the `bpe-user-defined` class).
+    assert sp.piece_to_id("<u>v") in fast("a<u>vb")["input_ids"]
+    ids = fast("see <url> here")["input_ids"]
+    url = sp.piece_to_id("<url>")
+    assert url in ids
+    for tokenizer in (slow, fast):
+        mask = tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
+        assert mask == [1 if i in (fast.cls_token_id, fast.sep_token_id) else 0 for i in ids]
+        assert "<url>" in tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_control_pieces_in_the_text_are_split_longest_first_by_both_classes(tmp_path: Path) -> None:
+    """Control pieces are added tokens of tokenizer.json; the slow class splits on them as its matcher does."""
+    from converters.tokenizer import convert_tokenizer
+    from testkit.spm_models import train_sentencepiece
+
+    model = train_sentencepiece(tmp_path / "control.model", vocab_size=533, user_defined_symbols=(),
+                                control_symbols=("[CLS]", "[SEP]", "[MASK]", "<x>", "<x>y"))
+    convert_tokenizer(model, tmp_path / "tok", probe_lines=1)
+    slow, fast = RemBertTokenizer.from_pretrained(tmp_path / "tok"), RemBertTokenizerFast.from_pretrained(
+        tmp_path / "tok")
+    for text in ("a<x>yb", "a<x>b", "<x>y<x>"):
+        assert slow.tokenize(text) == fast.tokenize(text), text
+    assert "<x>y" in fast.tokenize("a<x>yb")
+
+
+def test_decode_keeps_a_piece_that_spells_unk_inside_it(tmp_path: Path) -> None:
+    """Only the <unk> token itself decodes to SentencePiece's unknown surface, not a piece that contains the
+    text "<unk>"."""
+    import sentencepiece
+
+    model, slow, fast = _bpe_with_user_defined(tmp_path, ("[<unk>]",))
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(model))
+    ids = sp.encode("a [<unk>] b")
+    assert sp.piece_to_id("[<unk>]") in ids
+    assert slow.decode(ids) == fast.decode(ids) == sp.decode(ids) == "a [<unk>] b"

@@ -42,6 +42,13 @@ def test_transformers_loads_the_files(tok_dir: Path, pair) -> None:
     assert enc["input_ids"] == fast(LINES[:8], LINES[8:16], padding=True, truncation=True,
                                     max_length=32)["input_ids"]
     assert auto.model_max_length == fast.model_max_length
+    # Every field transformers returns, not only the ids: a pair's token types (what BLEURT's pairs need), the
+    # types under padding, and which side longest_first trims when both sides are as long (8 pieces each here).
+    assert len(fast.tokenize("a b c d")) == len(fast.tokenize("w x y z"))
+    for args, kwargs in [(("a b c d", "w x y z"), dict(truncation=True, max_length=8)),
+                         ((["one", "two three four five"], ["x", "y"]), dict(padding=True)),
+                         ((LINES[:8], LINES[8:16]), dict(padding=True, truncation=True, max_length=32))]:
+        assert dict(auto(*args, **kwargs)) == dict(fast(*args, **kwargs)) == dict(slow(*args, **kwargs)), kwargs
     hf_slow = transformers.RemBertTokenizer.from_pretrained(str(tok_dir))
     for text in LINES[:80]:
         assert hf_slow(text)["input_ids"] == slow(text)["input_ids"], text
