@@ -4,6 +4,7 @@ can act on (issue 9)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -806,3 +807,251 @@ def test_the_cli_parks_the_null_device_on_a_closed_stderr(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             preexec_fn=lambda: os.close(2), cwd=REPO)
     assert result.returncode == 0 and result.stdout.splitlines() == [os.devnull], result.stdout
+
+
+# -- mutation review of converters/output.py: promises no earlier test held the code to ------------------------
+
+DEAD_PID = 2**22 + 12345  # above Linux's largest process id (2**22): no process has it
+
+
+class _Code:
+    co_filename = "<frozen importlib._bootstrap>"
+
+
+class _Frame:
+    """A frame inside the import system, as the signal handlers see one."""
+
+    f_code = _Code()
+
+
+def test_output_inside_a_bind_mount_of_the_checkpoint_is_refused(work, tmp_path):
+    view = tmp_path / "view"
+    _bind_mount(work / "ckpt", view)
+    try:
+        before = snapshot(work / "ckpt")
+        line = one_error_line(run("pytorch", work / "ckpt", "-o", view / "out"))
+        assert "lies inside the checkpoint folder" in line
+        assert snapshot(work / "ckpt") == before
+    finally:
+        _unmount_under(tmp_path)
+
+
+def test_tokenizer_output_holding_its_model_through_a_bind_mount_is_refused(tmp_path):
+    real = tmp_path / "x" / "work"
+    real.mkdir(parents=True)
+    shutil.copy(EXAMPLE / "sentencepiece.model", real / "sentencepiece.model")
+    (real / "notes.txt").write_text("mine\n")
+    view = tmp_path / "view"
+    _bind_mount(tmp_path / "x", view)
+    try:
+        before = snapshot(real)
+        line = one_error_line(run("tokenizer", real / "sentencepiece.model", "-o", view / "work", "--force"))
+        assert "contains the SentencePiece model" in line
+        assert snapshot(real) == before
+    finally:
+        _unmount_under(tmp_path)
+
+
+def test_output_that_is_a_bind_mount_of_the_checkpoint_folder_is_named_as_it(work, tmp_path):
+    view = tmp_path / "view"
+    _bind_mount(work / "ckpt", view)
+    try:
+        line = one_error_line(run("pytorch", work / "ckpt", "-o", view, "--force"))
+        assert f"output {view} is the checkpoint folder" in line
+    finally:
+        _unmount_under(tmp_path)
+
+
+def test_an_output_that_is_a_mount_point_is_refused_before_any_work(work, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(out)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount")
+    try:
+        line = one_error_line(run("pytorch", work / "ckpt", "-o", out))
+        assert "is a mount point" in line
+    finally:
+        subprocess.run(["umount", str(out)])
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EFBIG])
+def test_every_full_disk_errno_is_the_output_places_problem(work, tmp_path, monkeypatch, code):
+    from converters.writers import SafetensorsWriter
+
+    parent = tmp_path / "outs"
+    out = old_output(parent)
+    before = snapshot(parent)
+
+    def add(self, mapping, chunk):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(SafetensorsWriter, "add", add)
+    line = one_error_line(run("safetensors", work / "ckpt", "-o", out, "--force"))
+    assert line.startswith(f"error: {out}: ") and "free space there" in line
+    assert snapshot(parent) == before
+
+
+def _leftover(parent: Path, name: str, *, pid: int, host: str, target: Path) -> Path:
+    folder = parent / name
+    (folder / "new").mkdir(parents=True)
+    (folder / "new" / "precious.bin").write_bytes(b"someone's write in progress")
+    (folder / ".rembert-convert-partial").write_text(json.dumps(
+        {"tool": "rembert-convert", "kind": "staging", "pid": pid, "host": host, "token": "2" * 32,
+         "target": str(target)}) + "\n")
+    return folder
+
+
+def test_a_leftover_for_another_output_is_kept(work, tmp_path):
+    parent = tmp_path / "outs"
+    parent.mkdir()
+    out = parent / "out"
+    other = _leftover(parent, ".out.partial-moved", pid=DEAD_PID, host=os.uname().nodename,
+                      target=tmp_path / "elsewhere" / "out")
+    assert run("pytorch", work / "ckpt", "-o", out, "-q").exit_code == 0
+    assert (other / "new" / "precious.bin").is_file()
+
+
+def test_a_leftover_of_another_host_is_kept(work, tmp_path):
+    parent = tmp_path / "outs"
+    parent.mkdir()
+    out = parent / "out"
+    other = _leftover(parent, ".out.partial-nfs", pid=DEAD_PID, host="another-host.example",
+                      target=out.resolve())
+    assert run("pytorch", work / "ckpt", "-o", out, "-q").exit_code == 0
+    assert (other / "new" / "precious.bin").is_file()
+
+
+def test_a_leftover_of_another_users_live_process_is_kept(work, tmp_path, monkeypatch):
+    parent = tmp_path / "outs"
+    parent.mkdir()
+    out = parent / "out"
+    other = _leftover(parent, ".out.partial-theirs", pid=DEAD_PID, host=os.uname().nodename, target=out.resolve())
+    real_kill = os.kill
+
+    def kill(pid, sig):
+        if pid == DEAD_PID:
+            raise PermissionError(errno.EPERM, "Operation not permitted")  # alive, another user's
+        return real_kill(pid, sig)
+
+    monkeypatch.setattr(os, "kill", kill)
+    assert run("pytorch", work / "ckpt", "-o", out, "-q").exit_code == 0
+    assert (other / "new" / "precious.bin").is_file()
+
+
+SIGNAL_WHILE_SETTING_ASIDE = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    real_rename = os.rename
+
+    def rename(src, dst, *args, **kwargs):
+        result = real_rename(src, dst, *args, **kwargs)
+        if Path(dst).name == "old":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    os.rename = rename
+    from rembert_convert.cli import main
+    main(sys.argv[1:])
+""")
+
+
+def test_a_signal_while_the_old_output_is_set_aside_waits_for_the_commit(work, tmp_path):
+    parent = tmp_path / "outs"
+    out = old_output(parent)
+    child, _ = spawn(SIGNAL_WHILE_SETTING_ASIDE, ["pytorch", work / "ckpt", "-o", out, "--force", "-q"], tmp_path)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr.strip().splitlines() == [
+        "error: interrupted by SIGTERM after the output was complete; it is in place"]
+    assert (out / "pytorch_model.bin").is_file()
+    assert sorted(p.name for p in parent.iterdir()) == ["out"]
+
+
+def test_the_guard_sets_aside_a_signal_inside_the_import_system():
+    from converters.output import _SignalGuard, pending_redelivery
+
+    with _SignalGuard() as guard:
+        guard._handle(signal.SIGTERM, _Frame())  # nothing raised here
+        assert pending_redelivery() == signal.SIGTERM
+
+
+KILLED_WHILE_DELETING_THE_OLD = textwrap.dedent("""
+    import os, shutil, signal, sys
+    from pathlib import Path
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        if Path(path).name.startswith(".out.old-"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_rmtree(path, *args, **kwargs)
+
+    shutil.rmtree = rmtree
+    from rembert_convert.cli import main
+    main(sys.argv[1:])
+""")
+
+
+def test_an_old_output_replaced_before_a_kill_is_removed_by_the_next_run(work, tmp_path):
+    parent = tmp_path / "outs"
+    out = old_output(parent)
+    child, _ = spawn(KILLED_WHILE_DELETING_THE_OLD, ["pytorch", work / "ckpt", "-o", out, "--force", "-q"], tmp_path)
+    child.communicate(timeout=120)
+    assert child.returncode == -signal.SIGKILL
+    assert (out / "pytorch_model.bin").is_file()  # the new output was in place
+    assert run("pytorch", work / "ckpt", "-o", out, "--force", "-q").exit_code == 0
+    assert sorted(p.name for p in parent.iterdir()) == ["out"]
+
+
+def test_reporting_an_interrupt_takes_back_a_copy_set_aside(monkeypatch):
+    import converters.output as output
+    from rembert_convert.cli import _interrupted
+
+    monkeypatch.setattr(output, "REDELIVERY_DELAY_S", 5.0)
+    output.interrupt_outside_imports(signal.SIGINT, _Frame())
+    try:
+        with pytest.raises(SystemExit) as exited:
+            _interrupted(KeyboardInterrupt())
+        assert exited.value.code == 130
+    finally:
+        left = output.pending_redelivery()  # never let a copy reach pytest
+    assert left is None
+
+
+def test_a_ctrl_c_set_aside_when_the_command_ends_exits_130(monkeypatch):
+    import converters.convert as convert
+    import converters.output as output
+
+    monkeypatch.setattr(output, "REDELIVERY_DELAY_S", 5.0)
+    real = convert.inspect_checkpoint
+
+    def spy(*args, **kwargs):
+        output.interrupt_outside_imports(signal.SIGINT, _Frame())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(convert, "inspect_checkpoint", spy)
+    try:
+        result = run("inspect", EXAMPLE)
+    finally:
+        output.pending_redelivery()
+    assert result.exit_code == 130 and result.output.strip().splitlines()[-1] == "error: interrupted by SIGINT"
+
+
+def test_the_cli_keeps_ctrl_c_out_of_the_import_system(monkeypatch):
+    import converters.convert as convert
+    from converters.output import interrupt_outside_imports
+
+    seen = []
+    real = convert.inspect_checkpoint
+
+    def spy(*args, **kwargs):
+        seen.append(signal.getsignal(signal.SIGINT))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(convert, "inspect_checkpoint", spy)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert run("inspect", EXAMPLE).exit_code == 0
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen == [interrupt_outside_imports]
