@@ -939,21 +939,32 @@ def test_a_leftover_of_another_users_live_process_is_kept(work, tmp_path, monkey
     assert (other / "new" / "precious.bin").is_file()
 
 
-SIGNAL_WHILE_SETTING_ASIDE = textwrap.dedent("""
-    import os, signal, sys
-    from pathlib import Path
-    real_rename = os.rename
+def cli_signalling_itself(function: str, when: str, signal_name: str, *, before: bool = False) -> str:
+    """A script that runs the CLI with `function` (e.g. "os.rename") wrapped: on a call whose last positional
+    argument (`path`) satisfies `when`, the process sends itself `signal_name`, after the call or `before` it."""
+    module, name = function.rsplit(".", 1)
+    return textwrap.dedent(f"""
+        import os, signal, sys
+        from pathlib import Path
+        import {module}
+        real = {function}
 
-    def rename(src, dst, *args, **kwargs):
-        result = real_rename(src, dst, *args, **kwargs)
-        if Path(dst).name == "old":
-            os.kill(os.getpid(), signal.SIGTERM)
-        return result
+        def wrapper(*args, **kwargs):
+            hit = {when.replace("path", "Path(args[-1])")}
+            if hit and {before}:
+                os.kill(os.getpid(), signal.{signal_name})
+            result = real(*args, **kwargs)
+            if hit and not {before}:
+                os.kill(os.getpid(), signal.{signal_name})
+            return result
 
-    os.rename = rename
-    from rembert_convert.cli import main
-    main(sys.argv[1:])
-""")
+        {module}.{name} = wrapper
+        from rembert_convert.cli import main
+        main(sys.argv[1:])
+    """)
+
+
+SIGNAL_WHILE_SETTING_ASIDE = cli_signalling_itself("os.rename", 'path.name == "old"', "SIGTERM")
 
 
 def test_a_signal_while_the_old_output_is_set_aside_waits_for_the_commit(work, tmp_path):
@@ -976,20 +987,8 @@ def test_the_guard_sets_aside_a_signal_inside_the_import_system():
         assert pending_redelivery() == signal.SIGTERM
 
 
-KILLED_WHILE_DELETING_THE_OLD = textwrap.dedent("""
-    import os, shutil, signal, sys
-    from pathlib import Path
-    real_rmtree = shutil.rmtree
-
-    def rmtree(path, *args, **kwargs):
-        if Path(path).name.startswith(".out.old-"):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real_rmtree(path, *args, **kwargs)
-
-    shutil.rmtree = rmtree
-    from rembert_convert.cli import main
-    main(sys.argv[1:])
-""")
+KILLED_WHILE_DELETING_THE_OLD = cli_signalling_itself("shutil.rmtree", 'path.name.startswith(".out.old-")',
+                                                     "SIGKILL", before=True)
 
 
 def test_an_old_output_replaced_before_a_kill_is_removed_by_the_next_run(work, tmp_path):
