@@ -503,9 +503,14 @@ def _older_class(info: SpmInfo, tokenizer: Tokenizer, sp: spm.SentencePieceProce
                  charsmap_alone: normalizers.Normalizer) -> str | None:
     """precompiled-grapheme, nfc-composition or unigram-float32-tie for one segment, or None."""
     if tokenizer.normalizer.normalize_str(segment) != sp.normalize(segment):
-        # Without the NFC step (if there is one), would the charsmap alone have matched? Then NFC caused it.
-        return "nfc-composition" if charsmap_alone.normalize_str(segment) == sp.normalize(segment) \
-            else "precompiled-grapheme"
+        # NFC caused it if there is an NFC step, it changes this text, and the charsmap alone would have matched.
+        if _composes_first(tokenizer) and unicodedata.normalize("NFC", segment) != segment and \
+                charsmap_alone.normalize_str(segment) == sp.normalize(segment):
+            return "nfc-composition"
+        # Precompiled's per-cluster rule differs from SentencePiece's only inside a cluster of more than one
+        # character: any other normalization difference is not this class, but a difference to report.
+        grapheme_effect = bool(info.proto.normalizer_spec.precompiled_charsmap) and any(map(joins_a_cluster, segment))
+        return "precompiled-grapheme" if grapheme_effect else None
     got, want = tokenizer.encode(segment, add_special_tokens=False).ids, sp.encode(segment)
     if "".join(info.pieces[i][0] for i in got) != "".join(info.pieces[i][0] for i in want):
         return None  # different text covered: never a tie
@@ -515,6 +520,24 @@ def _older_class(info: SpmInfo, tokenizer: Tokenizer, sp: spm.SentencePieceProce
         bound = (len(got) + len(want)) * 2.0 ** -23 * max(abs(a), abs(b))
         return "unigram-float32-tie" if abs(a - b) <= bound else None
     return None  # BPE merges are exact: competing merges that make one piece are one merge
+
+
+# Characters that share a grapheme cluster with a neighbour (Unicode UAX #29) beyond the marks (categories Mn, Mc,
+# Me): joiners, prepended marks, emoji modifiers and tags, regional indicators, Hangul jamo, half-width kana voicing,
+# Thai and Lao AM, CR (of CR LF).
+_CLUSTER_JOINERS = ((0x000D, 0x000D), (0x0600, 0x0605), (0x06DD, 0x06DD), (0x070F, 0x070F), (0x0890, 0x0891),
+                    (0x08E2, 0x08E2), (0x0D4E, 0x0D4E), (0x0E33, 0x0E33), (0x0EB3, 0x0EB3), (0x1100, 0x11FF),
+                    (0x200C, 0x200D), (0xA960, 0xA97F), (0xD7B0, 0xD7FF), (0xFF9E, 0xFF9F), (0x110BD, 0x110BD),
+                    (0x110CD, 0x110CD), (0x111C2, 0x111C3), (0x1193F, 0x1193F), (0x11941, 0x11941),
+                    (0x11A3A, 0x11A3A), (0x11A84, 0x11A89), (0x11D46, 0x11D46), (0x11F02, 0x11F02),
+                    (0x1F1E6, 0x1F1FF), (0x1F3FB, 0x1F3FF), (0xE0020, 0xE007F))
+
+
+def joins_a_cluster(char: str) -> bool:
+    """Whether `char` can join a neighbour in one grapheme cluster; text without any has one character per
+    cluster (a superset of UAX #29's rules: it may say yes where no cluster forms, never no where one does)."""
+    code = ord(char)
+    return unicodedata.category(char) in ("Mn", "Mc", "Me") or any(lo <= code <= hi for lo, hi in _CLUSTER_JOINERS)
 
 
 def measure_agreement(info: SpmInfo, tokenizer: Tokenizer, lines: Iterable[str]) -> Agreement:

@@ -199,6 +199,21 @@ def test_grapheme_class_reproducer(models: dict[str, Path]) -> None:
         assert tokenizer.encode(text, add_special_tokens=False).ids == sp.encode(text)
 
 
+def test_a_normalization_difference_outside_a_cluster_is_reported_not_explained(models: dict[str, Path]) -> None:
+    """precompiled-grapheme stands for Precompiled's per-cluster rule, which differs from SentencePiece only
+    inside a cluster of more than one character: any other normalization difference (a tokenizer.json with a
+    normalizer bug) is an unexplained line, on a model with a charsmap as on one without."""
+    from tokenizers import normalizers
+
+    for name in ("unigram-nfkc", "bpe-identity"):
+        info, tokenizer, _ = _load(models[name])
+        tokenizer.normalizer = normalizers.Sequence([tokenizer.normalizer, normalizers.Replace("a", "e")])
+        agreement = measure_agreement(info, tokenizer, ["a cat sat", "\uff21\u0301"])
+        assert agreement.unexplained == ["a cat sat"], name
+    info, tokenizer, _ = _load(models["unigram-nfkc"])
+    assert measure_agreement(info, tokenizer, ["a cat sat", "\uff21\u0301"]).classes == {"precompiled-grapheme": 1}
+
+
 def test_nfc_helps_is_measured(models: dict[str, Path]) -> None:
     info, tokenizer, sp = _load(models["unigram-nfkc"])
     assert nfc_helps(info)  # nmt_nfkc: NFD text goes from 373 to 440 of 441 probe lines
