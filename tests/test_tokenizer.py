@@ -384,6 +384,10 @@ def test_a_trigger_in_the_line_excuses_no_other_difference(tmp_path: Path) -> No
         "user-defined-charsmap": 2}
     agreement = measure_agreement(info, broken, [word, f"\u2122 {word}", f"\u2122[SEP]{word}", f"{word}[SEP]\u2122"])
     assert agreement.classes == {} and len(agreement.unexplained) == 4
+    # Taken out, the trigger leaves a space (as SentencePiece ends its piece there), not nothing: text on both
+    # sides of it must not be judged as one word.
+    assert measure_agreement(info, tokenizer, ["[MA\u2122SK]", "x\u2122y", "ab\u2122cd ef"]).classes == {
+        "user-defined-charsmap": 3}
 
 
 def test_agreement_is_measured_on_every_probe_line(models: dict[str, Path], tmp_path: Path) -> None:
