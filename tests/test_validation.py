@@ -558,10 +558,20 @@ def test_verify_cli_exit_codes_junit_and_report(tiny_ckpt, converted, tmp_path):
     passing_junit = junit.read_bytes()
     kept = runner.invoke(main, strict_args)  # an earlier JUnit file is replaced only with --force
     assert kept.exit_code == 2 and "exists; pass --force" in kept.output and junit.read_bytes() == passing_junit
-    strict = runner.invoke(main, [*strict_args, "--force"])
+    strict = runner.invoke(main, [*strict_args, "--force", "--report", str(tmp_path / "strict")])
     assert strict.exit_code == 1 and "parity FAILED" in strict.output
-    failures = ET.parse(junit).getroot().findall(".//failure")
+    root = ET.parse(junit).getroot()
+    failures = root.findall(".//failure")
     assert failures and all("max abs" in f.get("message") and "tolerance" in f.get("message") for f in failures)
+    assert int(root.get("failures")) == len(failures)  # what a CI dashboard counts
+    assert (tmp_path / "strict" / "parity_report.md").read_text().startswith("# Parity report: FAILED")
+    strict_report = json.loads((tmp_path / "strict" / "parity_report.json").read_text())
+    assert {c.get("name") for c in root.findall(".//testcase") if c.get("classname") == "tensors.safetensors"} == {
+        r["tensor"] for r in strict_report["tensor_rows"] if r["format"] == "safetensors"}  # the file's own names
+    # The summary's worst row per head and format is the one furthest over (or nearest to) its tolerance.
+    for worst in strict_report["summary"]["worst_per_head_and_format"]:
+        rows = [r for r in strict_report["rows"] if (r["head"], r["format"]) == (worst["head"], worst["format"])]
+        assert worst["max_abs"] / worst["tolerance"] == max(r["max_abs"] / r["tolerance"] for r in rows)
     assert {c.get("classname").rsplit(".", 1)[-1] for c in ET.parse(junit).getroot().findall(".//testcase")
             if c.get("classname").startswith("functional.")} == {"safetensors"}
 
@@ -578,14 +588,23 @@ def test_the_summary_names_failing_tensors(tiny_ckpt, converted, tmp_path):
     def edit(t):
         t[name][0] += 1.0
 
+    second = "rembert.embeddings.LayerNorm.weight"
+
+    def edit(t):
+        t[name][0] += 1.0
+        t[second][1] -= 1.0
+
     _edit_safetensors(folder, edit)
     result = CliRunner().invoke(main, ["verify", str(tiny_ckpt.prefix), str(folder), "--report",
                                        str(tmp_path / "rep")])
     assert result.exit_code == 1
     assert any(line.startswith("FAIL tensor safetensors") and name in line for line in result.output.splitlines())
     summary = json.loads((tmp_path / "rep" / "parity_report.json").read_text())["summary"]
-    assert {"format": "safetensors", "tensor": name} in [{k: t[k] for k in ("format", "tensor")}
-                                                          for t in summary["failing_tensors"]]
+    named = [{k: t[k] for k in ("format", "tensor")} for t in summary["failing_tensors"]]
+    assert {"format": "safetensors", "tensor": name} in named and {"format": "safetensors", "tensor": second} in named
+    markdown = (tmp_path / "rep" / "parity_report.md").read_text()
+    failing_section = markdown[markdown.index("Failing tensors:"):]
+    assert f"`{name}`" in failing_section and f"`{second}`" in failing_section
     assert {(w["head"], w["format"]) for w in summary["worst_per_head_and_format"]} == {
         (h, f) for h in HEADS for f in ("pytorch", "safetensors")}
     assert name in (tmp_path / "rep" / "parity_report.md").read_text()
