@@ -583,12 +583,7 @@ def test_verify_cli_exit_codes_junit_and_report(tiny_ckpt, converted, tmp_path):
 
 def test_the_summary_names_failing_tensors(tiny_ckpt, converted, tmp_path):
     folder = _copy(converted, tmp_path)
-    name = "rembert.embeddings.LayerNorm.bias"
-
-    def edit(t):
-        t[name][0] += 1.0
-
-    second = "rembert.embeddings.LayerNorm.weight"
+    name, second = "rembert.embeddings.LayerNorm.bias", "rembert.embeddings.LayerNorm.weight"
 
     def edit(t):
         t[name][0] += 1.0
@@ -961,12 +956,30 @@ def test_a_bundle_made_twice_is_the_same_bytes_and_its_card_quotes_paths(tiny_ck
     assert "convert-rembert verify ORIGINAL_CHECKPOINT_DIR 'tiny rembert'" in card
 
 
-@pytest.mark.parametrize("option", [["--language", "English language"], ["--license", "Apache 2"]])
+@pytest.mark.parametrize("option", [["--language", "English language"], ["--license", "Apache 2"],
+                                    ["--language", "en English"], ["--license", "mit license"], ["--name", "   "]])
 def test_bad_card_options_are_one_line_errors(tiny_ckpt, tmp_path, option):
     result = CliRunner().invoke(main, ["bundle", str(tiny_ckpt.prefix), "-o", str(tmp_path / "x"),
                                        "--format", "safetensors", *option])
     assert result.exit_code == 2 and result.output.startswith("error: ") and result.output.count("\n") == 1
     assert option[0] in result.output and not (tmp_path / "x").exists()
+
+
+def test_the_card_of_a_library_bundle_to_a_dot_folder_with_its_own_tolerance(tiny_ckpt, tmp_path):
+    """The title falls back to RemBERT, the card lists itself among the files, says the tolerance was the
+    user's, and its parity table gives the largest relative error of each head and format."""
+    out = tmp_path / ".tiny"
+    result = bundle_checkpoint(tiny_ckpt.prefix, out, ConvertOptions(quiet=True), formats=("safetensors",),
+                               tolerance=1e-3)
+    card = (out / "README.md").read_text()
+    assert "\n# RemBERT\n" in card and "- `README.md`" in card and "overridden by the user" in card
+    report = json.loads((out / "parity_report.json").read_text())
+    largest: dict[str, float] = {}
+    for row in report["rows"]:
+        largest[row["head"]] = max(largest.get(row["head"], 0.0), row["rel_err"])
+    table = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1].rstrip(" |")
+             for line in card.splitlines() if line.startswith("| RemBert")}
+    assert table == {head: f"{value:.1e}" for head, value in largest.items()} and result.parity.passed
 
 
 def test_bf16_tensors_are_cast_exact(tiny_ckpt, tmp_path):
