@@ -1034,3 +1034,38 @@ def _datasets(file) -> list:
     found = []
     file.visititems(lambda name, item: found.append(item) if isinstance(item, h5py.Dataset) else None)
     return found
+
+
+def test_a_failed_bundle_names_its_worst_outputs(tiny_ckpt, converted, tmp_path):
+    """The one-line refusal names the three rows furthest over their tolerance, worst first."""
+    from validation.parity import severity
+
+    with pytest.raises(ParityFailure) as failed:
+        bundle_checkpoint(tiny_ckpt.prefix, tmp_path / "b", ConvertOptions(quiet=True),
+                          formats=("pytorch", "safetensors"), tolerance=1e-12)
+    assert not (tmp_path / "b").exists()
+    rows = verify_conversion(tiny_ckpt.prefix, converted, tolerance=1e-12, tensors=False).rows
+    worst = sorted(rows, key=severity, reverse=True)[:3]
+    named = ", ".join(str(failed.value).split("(", 1)[1].split("; ")[:3])
+    assert [f"{r.head}/{r.format}/{r.output}" for r in worst] == [part.split(" max abs")[0]
+                                                                    for part in named.split(", ")], named
+
+
+def test_the_cards_tokenizer_section_lists_each_cause():
+    """Also when every difference has a known cause (nothing unexplained)."""
+    from types import SimpleNamespace
+
+    from converters.tokenizer import Agreement
+    from validation.bundle import _tokenizer_section
+
+    info = SimpleNamespace(model_type="unigram", pieces=[None] * 512)
+    lines = _tokenizer_section((info, Agreement(total=10, equal=8, classes={"nfc-composition": 2})))
+    assert any(line.startswith("- 2 x `nfc-composition`: ") for line in lines)
+    assert not any("unexplained" in line for line in lines)
+
+
+def test_a_library_bundle_records_a_command_that_runs_as_written(tiny_ckpt, tmp_path):
+    """Without a command from the caller, the card's command line quotes the paths it names."""
+    out = tmp_path / "tiny rembert"
+    bundle_checkpoint(tiny_ckpt.prefix, out, ConvertOptions(quiet=True), formats=("safetensors",))
+    assert "-o 'tiny rembert'" in (out / "README.md").read_text()
