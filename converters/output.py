@@ -403,10 +403,7 @@ def occupy_closed_standard_descriptors() -> None:
         try:
             os.fstat(descriptor)
         except OSError:
-            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one, if the lower ones are open
-            if null != descriptor:
-                os.dup2(null, descriptor)
-                os.close(null)
+            os.open(os.devnull, os.O_RDWR)  # takes the lowest free number: this one, the lower ones being open
 
 
 def interrupt_outside_imports(signum: int, frame: Any) -> None:

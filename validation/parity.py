@@ -788,12 +788,11 @@ class _Checker:
         self.report.rows.append(ParityRow(head, fmt, f"{output}: {reason}", ORIGINAL, (), float("inf"),
                                           float("inf"), float("inf"), 0.0, False))
 
-    def run_format(self, fmt: str, handle, converted: Path, progress: Update | None = None) -> None:
+    def run_format(self, fmt: str, handle, converted: Path, progress: Update) -> None:
         models = _TorchHeads(self, handle, fmt) if fmt != "tf2" else _TFHeads(self, converted, handle)
         try:
             for done, (name, spec) in enumerate(self.specs.items()):
-                if progress is not None:
-                    progress(done / len(self.specs))
+                progress(done / len(self.specs))
                 model = models.build(name, spec)
                 if model is None:
                     continue

@@ -455,7 +455,7 @@ def unproven_files(directory: Path) -> list[TensorRow]:
 
 
 def prove_format(reader: CheckpointReader, plan: ConversionPlan, handle, fmt: str, dtype: str, root: str,
-                 progress: Update | None = None) -> tuple[list[TensorRow], dict[str, str]]:
+                 progress: Update) -> tuple[list[TensorRow], dict[str, str]]:
     """Rows for one open format, and for every mapped tensor a digest of its values in the TF1 layout
     ("source" when the values are the expected ones), which `agreement_rows` compares across formats."""
     rows: list[TensorRow] = []
@@ -479,8 +479,7 @@ def prove_format(reader: CheckpointReader, plan: ConversionPlan, handle, fmt: st
     for mapping in mappings:
         name = expected_name(mapping, fmt, root)
         shape = expected_shape(mapping, fmt)
-        if progress is not None:
-            progress(done_bytes / max(total_bytes, 1))
+        progress(done_bytes / max(total_bytes, 1))
         done_bytes += reader.entries[mapping.source].nbytes
         if name not in present:
             rows.append(TensorRow(fmt, name, mapping.source, "missing", shape, dtype, 0, 0.0, None, False,
