@@ -35,6 +35,7 @@ from pathlib import Path
 from bench_convert import HF_SCRIPT, PYTHON, REPO, Run, data_file, hf_available, measure, remove, warm
 
 RSS_TARGET = 5 << 30
+VERIFY, BUNDLE = "verify (3 formats x 7 heads)", "bundle (convert + tokenizer + verify)"
 VERIFY_VS_HF, BUNDLE_VS_HF = 1.0, 1.5
 VOCAB = 250300
 SCRIPT_RANGES = [(0x21, 0x7E), (0xA1, 0x24F), (0x370, 0x3FF), (0x400, 0x4FF), (0x590, 0x6FF), (0x900, 0x97F),
@@ -93,7 +94,9 @@ def main() -> None:
     for path in format_files:
         subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
 
+    verify_report = work / "verify-report"
     runs: list[Run] = []
+    steps: dict[str, list[dict[str, float]]] = {VERIFY: [], BUNDLE: []}
     for repeat in range(args.repeats):
         print(f"# repeat {repeat + 1}/{args.repeats} (load {os.getloadavg()[0]:.2f})", file=sys.stderr)
         warm(full)
@@ -105,28 +108,36 @@ def main() -> None:
         for path in [data_file(full), *format_files]:
             runs.append(measure(f"floor: cat {path.name}", ["cat", str(path)]))
         warm(full)
-        runs.append(measure("verify (3 formats x 7 heads)", cli("verify", str(full), str(converted), "-q"),
+        remove(verify_report)
+        runs.append(measure(VERIFY, cli("verify", str(full), str(converted), "-q", "--report", str(verify_report)),
                             stdout=work / "verify.txt"))
+        steps[VERIFY].append(step_seconds(verify_report))
         remove(bundled)
         warm(full)
-        runs.append(measure("bundle (convert + tokenizer + verify)",
-                            cli("bundle", str(full), "-o", str(bundled), "-q", "--tokenizer", str(spm)), bundled))
+        runs.append(measure(BUNDLE, cli("bundle", str(full), "-o", str(bundled), "-q", "--tokenizer", str(spm)),
+                            bundled))
+        steps[BUNDLE].append(step_seconds(bundled))
         remove(bundled)
         for run in runs[-7:]:
             print(f"  {run.name}: {run.wall:.2f} s, {run.rss / 2**30:.2f} GiB", file=sys.stderr)
         if args.json:
-            args.json.write_text(json.dumps([asdict(r) for r in runs], indent=2))
-    report(runs, args)
+            args.json.write_text(json.dumps({"runs": [asdict(r) for r in runs], "steps": steps}, indent=2))
+    report(runs, steps, args)
+
+
+def step_seconds(report_dir: Path) -> dict[str, float]:
+    """The proof's own step timings (`seconds` of parity_report.json: the float64 reference, each format's
+    tensor and functional proofs, the total)."""
+    return json.loads((report_dir / "parity_report.json").read_text())["seconds"]
 
 
 def median(runs: list[Run], name: str, field: str) -> float:
     return statistics.median(getattr(r, field) for r in runs if r.name == name)
 
 
-def report(runs: list[Run], args: argparse.Namespace) -> None:
+def report(runs: list[Run], steps: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> None:
     names = list(dict.fromkeys(r.name for r in runs))
     hf = next(n for n in names if n.startswith("Hugging Face"))
-    verify, bundle = "verify (3 formats x 7 heads)", "bundle (convert + tokenizer + verify)"
     floor = sum(median(runs, n, "wall") for n in names if n.startswith("floor"))
     load = os.getloadavg()
     print(f"\n{platform.node()}: {os.cpu_count()} cores, "
@@ -143,17 +154,35 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
     print(f"\nfloor (reading the checkpoint and each format once): {floor:.2f} s")
     print("targets:")
     checks = [
-        (f"verify {median(runs, verify, 'wall'):.1f} s <= Hugging Face convert {hf_wall:.1f} s",
-         median(runs, verify, "wall") <= VERIFY_VS_HF * hf_wall),
-        (f"bundle {median(runs, bundle, 'wall'):.1f} s <= {BUNDLE_VS_HF}x Hugging Face convert "
-         f"{BUNDLE_VS_HF * hf_wall:.1f} s", median(runs, bundle, "wall") <= BUNDLE_VS_HF * hf_wall),
+        (f"verify {median(runs, VERIFY, 'wall'):.1f} s <= Hugging Face convert {hf_wall:.1f} s",
+         median(runs, VERIFY, "wall") <= VERIFY_VS_HF * hf_wall),
+        (f"bundle {median(runs, BUNDLE, 'wall'):.1f} s <= {BUNDLE_VS_HF}x Hugging Face convert "
+         f"{BUNDLE_VS_HF * hf_wall:.1f} s", median(runs, BUNDLE, "wall") <= BUNDLE_VS_HF * hf_wall),
     ]
-    for name in (verify, bundle):  # memory is a limit, not an average: the largest peak of any repeat counts
+    for name in (VERIFY, BUNDLE):  # memory is a limit, not an average: the largest peak of any repeat counts
         rss = max(r.rss for r in runs if r.name == name)
         checks.append((f"{name.split(' ')[0]} peak RSS {rss / 2**30:.2f} GiB (largest of the repeats) <= 5 GiB",
                        rss <= RSS_TARGET))
     for text, ok in checks:
         print(f"  {'PASS' if ok else 'FAIL'}  {text}")
+    print_profile(runs, steps, hf)
+
+
+def print_profile(runs: list[Run], steps: dict[str, list[dict[str, float]]], hf: str) -> None:
+    """Where the time went: the proof's steps (medians), what else the process spent (start-up and imports;
+    in bundle also the conversion, the tokenizer agreement, the card and checksums; exit), and each repeat's
+    ratio to the yardstick of the same repeat."""
+    print("\nwhere the time goes (medians, s; 'tensors X' runs beside 'functional X'):")
+    for name, timings in steps.items():
+        walls = [r.wall for r in runs if r.name == name]
+        keys = list(dict.fromkeys(k for t in timings for k in t))
+        parts = [f"{k} {statistics.median(t.get(k, 0.0) for t in timings):.2f}" for k in keys]
+        rest = statistics.median(w - t.get("total", 0.0) for w, t in zip(walls, timings, strict=True))
+        print(f"  {name.split(' ')[0]}: {', '.join(parts)}; outside the proof {rest:.2f}")
+    yardstick = [r.wall for r in runs if r.name == hf]
+    for name in steps:
+        ratios = [r.wall / y for r, y in zip([r for r in runs if r.name == name], yardstick, strict=True)]
+        print(f"  {name.split(' ')[0]} / yardstick, each repeat: {', '.join(f'{x:.2f}x' for x in ratios)}")
 
 
 if __name__ == "__main__":
