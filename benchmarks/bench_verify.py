@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import pty
 import statistics
 import subprocess
 import sys
@@ -94,9 +95,7 @@ def main() -> None:
     for path in format_files:
         subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
 
-    verify_report = work / "verify-report"
     runs: list[Run] = []
-    steps: dict[str, list[dict[str, float]]] = {VERIFY: [], BUNDLE: []}
     for repeat in range(args.repeats):
         print(f"# repeat {repeat + 1}/{args.repeats} (load {os.getloadavg()[0]:.2f})", file=sys.stderr)
         warm(full)
@@ -108,34 +107,57 @@ def main() -> None:
         for path in [data_file(full), *format_files]:
             runs.append(measure(f"floor: cat {path.name}", ["cat", str(path)]))
         warm(full)
-        remove(verify_report)
-        runs.append(measure(VERIFY, cli("verify", str(full), str(converted), "-q", "--report", str(verify_report)),
+        runs.append(measure(VERIFY, cli("verify", str(full), str(converted), "-q"),
                             stdout=work / "verify.txt"))
-        steps[VERIFY].append(step_seconds(verify_report))
         remove(bundled)
         warm(full)
-        runs.append(measure(BUNDLE, cli("bundle", str(full), "-o", str(bundled), "-q", "--tokenizer", str(spm)),
-                            bundled))
-        steps[BUNDLE].append(step_seconds(bundled))
+        runs.append(measure(BUNDLE,
+                            cli("bundle", str(full), "-o", str(bundled), "-q", "--tokenizer", str(spm)), bundled))
         remove(bundled)
         for run in runs[-7:]:
             print(f"  {run.name}: {run.wall:.2f} s, {run.rss / 2**30:.2f} GiB", file=sys.stderr)
         if args.json:
-            args.json.write_text(json.dumps({"runs": [asdict(r) for r in runs], "steps": steps}, indent=2))
-    report(runs, steps, args)
+            args.json.write_text(json.dumps([asdict(r) for r in runs], indent=2))
+    print("# one more verify and bundle on a terminal, untimed, for their step lines", file=sys.stderr)
+    warm(full)
+    profile = {VERIFY: step_lines(cli("verify", str(full), str(converted)))}
+    remove(bundled)
+    warm(full)
+    profile[BUNDLE] = step_lines(cli("bundle", str(full), "-o", str(bundled), "--tokenizer", str(spm)))
+    remove(bundled)
+    report(runs, profile, args)
 
 
-def step_seconds(report_dir: Path) -> dict[str, float]:
-    """The proof's own step timings (`seconds` of parity_report.json: the float64 reference, each format's
-    tensor and functional proofs, the total)."""
-    return json.loads((report_dir / "parity_report.json").read_text())["seconds"]
+def step_lines(command: list[str]) -> list[str]:
+    """Run `command` with its stderr on a pseudo-terminal, where it shows progress, and return the line each
+    finished step leaves ("[  9.0 s] convert to ... done (7.9 s)"), then the process's wall time at its exit."""
+    master, terminal = pty.openpty()
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=terminal)
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:  # EIO: the command's side of the terminal has closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    if process.wait() != 0:
+        raise SystemExit(f"failed ({process.returncode}): {' '.join(command)}")
+    wall = time.perf_counter() - started
+    lines = b"".join(chunks).decode(errors="replace").split("\n")
+    lines = [line.rstrip("\r").split("\r")[-1].replace("\x1b[K", "") for line in lines]  # the last redraw
+    return [line for line in lines if line.startswith("[") and " done (" in line] + [f"[{wall:6.1f} s] exited"]
 
 
 def median(runs: list[Run], name: str, field: str) -> float:
     return statistics.median(getattr(r, field) for r in runs if r.name == name)
 
 
-def report(runs: list[Run], steps: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> None:
+def report(runs: list[Run], profile: dict[str, list[str]], args: argparse.Namespace) -> None:
     names = list(dict.fromkeys(r.name for r in runs))
     hf = next(n for n in names if n.startswith("Hugging Face"))
     floor = sum(median(runs, n, "wall") for n in names if n.startswith("floor"))
@@ -165,24 +187,14 @@ def report(runs: list[Run], steps: dict[str, list[dict[str, float]]], args: argp
                        rss <= RSS_TARGET))
     for text, ok in checks:
         print(f"  {'PASS' if ok else 'FAIL'}  {text}")
-    print_profile(runs, steps, hf)
-
-
-def print_profile(runs: list[Run], steps: dict[str, list[dict[str, float]]], hf: str) -> None:
-    """Where the time went: the proof's steps (medians), what else the process spent (start-up and imports;
-    in bundle also the conversion, the tokenizer agreement, the card and checksums; exit), and each repeat's
-    ratio to the yardstick of the same repeat."""
-    print("\nwhere the time goes (medians, s; 'tensors X' runs beside 'functional X'):")
-    for name, timings in steps.items():
-        walls = [r.wall for r in runs if r.name == name]
-        keys = list(dict.fromkeys(k for t in timings for k in t))
-        parts = [f"{k} {statistics.median(t.get(k, 0.0) for t in timings):.2f}" for k in keys]
-        rest = statistics.median(w - t.get("total", 0.0) for w, t in zip(walls, timings, strict=True))
-        print(f"  {name.split(' ')[0]}: {', '.join(parts)}; outside the proof {rest:.2f}")
     yardstick = [r.wall for r in runs if r.name == hf]
-    for name in steps:
+    print("\neach repeat against the yardstick of the same repeat:")
+    for name in (VERIFY, BUNDLE):
         ratios = [r.wall / y for r, y in zip([r for r in runs if r.name == name], yardstick, strict=True)]
-        print(f"  {name.split(' ')[0]} / yardstick, each repeat: {', '.join(f'{x:.2f}x' for x in ratios)}")
+        print(f"  {name.split(' ')[0]}: {', '.join(f'{x:.2f}x' for x in ratios)}")
+    for name, lines in profile.items():
+        print(f"\nwhere the time goes: one {name.split(' ')[0]} on a terminal, after the timed repeats")
+        print("\n".join(f"  {line}" for line in lines))
 
 
 if __name__ == "__main__":
