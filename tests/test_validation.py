@@ -140,6 +140,19 @@ def test_a_closed_format_is_freed_without_the_garbage_collector(tiny_ckpt, conve
     assert collections == []
 
 
+def test_the_report_times_each_step_for_library_callers(tiny_ckpt, converted):
+    # `ParityReport.seconds` is where a library caller (and benchmarks/README's phase tables) reads the step times;
+    # the files leave it out so that the same folder gives the same report.
+    report = verify_conversion(tiny_ckpt.prefix, converted)
+    steps = {f"{kind} {fmt}" for kind in ("tensors", "functional") for fmt in report.formats}
+    assert set(report.seconds) == {"reference", "total"} | steps
+    assert min(report.seconds.values()) > 0
+    proofs = report.seconds["total"] - report.seconds["reference"]
+    for kind in ("tensors", "functional"):  # a format's two proofs run side by side, formats one after another
+        assert sum(report.seconds[f"{kind} {fmt}"] for fmt in report.formats) <= proofs
+    assert "seconds" not in report.to_dict()
+
+
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files through /proc")
 @pytest.mark.parametrize("release", [True, False])
 def test_each_format_leaves_the_cache_once_proven(tiny_ckpt, converted, monkeypatch, release):
