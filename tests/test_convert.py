@@ -271,6 +271,72 @@ def test_fp16_and_bf16_sources(tmp_path, tiny_ckpt):
                                    expected.to(getattr(torch, dtype)).float(), rtol=0, atol=0)
 
 
+def test_a_float64_checkpoint_converts_to_the_values_tensorflow_reads(tmp_path):
+    """float64 is a float source: every weight converts, equal to TensorFlow's reading cast to float32."""
+    import tensorflow as tf
+
+    from testkit.synthetic_checkpoint import synthetic_variables
+
+    values = synthetic_variables(TINY_ORIGINAL_CONFIG, seed=9)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    names = sorted(values)
+    tf.raw_ops.SaveV2(prefix=str(ckpt / "model.ckpt-1"), tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=[tf.constant(values[n], tf.float64) for n in names])
+    (ckpt / "bert_config.json").write_text(json.dumps(TINY_ORIGINAL_CONFIG))
+    saved = tf.train.load_checkpoint(str(ckpt / "model.ckpt-1"))
+    assert saved.get_variable_to_dtype_map()["bert/embeddings/word_embeddings"] == tf.float64
+    convert_checkpoint(ckpt, tmp_path / "out", ["safetensors"], ConvertOptions(quiet=True))
+    state = _load_safetensors_dir(tmp_path / "out")
+    assert len(state) == 63
+    for name, original, transposed in (
+            ("rembert.embeddings.word_embeddings.weight", "bert/embeddings/word_embeddings", False),
+            ("rembert.encoder.layer.2.output.dense.weight", "bert/encoder/layer_2/output/dense/kernel", True),
+            ("cls.predictions.decoder.weight", "cls/predictions/output_embedding", False)):
+        expected = tf.cast(saved.get_tensor(original), tf.float32).numpy()
+        assert state[name].dtype == torch.float32
+        np.testing.assert_array_equal(state[name].numpy(), expected.T if transposed else expected, err_msg=name)
+
+
+def test_a_checkpoint_trained_by_tf1_optimizers_converts_ignoring_their_state(tmp_path):
+    """The variables TensorFlow's own TF1 optimizers add (Adam's slots and beta powers, a second Adam's
+    `_1`-suffixed ones, Momentum's slot, global_step) are all ignored, nothing else is, and the weights are the
+    trained values TensorFlow saved."""
+    import tensorflow as tf
+
+    from testkit.synthetic_checkpoint import synthetic_variables
+
+    values = synthetic_variables(TINY_ORIGINAL_CONFIG, seed=10)
+    ckpt = tmp_path / "ckpt"
+    with tf.Graph().as_default():
+        variables = [tf.compat.v1.get_variable(name, initializer=tf.constant(value))
+                     for name, value in sorted(values.items())]
+        step = tf.compat.v1.train.get_or_create_global_step()
+        loss = tf.add_n([tf.reduce_sum(tf.square(v)) for v in variables])
+        train = tf.group(tf.compat.v1.train.AdamOptimizer(1e-2).minimize(loss, global_step=step),
+                         tf.compat.v1.train.AdamOptimizer(1e-2).minimize(loss),
+                         tf.compat.v1.train.MomentumOptimizer(1e-2, 0.9).minimize(loss))
+        added = {v.op.name for v in tf.compat.v1.global_variables()} - set(values)
+        saver = tf.compat.v1.train.Saver()
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            session.run(train)
+            prefix = saver.save(session, str(ckpt / "model.ckpt"), global_step=step)
+    assert {"beta1_power_1", "beta2_power_1", "bert/pooler/dense/kernel/Adam_3",
+            "bert/pooler/dense/kernel/Momentum"} <= added  # what TensorFlow names them
+    (ckpt / "bert_config.json").write_text(json.dumps(TINY_ORIGINAL_CONFIG))
+    result = convert_checkpoint(ckpt, tmp_path / "out", ["safetensors"], ConvertOptions(quiet=True))
+    assert {r.variable for r in result.plan.ignored} == added
+    saved = tf.train.load_checkpoint(prefix)
+    state = _load_safetensors_dir(tmp_path / "out")
+    assert len(state) == len(values) == 63
+    trained = saved.get_tensor("bert/encoder/layer_1/attention/self/key/kernel")
+    assert not np.array_equal(trained, values["bert/encoder/layer_1/attention/self/key/kernel"])  # it trained
+    np.testing.assert_array_equal(state["rembert.encoder.layer.1.attention.self.key.weight"].numpy(), trained.T)
+    np.testing.assert_array_equal(state["cls.predictions.decoder.bias"].numpy(),
+                                  saved.get_tensor("cls/predictions/output_bias"))
+
+
 def test_output_embedding_name_variants(tmp_path):
     prefix = write_synthetic_checkpoint(tmp_path / "ck", TINY_ORIGINAL_CONFIG, seed=1, optimizer_slots=False,
                                         output_embedding_name="bert/embeddings/output_embeddings")
@@ -298,6 +364,8 @@ def _checkpoint_with(tmp_path: Path, config: dict | None = None, **kwargs) -> Pa
     ("case", "message"),
     [
         ("unknown", r"bert/encoder/layer_0/adapter/kernel matches no mapping or ignore rule"),
+        # An ignore rule matches the whole name: a name merely containing a slot's name (`/Adam`) is no slot.
+        ("slot_like", r"bert/encoder/layer_0/adapter/Adam_gate matches no mapping or ignore rule"),
         ("layer_more", r"bert/encoder/layer_3/.* is missing from the checkpoint"),
         ("layer_less", r"bert/encoder/layer_2/.* belongs to layer 2 but the config has num_hidden_layers = 2"),
         ("hidden", r"has shape \[18, 32\] but the config implies \[18, 36\]"),
@@ -309,6 +377,8 @@ def test_mismatches_fail_naming_the_variable(tmp_path, case, message):
     kwargs: dict = {}
     if case == "unknown":
         kwargs["extra_variables"] = {"bert/encoder/layer_0/adapter/kernel": np.zeros((32, 5), np.float32)}
+    elif case == "slot_like":
+        kwargs["extra_variables"] = {"bert/encoder/layer_0/adapter/Adam_gate": np.zeros((32,), np.float32)}
     elif case == "layer_more":
         config["num_hidden_layers"] = 4
     elif case == "layer_less":

@@ -291,6 +291,38 @@ def test_unknown_variables_and_wrong_head_shapes_stay_errors(tmp_path, extra, me
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("present", "absent"), [("output_weights", "output_bias"), ("output_bias", "output_weights"),
+                                                ("dense/kernel", "dense/bias")])
+def test_half_a_head_is_refused_naming_the_half_that_is_missing(tmp_path, present, absent):
+    from testkit.synthetic_checkpoint import write_synthetic_checkpoint
+
+    style = "bleurt" if present.startswith("dense/") else "run_classifier"
+    head = head_variables(style, CLASSIFIER_CONFIG["hidden_size"], NUM_LABELS, seed=6)
+    prefix = write_synthetic_checkpoint(tmp_path / "ck", CLASSIFIER_CONFIG, optimizer_slots=False,
+                                        with_mlm_head=False, extra_variables={present: head[present]})
+    with pytest.raises(UserError, match=f"^task head {present} has no {absent} beside it; the checkpoint is "
+                                        "incomplete$"):
+        convert_checkpoint(prefix, tmp_path / "out", ["safetensors"],
+                           ConvertOptions(quiet=True, head="sequence-classification"))
+
+
+def test_output_weights_read_in_small_slices_are_still_turned_whole(classifier_ckpt, tmp_path):
+    """run_classifier's [labels, hidden] output_weights turn for tf_model.h5 only: read in slices smaller than
+    the tensor (chunk_bytes, 16 MiB by default: a head of >3640 labels at RemBERT's width), each format must
+    still hold the whole tensor in its layout."""
+    import tensorflow as tf
+
+    saved = tf.train.load_checkpoint(str(resolve_checkpoint(classifier_ckpt))).get_tensor("output_weights")
+    assert saved.nbytes > 64
+    out = tmp_path / "out"
+    convert_checkpoint(classifier_ckpt, out, ALL,
+                       ConvertOptions(quiet=True, head="sequence-classification", chunk_bytes=64))
+    np.testing.assert_array_equal(_state_dict(out)["classifier.weight"].numpy(), saved)
+    np.testing.assert_array_equal(_h5(out)["classifier/kernel:0"], saved.T)
+    bundled = torch.load(out / "pytorch_model.bin", weights_only=True)
+    np.testing.assert_array_equal(bundled["classifier.weight"].numpy(), saved)
+
+
 @pytest.mark.parametrize(("head", "message"), [
     # BLEURT with n_hidden_layers > 0: relu dense layers, then the output layer as dense_1.
     ({"dense/kernel": np.zeros((30, 8), np.float32), "dense/bias": np.zeros(8, np.float32),

@@ -32,8 +32,9 @@ def mixed_ckpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
         "d/bf16": rng.standard_normal((4, 9)),
         "global_step": np.int64(1234),
         "e/empty": np.zeros((0, 4)),
+        "f/double": rng.standard_normal((3, 7)),
     }
-    dtypes = {"c/half": "float16", "d/bf16": "bfloat16", "global_step": "int64"}
+    dtypes = {"c/half": "float16", "d/bf16": "bfloat16", "global_step": "int64", "f/double": "float64"}
     prefix = tmp_path_factory.mktemp("mixed") / "model.ckpt-5"
     _save_with_tensorflow(prefix, values, dtypes)
     return prefix, values
@@ -45,11 +46,13 @@ def test_reads_every_dtype_exactly(mixed_ckpt):
         assert reader.variables() == {
             "a/kernel": ((11, 5), "float32"), "b/bias": ((3,), "float32"), "c/half": ((6, 2), "float16"),
             "d/bf16": ((4, 9), "bfloat16"), "global_step": ((), "int64"), "e/empty": ((0, 4), "float32"),
+            "f/double": ((3, 7), "float64"),
         }
         np.testing.assert_array_equal(reader.read("a/kernel"), values["a/kernel"].astype(np.float32))
         np.testing.assert_array_equal(reader.read("c/half"), values["c/half"].astype(np.float16))
         assert reader.read("global_step") == 1234
         assert reader.read("e/empty").shape == (0, 4)
+        np.testing.assert_array_equal(reader.read("f/double"), values["f/double"])  # float64 stored exactly
         # bfloat16 comes as raw bits; TensorFlow's own cast is the independent reference.
         import tensorflow as tf
 
@@ -215,6 +218,94 @@ def test_truncated_data_shard(tiny_ckpt, tmp_path):
     with pytest.raises(UserError, match=r"model.ckpt-3.data-00000-of-00001 is truncated or its index is corrupt: "
                                         r".* needs bytes \d+\.\.\d+ of 100"):
         CheckpointReader(prefix)
+
+
+def test_a_data_shard_one_byte_short_is_refused_on_opening(tiny_ckpt, tmp_path):
+    """The last tensor's extent (offset + size, not just its offset) is checked against the file's size."""
+    prefix = _copy(tiny_ckpt, tmp_path)
+    data = Path(f"{prefix}.data-00000-of-00001")
+    size = data.stat().st_size
+    data.write_bytes(data.read_bytes()[:-1])
+    with pytest.raises(UserError, match=rf"model.ckpt-3.data-00000-of-00001 is truncated or its index is corrupt: "
+                                        rf".* needs bytes \d+\.\.{size} of {size - 1};"):
+        CheckpointReader(prefix)
+
+
+def _rewrite_index(source: Path, target: Path, edit) -> None:
+    """Copy a one-shard bundle, its index rewritten entry by entry (`edit(key, fields) -> fields`, the header's
+    key is b"") by the test kit's own table writer, with valid block checksums."""
+    from testkit.index_table import decode_proto, encode_proto, read_entries, write_index
+
+    shutil.copy(f"{source}.data-00000-of-00001", f"{target}.data-00000-of-00001")
+    entries = read_entries(Path(f"{source}.index"))
+    write_index(Path(f"{target}.index"), [(key, encode_proto(edit(key, decode_proto(value)))) for key, value in
+                                          entries])
+
+
+def test_a_big_endian_bundle_is_refused_not_misread(tmp_path):
+    """A bundle whose header says BIG endian holds big-endian bytes: TensorFlow reads it (byte-swapping), and
+    this reader, which reads little-endian only, must refuse it rather than return byte-swapped values."""
+    import tensorflow as tf
+
+    from testkit.index_table import masked_crc
+
+    rng = np.random.default_rng(21)
+    values = {"a/kernel": rng.standard_normal((5, 3)).astype(np.float32),
+              "b/half": rng.standard_normal(7).astype(np.float16)}
+    _save_with_tensorflow(tmp_path / "le", values, {"b/half": "float16"})
+    data = bytearray(Path(f"{tmp_path / 'le'}.data-00000-of-00001").read_bytes())
+    itemsize = {1: 4, 19: 2}  # TensorFlow's DataType codes: DT_FLOAT, DT_HALF
+
+    def to_big_endian(key, fields):
+        if key == b"":  # BundleHeaderProto: endianness (field 2) BIG = 1
+            return [f for f in fields if f[0] != 2] + [(2, 0, 1)]
+        entry = {number: value for number, _, value in fields}
+        offset, size = entry.get(4, 0), entry[5]
+        swapped = np.frombuffer(bytes(data[offset:offset + size]), np.uint8).reshape(-1, itemsize[entry[1]])[:, ::-1]
+        data[offset:offset + size] = swapped.tobytes()
+        return [(n, w, masked_crc(swapped.tobytes()) if n == 6 else v) for n, w, v in fields]
+
+    prefix = tmp_path / "be"
+    _rewrite_index(tmp_path / "le", prefix, to_big_endian)
+    Path(f"{prefix}.data-00000-of-00001").write_bytes(bytes(data))
+    tf_reader = tf.train.load_checkpoint(str(prefix))  # the bundle is a valid big-endian one: TensorFlow reads it
+    for name, value in values.items():
+        np.testing.assert_array_equal(tf_reader.get_tensor(name), value)
+    with pytest.raises(UserError, match="was written on a big-endian machine"):
+        CheckpointReader(prefix)
+
+
+def test_a_flipped_bit_in_an_index_block_is_refused_as_tensorflow_refuses_it(tiny_ckpt, tmp_path):
+    """One bit of an entry turns a float32 kernel into an int32 one (DT_FLOAT 1 -> DT_INT32 3, same size, so the
+    entry still parses): the block checksum is what tells corruption from a real int32 tensor."""
+    import tensorflow as tf
+
+    from testkit.index_table import read_entries
+
+    prefix = _copy(tiny_ckpt, tmp_path)
+    index = Path(f"{prefix}.index")
+    raw = bytearray(index.read_bytes())
+    (value,) = [v for k, v in read_entries(index) if k == b"bert/encoder/layer_1/intermediate/dense/kernel"]
+    assert raw.count(value) == 1 and value[:2] == b"\x08\x01"  # field 1 (dtype), varint DT_FLOAT
+    raw[raw.find(value) + 1] ^= 0x02
+    index.write_bytes(bytes(raw))
+    with pytest.raises(Exception, match="checksum mismatch"):  # TensorFlow's own reader refuses the index
+        tf.train.load_checkpoint(str(prefix))
+    with pytest.raises(UserError, match=r"checkpoint index model.ckpt-3.index is corrupt \(block checksum mismatch\)"):
+        CheckpointReader(prefix)
+
+
+def test_a_shard_number_past_the_last_is_a_corrupt_index(tmp_path):
+    """Shard ids run 0..num_shards-1: an entry naming shard 1 of a one-shard bundle is a corrupt index, not a
+    data file to go and copy (no file `-00001-of-00001` can exist)."""
+    _save_with_tensorflow(tmp_path / "good", {"a/kernel": np.ones((2, 3)), "b/bias": np.ones(3)})
+
+    def shard_one(key, fields):
+        return [f for f in fields if f[0] != 3] + [(3, 0, 1)] if key == b"b/bias" else fields
+
+    _rewrite_index(tmp_path / "good", tmp_path / "bad", shard_one)
+    with pytest.raises(UserError, match=r"checkpoint index bad.index is corrupt: b/bias points at shard 1, "):
+        CheckpointReader(tmp_path / "bad")
 
 
 def test_not_a_checkpoint(tmp_path):
@@ -389,6 +480,10 @@ def test_partitioned_variable_saved_by_tf1_saver(tmp_path):
             session.run(tf.compat.v1.global_variables_initializer())
             expected = session.run(tf.concat(list(variable), axis=0))
             saver.save(session, str(prefix))
+    # The files a Saver writes beside the index name the same checkpoint.
+    assert Path(f"{prefix}.meta").is_file()
+    assert resolve_checkpoint(f"{prefix}.meta") == prefix
+    assert resolve_checkpoint(f"{prefix}.data-00000-of-00001") == prefix
     with CheckpointReader(prefix) as reader:
         assert reader.variables()["bert/embeddings/word_embeddings"] == ((99, 18), "float32")
         assert len(reader.pieces["bert/embeddings/word_embeddings"]) == 4
