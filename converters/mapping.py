@@ -117,7 +117,10 @@ class IgnoreRule:
 
 
 IGNORE_RULES: tuple[IgnoreRule, ...] = (
-    IgnoreRule("optimizer-slot", r".*/(adam_m|adam_v|Adam|Adam_\d+|Adafactor\w*|LAMB\w*|Momentum)",
+    # A TF1 optimizer names its slots `<weight>/<optimizer>`, then `_1`, `_2`, ... (a second slot, or a second
+    # optimizer of the same kind); BERT's AdamWeightDecay names them adam_m / adam_v.
+    IgnoreRule("optimizer-slot", r".*/(adam_m|adam_v|Adafactor\w*|LAMB\w*"
+               r"|(Adam|Momentum|RMSProp|Adagrad|Adadelta|Ftrl|ProximalAdagrad|AdagradDA)(_\d+)?)",
                "optimizer state, not a model weight"),
     IgnoreRule("optimizer-slot", r".*AdamWeightDecayOptimizer.*", "optimizer state, not a model weight"),
     IgnoreRule("optimizer-power", r"beta[12]_power(_\d+)?", "optimizer state, not a model weight"),

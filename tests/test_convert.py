@@ -300,8 +300,8 @@ def test_a_float64_checkpoint_converts_to_the_values_tensorflow_reads(tmp_path):
 
 def test_a_checkpoint_trained_by_tf1_optimizers_converts_ignoring_their_state(tmp_path):
     """The variables TensorFlow's own TF1 optimizers add (Adam's slots and beta powers, a second Adam's
-    `_1`-suffixed ones, Momentum's slot, global_step) are all ignored, nothing else is, and the weights are the
-    trained values TensorFlow saved."""
+    `_1`-suffixed ones, the slots of Momentum, RMSProp, Adagrad, Adadelta, Ftrl, ProximalAdagrad and AdagradDA,
+    global_step) are all ignored, nothing else is, and the weights are the trained values TensorFlow saved."""
     import tensorflow as tf
 
     from testkit.synthetic_checkpoint import synthetic_variables
@@ -313,17 +313,22 @@ def test_a_checkpoint_trained_by_tf1_optimizers_converts_ignoring_their_state(tm
                      for name, value in sorted(values.items())]
         step = tf.compat.v1.train.get_or_create_global_step()
         loss = tf.add_n([tf.reduce_sum(tf.square(v)) for v in variables])
-        train = tf.group(tf.compat.v1.train.AdamOptimizer(1e-2).minimize(loss, global_step=step),
-                         tf.compat.v1.train.AdamOptimizer(1e-2).minimize(loss),
-                         tf.compat.v1.train.MomentumOptimizer(1e-2, 0.9).minimize(loss))
+        v1 = tf.compat.v1.train
+        optimizers = [v1.AdamOptimizer(1e-2), v1.AdamOptimizer(1e-2), v1.MomentumOptimizer(1e-2, 0.9),
+                      v1.RMSPropOptimizer(1e-2, momentum=0.9, centered=True), v1.AdagradOptimizer(1e-2),
+                      v1.AdadeltaOptimizer(1e-2), v1.FtrlOptimizer(1e-2), v1.ProximalAdagradOptimizer(1e-2),
+                      v1.AdagradDAOptimizer(1e-2, step)]
+        train = tf.group(optimizers[0].minimize(loss, global_step=step),
+                         *[optimizer.minimize(loss) for optimizer in optimizers[1:]])
         added = {v.op.name for v in tf.compat.v1.global_variables()} - set(values)
         saver = tf.compat.v1.train.Saver()
         with tf.compat.v1.Session() as session:
             session.run(tf.compat.v1.global_variables_initializer())
             session.run(train)
             prefix = saver.save(session, str(ckpt / "model.ckpt"), global_step=step)
-    assert {"beta1_power_1", "beta2_power_1", "bert/pooler/dense/kernel/Adam_3",
-            "bert/pooler/dense/kernel/Momentum"} <= added  # what TensorFlow names them
+    assert {"beta1_power_1", "beta2_power_1"} | {f"bert/pooler/dense/kernel/{slot}" for slot in (
+        "Adam_3", "Momentum", "RMSProp_2", "Adagrad", "Adadelta_1", "Ftrl_1", "ProximalAdagrad", "AdagradDA_1",
+    )} <= added  # what TensorFlow names them
     (ckpt / "bert_config.json").write_text(json.dumps(TINY_ORIGINAL_CONFIG))
     result = convert_checkpoint(ckpt, tmp_path / "out", ["safetensors"], ConvertOptions(quiet=True))
     assert {r.variable for r in result.plan.ignored} == added
