@@ -185,6 +185,79 @@ def test_sharded_safetensors_index(tiny_ckpt, converted, tmp_path):
         assert torch.equal(tensor, single[name])
 
 
+def _in_file_order(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors in the order their bytes lie in the file (the header's data_offsets)."""
+    import struct
+
+    with path.open("rb") as file:
+        (length,) = struct.unpack("<Q", file.read(8))
+        header = json.loads(file.read(length))
+    header.pop("__metadata__", None)
+    tensors = load_file(path)
+    return {name: tensors[name] for name in sorted(header, key=lambda n: header[n]["data_offsets"][0])}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("limit", ["one byte", "the largest tensor", "all tensors"])
+def test_shards_are_the_ones_huggingface_hub_makes(tiny_ckpt, converted, tmp_path, dtype, limit):
+    """Shards fill in order up to max_shard_size (a tensor that fills a shard exactly still fits, a larger one gets
+    a shard of its own), are named model-0000K-of-0000N from K = 1, and the index (total_size in the dtype written)
+    is the one huggingface_hub's own splitter gives for the same tensors in the same order. Each file holds the
+    bytes safetensors itself writes for its tensors (8-byte aligned data included)."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save
+
+    state = {name: tensor.to(getattr(torch, dtype)).clone()
+             for name, tensor in _in_file_order(converted / "model.safetensors").items()}
+    sizes = [tensor.numel() * tensor.element_size() for tensor in state.values()]
+    max_size = {"one byte": 1, "the largest tensor": max(sizes), "all tensors": sum(sizes)}[limit]
+    split = split_torch_state_dict_into_shards(state, max_shard_size=max_size)
+    out = tmp_path / "out"
+    convert_checkpoint(tiny_ckpt.prefix, out, ["safetensors"],
+                       ConvertOptions(quiet=True, dtype=dtype, max_shard_size=max_size))
+    assert sorted(p.name for p in out.glob("*.safetensors")) == sorted(split.filename_to_tensors)
+    for name, keys in split.filename_to_tensors.items():
+        tensors = load_file(out / name)
+        assert sorted(tensors) == sorted(keys), name
+        assert (out / name).read_bytes() == save(tensors, metadata={"format": "pt"}), name
+    index = out / "model.safetensors.index.json"
+    if split.is_sharded:
+        assert json.loads(index.read_text()) == {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+    else:
+        assert not index.exists()
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("10KiB", 10 * 2**10), ("3MiB", 3 * 2**20), ("2GiB", 2 * 2**30), ("1TiB", 2**40),
+    ("10KB", 10_000), ("500mb", 500_000_000), ("1.5 GB", 1_500_000_000), ("7B", 7), ("10000000", 10_000_000),
+])
+def test_max_shard_size_units(text, expected):
+    """SI units are powers of 1000, IEC units (KiB, MiB, ...) powers of 1024."""
+    from converters.writers import parse_size
+
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "0KB", "-5MB"])
+def test_a_max_shard_size_that_is_not_positive_is_refused(text):
+    from converters.writers import parse_size
+
+    with pytest.raises(UserError, match=f"^size '{text}' must be positive$"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("shape", [(600, 300), (300, 600), (257, 3)])
+def test_the_banded_transpose_is_the_transpose(shape):
+    """Full-size kernels ([1152, 4608] and [4608, 1152]) span many bands of rows; the tiny ones fit in one."""
+    from converters.writers import transpose
+
+    matrix = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    np.testing.assert_array_equal(transpose(matrix), matrix.T)
+    out = np.full(shape[::-1], np.nan, np.float32)
+    assert transpose(matrix, out, rows_per_block=7) is out
+    np.testing.assert_array_equal(out, matrix.T)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_cast_dtypes_equal_torch_casts(tiny_ckpt, converted, tmp_path, dtype):
     out = tmp_path / dtype

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -223,6 +225,31 @@ def test_unreadable_h5_is_a_user_error(tmp_path):
         read_h5_weights(tmp_path / "plain.h5")
 
 
+@pytest.mark.parametrize("lost", ["a slice", "a tensor"])
+def test_values_that_never_arrive_fail_the_writer(tiny_ckpt, tmp_path, monkeypatch, lost):
+    """The file is h5py's layout with the values streamed into its datasets: a dataset left short, or never written,
+    would keep the layout's zeros, so the writer refuses to finish the file (and the conversion leaves nothing)."""
+    import converters.h5_writer as h5_writer
+
+    real_add = h5_writer.H5Writer.add
+    slices = []
+
+    def add(self, mapping, chunk):
+        if mapping.source == "bert/embeddings/word_embeddings":  # [99, 18]: 33 slices of 256 bytes
+            slices.append(chunk.shape)
+            if lost == "a tensor" or len(slices) == 2:
+                return
+        real_add(self, mapping, chunk)
+
+    monkeypatch.setattr(h5_writer.H5Writer, "add", add)
+    name = "rembert/embeddings/word_embeddings/weight:0"
+    message = {"a slice": f"^{name}: {3 * 18 * 4} bytes short of its dataset$",
+               "a tensor": f"^no values arrived for {name}$"}[lost]
+    with pytest.raises(RuntimeError, match=message):
+        convert_checkpoint(tiny_ckpt.prefix, tmp_path / "out", ["tf2"], ConvertOptions(quiet=True, chunk_bytes=256))
+    assert len(slices) > 2 and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_failure_midway_leaves_nothing(tiny_ckpt, tmp_path):
     # A corrupted pooler kernel, the last tensor in write order (sorted PyTorch names): the writer has already
     # streamed the rest of tf_model.h5 when its checksum fails.
@@ -237,3 +264,9 @@ def test_failure_midway_leaves_nothing(tiny_ckpt, tmp_path):
     with pytest.raises(UserError, match="checksum"):
         convert_checkpoint(broken / "model.ckpt-3", tmp_path / "out", ["tf2"], ConvertOptions(quiet=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]  # no output, no staging directory
+    if Path("/proc/self/fd").is_dir():  # nor a descriptor of the layout file kept open (deleted, but never freed)
+        held = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+                held.append(os.readlink(f"/proc/self/fd/{fd}"))
+        assert not [target for target in held if ".tf_model.h5.layout" in target]

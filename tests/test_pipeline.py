@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -122,6 +123,87 @@ def test_direct_file_writes_exact_bytes(tmp_path, where, digest):
         assert result == (hashlib.sha256(expected).hexdigest() if digest else None)
     finally:
         path.unlink(missing_ok=True)
+
+
+def test_a_failed_write_stops_the_next_write_and_close_names_the_file():
+    """A write that fails in the writing thread (a full disk: /dev/full fails every write with ENOSPC) is raised by
+    the next `write` once its buffer comes back, not only at the end of a 4 GB file; and `close` names the file."""
+    full = Path("/dev/full")
+    if not full.exists():
+        pytest.skip("no /dev/full")
+    handle = _SmallBuffers(full)
+    try:
+        with pytest.raises(OSError) as info:
+            for _ in range(3 * _SmallBuffers.BUFFERS):  # more buffers than the writer has: one comes back failed
+                handle.write(bytes(_SmallBuffers.BUFFER_BYTES))
+        assert info.value.errno == errno.ENOSPC
+    finally:
+        handle.abort()
+    handle = _SmallBuffers(full)
+    handle.write(b"x" * 100)  # less than a buffer: written, and refused, only when closing
+    with pytest.raises(OSError) as info:
+        handle.close()
+    assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(full))
+
+
+def test_direct_file_finishes_short_writes(tmp_path, monkeypatch):
+    """os.write may write less than it was given (a signal, a network file system): the rest follows."""
+    real_write = os.write
+    short = []
+
+    def write_one_block(fd, data):
+        data = memoryview(data)
+        if len(data) > DirectFile.ALIGN:  # only the writer's own writes, which are whole blocks
+            short.append(len(data))
+            data = data[:DirectFile.ALIGN]
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write_one_block)
+    path = tmp_path / "short.bin"
+    expected = np.random.default_rng(2).integers(0, 256, 5 * DirectFile.ALIGN + 123, dtype=np.uint8).tobytes()
+    handle = _SmallBuffers(path, digest=True)
+    handle.write(expected)
+    assert handle.close() == hashlib.sha256(expected).hexdigest()
+    assert path.read_bytes() == expected and short
+
+
+@pytest.mark.parametrize("refused", ["when opened", "when written"])
+def test_direct_file_goes_on_buffered_where_o_direct_is_refused(tmp_path, monkeypatch, refused):
+    """A file system may refuse O_DIRECT when the file is opened (some network file systems; tmpfs before Linux 6.6,
+    so /dev/shm above may not take this path) or only at a write it cannot align: the file is written buffered."""
+    import fcntl
+
+    direct = getattr(os, "O_DIRECT", 0)
+    if not direct:
+        pytest.skip("no O_DIRECT here")
+    real_open, real_write = os.open, os.write
+    refusals = []
+
+    def open_refusing(path, flags, *args, **kwargs):
+        if flags & direct:
+            refusals.append(path)
+            raise OSError(errno.EINVAL, "Invalid argument", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def write_refusing(fd, data):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & direct:
+            refusals.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    if refused == "when opened":
+        monkeypatch.setattr(os, "open", open_refusing)
+    else:
+        monkeypatch.setattr(os, "write", write_refusing)
+    path = tmp_path / "buffered.bin"
+    expected = np.random.default_rng(3).integers(0, 256, 3 * _SmallBuffers.BUFFER_BYTES + 77, dtype=np.uint8).tobytes()
+    handle = _SmallBuffers(path, digest=True)
+    if refused == "when written" and not fcntl.fcntl(handle.fd, fcntl.F_GETFL) & direct:
+        handle.abort()
+        pytest.skip(f"{tmp_path} refuses O_DIRECT already when a file is opened")
+    handle.write(expected)
+    assert handle.close() == hashlib.sha256(expected).hexdigest()
+    assert path.read_bytes() == expected and refusals
 
 
 def test_direct_file_empty(tmp_path):

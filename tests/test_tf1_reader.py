@@ -85,6 +85,11 @@ def test_bfloat16_cast_matches_torch_rounding(with_ml_dtypes, monkeypatch):
     theirs = torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     np.testing.assert_array_equal(ours[1:], theirs[1:])  # the NaN's payload is ours to choose
     assert np.isnan(to_float32(ours[:1], "bfloat16")).all()
+    # NaNs whose payload lies in the bits bfloat16 drops, of either sign: rounding their bits alone would give an
+    # infinity or (carrying out of the top) zero; they stay NaN, as torch's own cast keeps them.
+    nans = np.array([0x7F800001, 0x7F80FFFF, 0x7FFFFFFF, 0xFF800001, 0xFFFFFFFF], np.uint32).view(np.float32)
+    assert torch.from_numpy(nans).to(torch.bfloat16).isnan().all()
+    assert np.isnan(to_float32(cast(nans, "float32", "bfloat16"), "bfloat16")).all()
 
 
 def test_multi_shard_checkpoint(tmp_path):
