@@ -468,8 +468,14 @@ def staged_output(output: str | os.PathLike, inputs: Sequence[NamedInput] = (), 
             _commit(staging, real, aside_prefix)
         except OSError as exc:
             guard.critical = True
-            if exc.filename is None and exc.errno in OUTPUT_FULL_ERRNOS:  # a write that names no file: say where
+            # Say where in the user's terms: a write names no file, or names a staged file about to be removed.
+            staged = exc.filename is not None and Path(os.fsdecode(exc.filename)).is_relative_to(holder)
+            if exc.errno in OUTPUT_FULL_ERRNOS and (exc.filename is None or staged):
                 raise OSError(exc.errno, exc.strerror, str(output)) from exc
+            if staged:
+                inside = Path(os.fsdecode(exc.filename)).relative_to(holder)
+                named = Path(output, *inside.parts[1:]) if inside.parts[:1] == ("new",) else Path(output)
+                raise OSError(exc.errno, exc.strerror, str(named)) from exc
             raise
         except BaseException:
             guard.critical = True

@@ -670,6 +670,42 @@ def test_a_full_disk_is_the_output_places_problem_not_a_bug(work, tmp_path, monk
     assert snapshot(parent) == before
 
 
+def test_a_disk_full_at_the_flush_names_the_output_not_the_staged_file(work, tmp_path, monkeypatch):
+    # Each weight file is flushed at its end, and a failure there names the file being written: a staged file in
+    # a hidden folder that is removed at once. The user is told about the output they asked for.
+    parent = tmp_path / "outs"
+    out = old_output(parent)
+    before = snapshot(parent)
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fdatasync", full, raising=False)
+    monkeypatch.setattr(os, "fsync", full)
+    line = one_error_line(run("safetensors", work / "ckpt", "-o", out, "--force"))
+    assert line == f"error: {out}: {os.strerror(errno.ENOSPC)}; free space there or choose another output location"
+    assert snapshot(parent) == before
+
+
+def test_another_refusal_of_a_staged_file_names_it_inside_the_output(work, tmp_path, monkeypatch):
+    from converters.writers import SafetensorsWriter
+
+    parent = tmp_path / "outs"
+    out = old_output(parent)
+    before = snapshot(parent)
+    real_close = SafetensorsWriter.close
+
+    def close(self):
+        written = real_close(self)
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(written[0]))
+
+    monkeypatch.setattr(SafetensorsWriter, "close", close)
+    line = one_error_line(run("safetensors", work / "ckpt", "-o", out, "--force"))
+    assert line.startswith(f"error: {out / 'model.safetensors'}: {os.strerror(errno.EACCES)}; check its permissions")
+    assert ".partial" not in line
+    assert snapshot(parent) == before
+
+
 # A signal during the flush at the end of a weight file (seconds for 4 GB): the file's descriptor must be
 # closed once, so the signal's exit code comes out, not EBADF from a second close.
 SIGNAL_IN_FLUSH = textwrap.dedent("""
