@@ -72,7 +72,8 @@ def cast(chunk: np.ndarray, source_dtype: str, target_dtype: str, out: np.ndarra
     try:  # ml_dtypes (a TensorFlow dependency) casts in C++, 15x faster than the numpy bit arithmetic below
         import ml_dtypes
 
-        np.copyto(out.view(ml_dtypes.bfloat16), as_float32, casting="unsafe")
+        with np.errstate(invalid="ignore"):  # a signalling NaN comes out quiet, as from torch: no warning for it
+            np.copyto(out.view(ml_dtypes.bfloat16), as_float32, casting="unsafe")
         return out
     except ImportError:
         pass
