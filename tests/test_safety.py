@@ -654,34 +654,24 @@ def test_the_output_place_is_tried_once_before_the_work_and_a_killed_trial_is_cl
     assert f"cannot be made: no free space in {tmp_path}" in line
 
 
-def test_a_full_disk_is_the_output_places_problem_not_a_bug(work, tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["a write", "the flush"])
+def test_a_full_disk_is_the_output_places_problem_not_a_bug(work, tmp_path, monkeypatch, where):
+    # A write on a descriptor names no file; the flush at the end of a weight file names the file, which is a
+    # staged one in a hidden folder removed at once. Either way the user is told about the output they asked for.
     from converters.writers import SafetensorsWriter
 
     parent = tmp_path / "outs"
     out = old_output(parent)
     before = snapshot(parent)
 
-    def add(self, mapping, chunk):
-        raise OSError(28, "No space left on device")  # as a write on a descriptor says it: no file name
-
-    monkeypatch.setattr(SafetensorsWriter, "add", add)
-    line = one_error_line(run("safetensors", work / "ckpt", "-o", out, "--force"))
-    assert line == f"error: {out}: No space left on device; free space there or choose another output location"
-    assert snapshot(parent) == before
-
-
-def test_a_disk_full_at_the_flush_names_the_output_not_the_staged_file(work, tmp_path, monkeypatch):
-    # Each weight file is flushed at its end, and a failure there names the file being written: a staged file in
-    # a hidden folder that is removed at once. The user is told about the output they asked for.
-    parent = tmp_path / "outs"
-    out = old_output(parent)
-    before = snapshot(parent)
-
-    def full(fd: int) -> None:
+    def full(*args: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(os, "fdatasync", full, raising=False)
-    monkeypatch.setattr(os, "fsync", full)
+    if where == "a write":
+        monkeypatch.setattr(SafetensorsWriter, "add", full)
+    else:
+        monkeypatch.setattr(os, "fdatasync", full, raising=False)
+        monkeypatch.setattr(os, "fsync", full)
     line = one_error_line(run("safetensors", work / "ckpt", "-o", out, "--force"))
     assert line == f"error: {out}: {os.strerror(errno.ENOSPC)}; free space there or choose another output location"
     assert snapshot(parent) == before

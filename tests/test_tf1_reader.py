@@ -68,6 +68,7 @@ def test_row_slices_cover_the_tensor_in_order(mixed_ckpt):
     np.testing.assert_array_equal(np.concatenate(chunks), values["a/kernel"].astype(np.float32))
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # NaN payloads included: the cast is silent
 @pytest.mark.parametrize("with_ml_dtypes", [True, False])
 def test_bfloat16_cast_matches_torch_rounding(with_ml_dtypes, monkeypatch):
     """Both casts: ml_dtypes' (it comes with TensorFlow) and the numpy one a base install runs."""
