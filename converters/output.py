@@ -469,13 +469,13 @@ def staged_output(output: str | os.PathLike, inputs: Sequence[NamedInput] = (), 
         except OSError as exc:
             guard.critical = True
             # Say where in the user's terms: a write names no file, or names a staged file about to be removed.
-            staged = exc.filename is not None and Path(os.fsdecode(exc.filename)).is_relative_to(holder)
+            where = Path(os.fsdecode(exc.filename)) if isinstance(exc.filename, (str, bytes)) else None
+            staged = where is not None and where.is_relative_to(holder)
             if exc.errno in OUTPUT_FULL_ERRNOS and (exc.filename is None or staged):
                 raise OSError(exc.errno, exc.strerror, str(output)) from exc
-            if staged:
-                inside = Path(os.fsdecode(exc.filename)).relative_to(holder)
-                named = Path(output, *inside.parts[1:]) if inside.parts[:1] == ("new",) else Path(output)
-                raise OSError(exc.errno, exc.strerror, str(named)) from exc
+            if staged:  # the same file under the output's name
+                inside = where.relative_to(staging) if where.is_relative_to(staging) else Path()
+                raise OSError(exc.errno, exc.strerror, str(Path(output, inside))) from exc
             raise
         except BaseException:
             guard.critical = True
