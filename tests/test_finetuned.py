@@ -156,17 +156,34 @@ def test_bleurt_verify_compares_every_format_with_the_original_head(bleurt_dir, 
     assert sorted((r.format, r.output, r.reference) for r in rows) == \
         [(fmt, "logits", ORIGINAL) for fmt in ALL]
     assert all(r.shape == (report.inputs["batch"], 1) and r.max_abs < 1e-5 for r in rows)
+    # The fine-tuned head is the folder's only head beside the base model, so its encoder's rows are its own.
+    assert {r.head for r in report.rows} == {"RemBertModel", "RemBertForSequenceClassification"}
+    layers = BLEURT_CONFIG["num_hidden_layers"]
+    for fmt in ALL:
+        states = {r.output for r in report.rows if (r.head, r.format) == ("RemBertForSequenceClassification", fmt)}
+        assert states - {"logits"} == {f"hidden_states.{i}" for i in range(layers + 1)}
 
 
-def test_verify_catches_a_wrong_head(bleurt_dir, bleurt_out, tmp_path):
+@pytest.mark.parametrize("fmt", ["safetensors", "tf2"])
+def test_verify_catches_a_wrong_head(bleurt_dir, bleurt_out, tmp_path, fmt):
+    """Each format's own head is measured: running the checkpoint's head in its place would pass this."""
     tampered = tmp_path / "tampered"
     shutil.copytree(bleurt_out, tampered)
-    state = _state_dict(tampered)
-    state["classifier.bias"] = state["classifier.bias"] + 0.01
-    save_file(state, tampered / "model.safetensors", metadata={"format": "pt"})
+    if fmt == "safetensors":
+        state = _state_dict(tampered)
+        state["classifier.bias"] = state["classifier.bias"] + 0.01
+        save_file(state, tampered / "model.safetensors", metadata={"format": "pt"})
+    else:
+        import h5py
+
+        with h5py.File(tampered / "tf_model.h5", "a") as file:
+            names = []
+            file.visititems(lambda name, item: names.append(name) if name.endswith("classifier/bias:0") else None)
+            (name,) = names
+            file[name][...] = file[name][...] + 0.01
     report = verify_conversion(bleurt_dir, tampered)
     failed = {(r.head, r.format, r.output) for r in report.failures}
-    assert failed == {("RemBertForSequenceClassification", "safetensors", "logits")}
+    assert failed == {("RemBertForSequenceClassification", fmt, "logits")}
 
 
 def test_without_bleurt_config_the_dense_head_is_ambiguous(bleurt_dir, tmp_path):

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from rembert_ref.errors import UserError
 from testkit.synthetic_checkpoint import synthetic_variables
-from rembert_ref.numpy_reference import original_forward
+from rembert_ref.numpy_reference import POOLED, head_logits, original_forward
 from tests.conftest import TINY_ORIGINAL_CONFIG
 
 # Both sides compute in float64; only the order of operations differs, worth ~1e-15 relative per op over a few
@@ -223,6 +223,8 @@ def test_finds_the_output_embedding_and_handles_missing_heads():
     bare = synthetic_variables(TINY_ORIGINAL_CONFIG, seed=3, with_pooler=False, with_mlm_head=False)
     out = original_forward(bare, TINY_ORIGINAL_CONFIG, input_ids, token_type_ids, mask)
     assert out["pooler_output"] is None and out["mlm_logits"] is None and out["nsp_logits"] is None
+    with pytest.raises(UserError, match="reads the pooled output but the checkpoint has no pooler"):
+        head_logits(out, np.ones((3, TINY_ORIGINAL_CONFIG["hidden_size"])), np.ones(3), POOLED)
     np.testing.assert_array_equal(out["last_hidden_state"], base["last_hidden_state"])
 
 
@@ -271,3 +273,17 @@ def test_causal_mask_makes_each_position_see_only_its_prefix(tiny_ckpt):
     assert np.abs(changed["mlm_logits"][:, 6:] - causal["mlm_logits"][:, 6:]).max() > 1e-3
     full = original_forward(tiny_ckpt.variables, TINY_ORIGINAL_CONFIG, input_ids, token_type_ids)
     assert np.abs(full["mlm_logits"][:, 1] - causal["mlm_logits"][:, 1]).max() > 1e-3
+
+
+def test_the_causal_mask_keeps_the_padding_mask(tiny_ckpt):
+    """A causal mask that forgot the padding would let later positions see padded tokens."""
+    from rembert_ref.numpy_reference import causal_mask
+
+    input_ids, token_type_ids, mask = make_inputs()  # padding at the end of row 1, holes in row 2
+    causal = original_forward(tiny_ckpt.variables, TINY_ORIGINAL_CONFIG, input_ids, token_type_ids,
+                              causal_mask(mask))
+    changed = input_ids.copy()
+    changed[mask == 0] = (changed[mask == 0] + 1) % TINY_ORIGINAL_CONFIG["vocab_size"]
+    other = original_forward(tiny_ckpt.variables, TINY_ORIGINAL_CONFIG, changed, token_type_ids, causal_mask(mask))
+    keep = mask == 1
+    np.testing.assert_allclose(other["mlm_logits"][keep], causal["mlm_logits"][keep], atol=1e-12)

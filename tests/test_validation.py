@@ -26,7 +26,7 @@ from rembert_ref.config import RemBertConfig
 from rembert_ref.errors import UserError
 from rembert_ref.tokenization import RemBertTokenizerFast
 from validation.bundle import ParityFailure, bundle_checkpoint, card_snippets
-from validation.parity import HEADS, MAX_PROBE_TOKENS, MULTILINGUAL_SAMPLE, make_inputs, verify_conversion
+from validation.parity import HEAD_SPECS, HEADS, MAX_PROBE_TOKENS, MULTILINGUAL_SAMPLE, make_inputs, verify_conversion
 
 BASE_HEADS = ("RemBertModel", "RemBertForMaskedLM")
 ST, BIN = "model.safetensors", "pytorch_model.bin"
@@ -69,12 +69,19 @@ def test_bundle_measures_every_head_format_and_output(bundled, tiny_ckpt):
     layers = tiny_ckpt.config["num_hidden_layers"]
     cells = {(r.head, r.format) for r in report.rows}
     assert cells == {(head, fmt) for head in HEADS for fmt in report.formats}  # every head in every format
-    base_tf = {r.output for r in report.rows if (r.head, r.format) == ("RemBertModel", "tf2")}
-    assert {f"hidden_states.{i}" for i in range(layers + 1)} | {f"attentions.{i}" for i in range(layers)} | {
-        "last_hidden_state", "pooler_output"} == base_tf
+    # Every output of every head, in every format: the encoder's layers for the base model and for each LM (the
+    # causal one runs its own encoder), the logits of each head, both logits of question answering.
+    states = {f"hidden_states.{i}" for i in range(layers + 1)}
+    expected = {"RemBertModel": states | {f"attentions.{i}" for i in range(layers)} | {"last_hidden_state",
+                                                                                          "pooler_output"},
+                "RemBertForMaskedLM": states | {"logits"}, "RemBertForCausalLM": states | {"logits"},
+                "RemBertForSequenceClassification": {"logits"}, "RemBertForMultipleChoice": {"logits"},
+                "RemBertForTokenClassification": {"logits"},
+                "RemBertForQuestionAnswering": {"start_logits", "end_logits"}}
+    for fmt in report.formats:
+        assert {head: {r.output for r in report.rows if (r.head, r.format) == (head, fmt)} for head in HEADS} == \
+            expected, fmt
     assert all(r.reference == "original-fp64" for r in report.rows)
-    qa = {r.output for r in report.rows if r.head == "RemBertForQuestionAnswering"}
-    assert qa == {"start_logits", "end_logits"}
     # The tensor proof: one row per mapped tensor and format, plus one agreement row per tensor, and one row
     # saying config.json agrees with the checkpoint's config.
     mapped = len(bundled.conversion.plan.mappings)
@@ -261,6 +268,34 @@ def test_an_output_of_the_same_size_but_another_shape_fails_the_row():
     reference = np.arange(12.0).reshape(3, 4)
     row = _compare(reference.reshape(4, 3).astype(np.float32), reference)
     assert not row.passed and row.shape == (4, 3)
+
+
+def test_an_error_a_few_times_the_float32_bar_fails_the_functional_proof(tiny_ckpt, converted, tmp_path):
+    """A weaker bar than atol 1e-5 + rtol 1e-5 x max|reference| for float32 files would pass this error."""
+    from rembert_ref.numpy_reference import original_forward
+
+    delta = 6e-4
+    folder = _copy(converted, tmp_path)
+
+    def edit(t):
+        t["rembert.pooler.dense.bias"][3] += delta
+
+    _edit_safetensors(folder, edit)
+    # The oracle: the same change in the original variables, through the float64 original graph.
+    inputs = make_inputs(RemBertConfig.from_json_file(folder / "config.json"))
+    args = (inputs["input_ids"], inputs["token_type_ids"], inputs["attention_mask"])
+    variables = dict(tiny_ckpt.variables)
+    before = original_forward(variables, tiny_ckpt.config, *args)["pooler_output"]
+    variables["bert/pooler/dense/bias"] = variables["bert/pooler/dense/bias"].astype(np.float64)
+    variables["bert/pooler/dense/bias"][3] += delta
+    error = np.abs(original_forward(variables, tiny_ckpt.config, *args)["pooler_output"] - before).max()
+    bar = 1e-5 + 1e-5 * np.abs(before).max()  # the float32 bar the README states
+    assert 2 * bar < error < 8 * bar  # else the test would not measure the bar
+    report = verify_conversion(tiny_ckpt.prefix, folder, heads=("RemBertModel",), formats=("safetensors",),
+                               tensors=False)
+    assert {r.output for r in report.failures} == {"pooler_output"}
+    (row,) = report.failures
+    assert row.max_abs == pytest.approx(error, rel=1e-2)
 
 
 # -- tampering with values: the tensor proof names the tensor -------------------------------------------------
@@ -1082,3 +1117,134 @@ def test_a_library_bundle_records_a_command_that_runs_as_written(tiny_ckpt, tmp_
     out = tmp_path / "tiny rembert"
     bundle_checkpoint(tiny_ckpt.prefix, out, ConvertOptions(quiet=True), formats=("safetensors",))
     assert "-o 'tiny rembert'" in (out / "README.md").read_text()
+
+
+# -- the functional proof: each head measured, against the right part of the original graph ---------------------
+
+
+def _drop_bias(cls, layer: str):
+    """`cls` whose task layer leaves out its bias: a head miswired in a way only its outputs show."""
+
+    class DroppedBias(cls):
+        def __init__(self, config):
+            super().__init__(config)
+            linear = getattr(self, layer)
+            linear.register_forward_hook(lambda module, args, output: output - module.bias)
+
+    return DroppedBias
+
+
+@pytest.mark.parametrize("head", [name for name, spec in HEAD_SPECS.items() if spec.layer is not None])
+def test_a_task_head_that_drops_its_bias_fails_the_functional_proof(tiny_ckpt, converted, head,
+                                                                    monkeypatch):
+    """Zero seeded biases, or a head compared with anything but the float64 reference, would pass it."""
+    from rembert_ref import torch_model
+
+    monkeypatch.setitem(torch_model.MODEL_CLASSES, head,
+                        _drop_bias(torch_model.MODEL_CLASSES[head], HEAD_SPECS[head].layer))
+    report = verify_conversion(tiny_ckpt.prefix, converted, heads=(head,), formats=("safetensors",), tensors=False)
+    assert report.failures and {r.head for r in report.failures} == {head}
+    assert {r.output for r in report.failures} == set(HEAD_SPECS[head].outputs)
+
+
+class _CountingEncoder:
+    def __init__(self):
+        self.calls = 0
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=None,
+                use_cache=None):
+        return object()
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.forward(*args, **kwargs)
+
+
+@pytest.mark.parametrize("argument", ["input_ids", "attention_mask", "token_type_ids", "output_hidden_states"])
+def test_the_shared_encoder_runs_again_when_any_argument_differs(argument):
+    """Sharing one result between calls that differ in any argument would give a head another head's outputs."""
+    import torch
+
+    from validation.parity import _SharedEncoder
+
+    def call(**changed):
+        values = {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.tensor([[1, 1, 0]]),
+                  "token_type_ids": torch.tensor([[0, 1, 1]]), "output_hidden_states": True}
+        return shared(**dict(values, **changed))
+
+    encoder = _CountingEncoder()
+    shared = _SharedEncoder(encoder)
+    first = call()
+    assert call() is first and encoder.calls == 1  # equal values in new tensors: one pass
+    other = {"input_ids": torch.tensor([[5, 6, 8]]), "attention_mask": torch.tensor([[1, 1, 1]]),
+             "token_type_ids": torch.tensor([[0, 0, 1]]), "output_hidden_states": False}[argument]
+    assert call(**{argument: other}) is not first and encoder.calls == 2
+
+
+def test_the_checkpoints_tables_read_in_row_slices_are_the_whole_tables(tiny_ckpt, monkeypatch):
+    """verify reads the embedding and output-embedding tables in slices; a slice put at the wrong rows would
+    move the reference away from the original graph (at full size, never in one slice)."""
+    import rembert_ref.numpy_reference as reference
+    from converters.tf1_checkpoint import CheckpointReader
+    from validation.parity import CheckpointWeights
+
+    config = tiny_ckpt.config
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, config["vocab_size"], size=(2, 9))
+    whole = reference.original_forward(tiny_ckpt.variables, config, ids)
+    monkeypatch.setattr(reference, "SLICE_BYTES", 8 * 43 * 7)  # 7 output-embedding rows per slice
+    with CheckpointReader(tiny_ckpt.prefix) as reader:
+        sliced = reference.original_forward(CheckpointWeights(reader), config, ids)
+    for key in ("embedding_output", "last_hidden_state", "mlm_logits"):
+        np.testing.assert_allclose(sliced[key], whole[key], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("positions", [4, 5, 12])
+def test_the_seeded_probe_fits_a_short_model_and_keeps_a_padded_row(positions):
+    """A probe longer than max_position_embeddings cannot run; one without padding leaves the mask untested."""
+    config = RemBertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                           intermediate_size=37, max_position_embeddings=positions, input_embedding_size=18,
+                           output_embedding_size=43)
+    inputs = make_inputs(config)
+    mask, types = inputs["attention_mask"], inputs["token_type_ids"]
+    assert inputs["input_ids"].shape[1] <= positions
+    assert (mask == 0).any()
+    assert set(types[1][mask[1] == 1]) == {0, 1}
+
+
+def test_task_head_weights_a_caller_passes_are_the_ones_measured(tiny_ckpt, converted):
+    """Seeded weights used in their place would still pass, but would not be the head the caller asked about."""
+    bias = np.array([50.0, -60.0, 70.0], np.float32)
+    weights = {"RemBertForSequenceClassification": (np.zeros((3, 32), np.float32), bias)}
+    report = verify_conversion(tiny_ckpt.prefix, converted, heads=("RemBertForSequenceClassification",),
+                               formats=("safetensors",), tensors=False, task_head_weights=weights)
+    (row,) = report.rows
+    # A zero weight makes the logits the bias: the row's scale, and so its bar, is max |bias|.
+    assert row.passed and row.tolerance == pytest.approx(1e-5 + 1e-5 * 70.0)
+
+
+def test_every_head_of_a_float16_tf_model_h5_is_measured(tiny_ckpt, tmp_path):
+    """float16 datasets must reach the TF heads widened; else the task heads cannot even run."""
+    out = tmp_path / "fp16"
+    convert_checkpoint(tiny_ckpt.prefix, out, ["tf2"], ConvertOptions(quiet=True, dtype="float16"))
+    report = verify_conversion(tiny_ckpt.prefix, out, tensors=False)
+    assert report.passed and {r.head for r in report.rows} == set(HEADS)
+
+
+def test_a_checkpoint_without_a_pooler_verifies_every_head_that_does_not_read_it(tmp_path):
+    """convert takes a checkpoint without a pooler; verify (and so bundle) refused the whole folder."""
+    from testkit.synthetic_checkpoint import write_synthetic_checkpoint
+    from tests.conftest import TINY_ORIGINAL_CONFIG
+
+    prefix = write_synthetic_checkpoint(tmp_path / "ck", dict(TINY_ORIGINAL_CONFIG), optimizer_slots=False,
+                                        with_pooler=False)
+    out = tmp_path / "out"
+    convert_checkpoint(prefix, out, ["safetensors", "tf2"], ConvertOptions(quiet=True))
+    report = verify_conversion(prefix, out)
+    pooled = {"RemBertForSequenceClassification", "RemBertForMultipleChoice"}
+    assert report.passed and {(r.head, r.format) for r in report.rows} == {
+        (head, fmt) for head in set(HEADS) - pooled for fmt in ("safetensors", "tf2")}
+    assert "pooler_output" not in {r.output for r in report.rows}
+    with pytest.raises(UserError, match="RemBertForMultipleChoice read.* the pooled output but the checkpoint has "
+                                        "no pooler"):
+        verify_conversion(prefix, out, heads=("RemBertModel", "RemBertForMultipleChoice"))
