@@ -233,6 +233,31 @@ def test_run_classifier_as_sequence_classification_with_labels(classifier_ckpt, 
                                                              for f in ALL}
 
 
+def test_without_a_report_verify_takes_the_task_head_from_config_json(classifier_ckpt, tmp_path):
+    """conversion_report.json is optional: the architecture config.json names says which head the files hold."""
+    out = tmp_path / "out"
+    convert_checkpoint(classifier_ckpt, out, ["safetensors"], ConvertOptions(quiet=True, head="token-classification"))
+    (out / "conversion_report.json").unlink()
+    report = verify_conversion(classifier_ckpt, out, functional=False)
+    assert report.passed, [(r.tensor, r.check, r.detail) for r in report.tensor_failures]
+    assert {"classifier.weight", "classifier.bias"} <= {r.tensor for r in report.tensor_rows if r.check == "values"}
+
+
+def test_a_config_json_with_another_number_of_labels_fails(classifier_ckpt, tmp_path):
+    """transformers sizes the classifier from id2label: one label more and the checkpoint's head no longer fits."""
+    out = tmp_path / "out"
+    options = ConvertOptions(quiet=True, head="sequence-classification")
+    convert_checkpoint(classifier_ckpt, out, ["safetensors"], options)
+    values = json.loads((out / "config.json").read_text())
+    values["id2label"] = {**values["id2label"], str(NUM_LABELS): "extra"}
+    values["label2id"] = {**values["label2id"], "extra": NUM_LABELS}
+    (out / "config.json").write_text(json.dumps(values))
+    report = verify_conversion(classifier_ckpt, out, functional=False)
+    assert [(r.tensor, r.check) for r in report.tensor_failures] == [("config.json num_labels", "config")]
+    detail = report.tensor_failures[0].detail
+    assert f"{NUM_LABELS + 1}, but the conversion of this checkpoint gives {NUM_LABELS}" in detail
+
+
 def test_run_classifier_as_token_classification(classifier_ckpt, tmp_path):
     out = tmp_path / "out"
     result = convert_checkpoint(classifier_ckpt, out, ALL, ConvertOptions(quiet=True, head="token-classification"))

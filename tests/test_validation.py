@@ -440,6 +440,22 @@ def test_a_tensor_the_index_leaves_out_is_caught(tiny_ckpt, sharded, tmp_path):
     assert ("safetensors", name, "index") in _failing_tensors(report), report.tensor_failures
 
 
+def test_an_index_naming_the_wrong_shard_or_a_tensor_no_shard_holds_is_caught(tiny_ckpt, sharded, tmp_path):
+    """An index that does not describe its shards: a loader looks each tensor up in the shard the index names."""
+    folder = _copy(sharded, tmp_path)
+    index = _index(folder)
+    shards = sorted(set(index["weight_map"].values()))
+    moved = next(k for k, v in sorted(index["weight_map"].items()) if v == shards[0])
+    index["weight_map"][moved] = shards[1]
+    index["weight_map"]["rembert.ghost.weight"] = shards[0]
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    report = verify_conversion(tiny_ckpt.prefix, folder, functional=False)
+    assert _failing_tensors(report) == {("safetensors", moved, "index"),
+                                        ("safetensors", "rembert.ghost.weight", "index")}
+    wrong = next(r for r in report.tensor_failures if r.tensor == moved)
+    assert shards[0] in wrong.detail and shards[1] in wrong.detail  # where it is, and where the index says
+
+
 def test_safetensors_metadata_without_the_format_flag_is_caught(tiny_ckpt, converted, tmp_path):
     folder = _copy(converted, tmp_path)  # transformers: "Incompatible safetensors file" for such a header
     save_file(load_file(folder / ST), folder / ST, metadata={"source": "elsewhere"})
@@ -447,18 +463,40 @@ def test_safetensors_metadata_without_the_format_flag_is_caught(tiny_ckpt, conve
     assert _failing_tensors(report) == {("safetensors", ST, "metadata")}
 
 
-@pytest.mark.parametrize("where", [(0, 0), (-1, -1)])
-def test_a_changed_first_or_last_value_in_pytorch_model_bin_is_caught(tiny_ckpt, converted, tmp_path, where):
-    """pytorch_model.bin's records are compared in 8-byte words: the first and last of a tensor count too."""
+@pytest.mark.parametrize(("name", "where"), [
+    ("rembert.embeddings.position_embeddings.weight", (0, 0)),
+    ("rembert.embeddings.position_embeddings.weight", (-1, -1)),
+    ("rembert.encoder.layer.0.intermediate.dense.bias", (-1,)),  # 37 floats: not whole 8-byte words
+])
+def test_a_changed_first_or_last_value_in_pytorch_model_bin_is_caught(tiny_ckpt, converted, tmp_path, name, where):
+    """pytorch_model.bin's records are compared in 8-byte words, or byte by byte where a tensor's size is not a
+    multiple of 8: the first and last value of a tensor count too."""
     import torch
 
     folder = _copy(converted, tmp_path)
     state = torch.load(folder / BIN, weights_only=True)
-    name = "rembert.embeddings.position_embeddings.weight"
+    whole_words = state[name].numel() * state[name].element_size() % 8 == 0
+    assert whole_words == (len(where) == 2)  # the bias is the case compared byte by byte
     state[name][where] += 0.5
     torch.save(state, folder / BIN)
     report = verify_conversion(tiny_ckpt.prefix, folder, formats=("pytorch",), functional=False)
     assert _failing_tensors(report) == {("pytorch", name, "values")}
+
+
+@pytest.mark.parametrize("stray", ["step", 7])
+def test_pytorch_model_bin_holding_more_than_named_tensors_is_one_line(tiny_ckpt, converted, tmp_path, stray):
+    """A state dict entry that is not a tensor, or a key that is not a name: a one-line error naming it, not an
+    internal error."""
+    import torch
+
+    folder = _copy(converted, tmp_path)
+    state = torch.load(folder / BIN, weights_only=True)
+    # "step": a number beside the tensors; 7: a tensor under a key that is not a name
+    state[stray] = 3 if isinstance(stray, str) else state["rembert.pooler.dense.bias"]
+    torch.save(state, folder / BIN)
+    result = CliRunner().invoke(main, ["verify", str(tiny_ckpt.prefix), str(folder), "--format", "pytorch"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(f"error: {folder / BIN} holds {stray!r}: "), result.output
 
 
 def test_a_tensor_of_the_wrong_shape_is_caught_by_the_tensor_proof(tiny_ckpt, converted, tmp_path):
@@ -781,6 +819,24 @@ def test_a_weight_name_only_in_a_split_attribute_beside_the_whole_one_is_unliste
     assert ("tf2", H5_POOLER, "unlisted") in _failing_tensors(report)
 
 
+def test_h5_weight_names_listed_twice_and_links_to_nothing_fail_and_a_link_cycle_ends(tiny_ckpt, converted_h5,
+                                                                                     tmp_path):
+    """A weight listed twice gives a loader that assigns by position one value too many; a soft link to nothing
+    is a name no reader can open. A soft link back to its own group must neither hang nor crash the walk."""
+    import h5py
+
+    folder = _copy(converted_h5, tmp_path)
+    with h5py.File(folder / "tf_model.h5", "a") as file:
+        layer = file["rembert"]
+        names = list(layer.attrs["weight_names"])
+        layer.attrs["weight_names"] = [*names, names[0]]
+        layer["nowhere"] = h5py.SoftLink("/rembert/gone")
+        layer["loop"] = h5py.SoftLink("/rembert")
+    report = verify_conversion(tiny_ckpt.prefix, folder, functional=False)
+    assert _failing_tensors(report) == {("tf2", f"rembert/{names[0].decode()}", "duplicate"),
+                                        ("tf2", "rembert/nowhere", "link")}
+
+
 def test_an_h5_dataset_past_the_end_of_the_file_is_one_line(converted_h5):
     from validation.tensor_proof import open_format
 
@@ -821,6 +877,17 @@ def test_safetensors_shards_the_index_does_not_name_fail(tiny_ckpt, tmp_path):
     shutil.copy(out / shards[0], out / "model-extra.safetensors")
     report = verify_conversion(tiny_ckpt.prefix, out, heads=BASE_HEADS)
     assert _failing_tensors(report) == {("folder", "model-extra.safetensors", "unproven")}
+
+
+def test_an_index_and_its_shards_beside_model_safetensors_are_unproven(tiny_ckpt, converted, sharded, tmp_path):
+    """With model.safetensors there, verify proves it and not the shards a stale index names: a loader that
+    takes the index gets weights nobody checked."""
+    folder = _copy(converted, tmp_path)
+    stale = ["model.safetensors.index.json", *sorted(set(_index(sharded)["weight_map"].values()))]
+    for name in stale:
+        shutil.copy(sharded / name, folder / name)
+    report = verify_conversion(tiny_ckpt.prefix, folder, functional=False)
+    assert _failing_tensors(report) == {("folder", name, "unproven") for name in stale}
 
 
 def test_verify_against_another_checkpoint_says_so(tiny_ckpt, converted, tmp_path):
@@ -913,6 +980,30 @@ def test_without_a_report_the_activation_must_be_the_original_graphs(tiny_ckpt, 
     assert _failing_tensors(report) == {("config", "config.json hidden_act", "config")}
 
 
+def test_config_json_must_hold_the_activation_the_report_records_even_one_verify_cannot_map(tiny_ckpt, converted,
+                                                                                           tmp_path):
+    """conversion_report.json records what the folder was made with: a hand-edited one saying relu is not proven
+    by config.json's gelu_new, though the checkpoint's own config would give gelu_new."""
+    folder = _copy(converted, tmp_path)
+    recorded = json.loads((folder / "conversion_report.json").read_text())
+    assert recorded["activation"]["hidden_act"] == json.loads((folder / "config.json").read_text())["hidden_act"]
+    recorded["activation"]["hidden_act"] = "relu"
+    (folder / "conversion_report.json").write_text(json.dumps(recorded))
+    report = verify_conversion(tiny_ckpt.prefix, folder, functional=False)
+    assert _failing_tensors(report) == {("config", "config.json hidden_act", "config")}
+    assert "'relu'" in report.tensor_failures[0].detail
+
+
+def test_without_a_report_a_bare_model_folder_is_not_asked_for_an_mlm_head(tiny_ckpt, tmp_path):
+    """conversion_report.json is optional: config.json's RemBertModel says the files hold no MLM head."""
+    out = tmp_path / "bare"
+    convert_checkpoint(tiny_ckpt.prefix, out, ["safetensors"], ConvertOptions(quiet=True, mlm_head=False))
+    (out / "conversion_report.json").unlink()
+    report = verify_conversion(tiny_ckpt.prefix, out, functional=False)
+    assert report.passed, [(r.tensor, r.check) for r in report.tensor_failures]
+    assert not any(r.tensor.startswith("cls.") for r in report.tensor_rows)
+
+
 def test_safetensors_index_metadata_beyond_total_size_fails(tiny_ckpt, tmp_path):
     out = tmp_path / "sharded"
     convert_checkpoint(tiny_ckpt.prefix, out, ["safetensors"], ConvertOptions(quiet=True, max_shard_size=100_000))
@@ -924,19 +1015,24 @@ def test_safetensors_index_metadata_beyond_total_size_fails(tiny_ckpt, tmp_path)
     assert _failing_tensors(report) == {("safetensors", index.name, "index")}
 
 
-def test_an_h5_dataset_stored_in_another_file_fails(tiny_ckpt, converted_h5, tmp_path):
-    """A virtual dataset reads its values from another file: gone with that file (TensorFlow then loads zeros)."""
+@pytest.mark.parametrize("storage", ["virtual", "external"])
+def test_an_h5_dataset_stored_in_another_file_fails(tiny_ckpt, converted_h5, tmp_path, storage):
+    """A virtual dataset reads its values from another file (gone with it, TensorFlow loads zeros); external
+    storage keeps its raw bytes in another file, which changes or goes without this file changing."""
     import h5py
 
     folder = _copy(converted_h5, tmp_path)
     with h5py.File(folder / "tf_model.h5", "a") as file:
         values = file[H5_POOLER][()]
-        with h5py.File(tmp_path / "elsewhere.h5", "w") as other:
-            other["kernel"] = values
-        layout = h5py.VirtualLayout(shape=values.shape, dtype=values.dtype)
-        layout[...] = h5py.VirtualSource(str(tmp_path / "elsewhere.h5"), "kernel", shape=values.shape)
         del file[H5_POOLER]
-        file.create_virtual_dataset(H5_POOLER, layout)
+        if storage == "virtual":
+            with h5py.File(tmp_path / "elsewhere.h5", "w") as other:
+                other["kernel"] = values
+            layout = h5py.VirtualLayout(shape=values.shape, dtype=values.dtype)
+            layout[...] = h5py.VirtualSource(str(tmp_path / "elsewhere.h5"), "kernel", shape=values.shape)
+            file.create_virtual_dataset(H5_POOLER, layout)
+        else:
+            file.create_dataset(H5_POOLER, data=values, external=[(str(tmp_path / "elsewhere.raw"), 0, values.nbytes)])
     report = verify_conversion(tiny_ckpt.prefix, folder, heads=BASE_HEADS)
     assert ("tf2", H5_POOLER, "storage") in _failing_tensors(report)
 

@@ -82,6 +82,12 @@ class _TorchFile:
             raise UserError(f"cannot read {path} ({exc}); convert the checkpoint again") from exc
         if not isinstance(state, dict):
             raise UserError(f"{path} holds a {type(state).__name__}, not a state dict; convert the checkpoint again")
+        # A state dict maps names to tensors: anything else would stop the proof with an internal error.
+        stray = next((key for key, value in state.items()
+                      if not isinstance(key, str) or not isinstance(value, torch.Tensor)), None)
+        if stray is not None:
+            raise UserError(f"{path} holds {stray!r}: a {type(state[stray]).__name__}, not a named tensor; convert "
+                            "the checkpoint again")
         self.state = state
         self.duplicates: list[str] = []  # a pickled dict cannot hold a key twice
         self.problems: list[tuple[str, str, str]] = []
