@@ -39,34 +39,34 @@ from bench_convert import HF_SCRIPT, PYTHON, REPO, Run, data_file, hf_available,
 
 RSS_TARGET = 5 << 30
 VERIFY, BUNDLE = "verify (3 formats x 7 heads)", "bundle (convert + tokenizer + verify)"
-DISK = "disk: write 3 formats + read back, no cache"
+DISK_WRITE, DISK_READ = "disk: write the 3 formats, no cache", "disk: read them back, no cache"
 # What bundle asks of the disk, and nothing else: each format file (from the warm cache) written with O_DIRECT
-# in 16 MiB blocks and flushed, then each read back with O_DIRECT. Reads and writes share this VM's disk (a
-# 4 GB write and a 4 GB read side by side took as long as one after the other), so this is a floor for bundle's
-# disk-bound parts however the rest of its work is arranged.
+# in 16 MiB blocks and flushed (`write`), then each read back with O_DIRECT and deleted (`read`). Reads and writes
+# share this VM's disk (a 4 GB write and a 4 GB read side by side took as long as one after the other), so the
+# two together are a floor for bundle's disk-bound parts however the rest of its work is arranged.
 DISK_SCRIPT = """
 import fcntl, mmap, os, sys
 BLOCK = 16 << 20
 block = mmap.mmap(-1, BLOCK)  # page-aligned, as O_DIRECT needs
-scratch, sources = sys.argv[1], sys.argv[2:]
-copies = []
-for source in sources:
-    copy = os.path.join(scratch, os.path.basename(source))
-    out = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
-    with open(source, "rb", buffering=0) as data:
-        while n := data.readinto(block):
-            if n % 4096:  # the last, partial block: O_DIRECT takes whole blocks only
-                fcntl.fcntl(out, fcntl.F_SETFL, fcntl.fcntl(out, fcntl.F_GETFL) & ~os.O_DIRECT)
-            os.write(out, memoryview(block)[:n])
-    os.fdatasync(out)
-    os.close(out)
-    copies.append(copy)
-for copy in copies:
-    fd = os.open(copy, os.O_RDONLY | os.O_DIRECT)
-    while os.readv(fd, [block]) > 0:
-        pass
-    os.close(fd)
-    os.unlink(copy)
+mode, scratch, sources = sys.argv[1], sys.argv[2], sys.argv[3:]
+copies = [os.path.join(scratch, os.path.basename(source)) for source in sources]
+if mode == "write":
+    for source, copy in zip(sources, copies):
+        out = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+        with open(source, "rb", buffering=0) as data:
+            while n := data.readinto(block):
+                if n % 4096:  # the last, partial block: O_DIRECT takes whole blocks only
+                    fcntl.fcntl(out, fcntl.F_SETFL, fcntl.fcntl(out, fcntl.F_GETFL) & ~os.O_DIRECT)
+                os.write(out, memoryview(block)[:n])
+        os.fdatasync(out)
+        os.close(out)
+else:
+    for copy in copies:
+        fd = os.open(copy, os.O_RDONLY | os.O_DIRECT)
+        while os.readv(fd, [block]) > 0:
+            pass
+        os.close(fd)
+        os.unlink(copy)
 """
 VERIFY_VS_HF, BUNDLE_VS_HF = 1.0, 1.5
 VOCAB = 250300
@@ -139,7 +139,8 @@ def main() -> None:
             runs.append(measure(f"floor: cat {path.name}", ["cat", str(path)]))
         disk = work / "disk"
         disk.mkdir(exist_ok=True)
-        runs.append(measure(DISK, [str(PYTHON), "-c", DISK_SCRIPT, str(disk), *map(str, format_files)]))
+        for name, mode in ((DISK_WRITE, "write"), (DISK_READ, "read")):
+            runs.append(measure(name, [str(PYTHON), "-c", DISK_SCRIPT, mode, str(disk), *map(str, format_files)]))
         remove(disk)
         warm(full)
         runs.append(measure(VERIFY, cli("verify", str(full), str(converted), "-q"),
@@ -149,7 +150,7 @@ def main() -> None:
         runs.append(measure(BUNDLE,
                             cli("bundle", str(full), "-o", str(bundled), "-q", "--tokenizer", str(spm)), bundled))
         remove(bundled)
-        for run in runs[-8:]:
+        for run in runs[-9:]:
             print(f"  {run.name}: {run.wall:.2f} s, {run.rss / 2**30:.2f} GiB", file=sys.stderr)
         if args.json:
             args.json.write_text(json.dumps([asdict(r) for r in runs], indent=2))
@@ -209,8 +210,9 @@ def report(runs: list[Run], profile: dict[str, list[str]], args: argparse.Namesp
               f"{median(runs, name, 'rss') / 2**30:12.2f} | {median(runs, name, 'read') / 1e9:7.2f} |")
     hf_wall = median(runs, hf, "wall")
     print(f"\nfloor (reading the checkpoint and each format once): {floor:.2f} s")
+    write, read = median(runs, DISK_WRITE, "wall"), median(runs, DISK_READ, "wall")
     print(f"bundle's disk traffic alone (its 3 formats written and read back past the page cache): "
-          f"{median(runs, DISK, 'wall'):.2f} s")
+          f"{write:.2f} + {read:.2f} = {write + read:.2f} s")
     print("targets:")
     checks = [
         (f"verify {median(runs, VERIFY, 'wall'):.1f} s <= Hugging Face convert {hf_wall:.1f} s",
