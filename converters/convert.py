@@ -85,7 +85,8 @@ def find_config(prefix: Path, explicit: str | os.PathLike | None) -> Path:
     if explicit is not None:
         path = Path(explicit)
         if not path.is_file():
-            raise UserError(f"config file {path} does not exist; pass the checkpoint's bert_config.json")
+            what = "is a folder, not a file" if path.is_dir() else "does not exist"
+            raise UserError(f"config file {path} {what}; pass the checkpoint's bert_config.json")
         return path
     home = checkpoint_home(prefix)
     for name in ORIGINAL_CONFIG_NAMES:

@@ -487,9 +487,13 @@ def _drop_variable(prefix: Path, name: str) -> None:
 
 def test_pooler_absent_by_design(tmp_path):
     prefix = _checkpoint_with(tmp_path, with_pooler=False)
-    result = convert_checkpoint(prefix, tmp_path / "out", ["safetensors"], ConvertOptions(quiet=True))
+    result = convert_checkpoint(prefix, tmp_path / "out", ["safetensors"], ConvertOptions(quiet=True, dtype="float16"))
     assert sorted(r.detail.split(":")[0] for r in result.plan.absent_by_design) == [
         "rembert.pooler.dense.bias", "rembert.pooler.dense.weight"]
+    # The report says what this run did (verify and the model card read it): its format, dtype and what is absent.
+    report = json.loads((tmp_path / "out" / "conversion_report.json").read_text())
+    assert (report["formats"], report["dtype"]) == (["safetensors"], "float16")
+    assert report["absent_by_design"] == [r.detail for r in result.plan.absent_by_design]
 
 
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # an aborted writer stays quiet
@@ -642,3 +646,147 @@ def test_a_single_format_takes_the_special_ids_from_the_sentencepiece_model_besi
     config = json.loads((tmp_path / "one" / "config.json").read_text())
     assert {k: config[k] for k in expected} == expected
     assert not (tmp_path / "one" / "tokenizer.json").exists()
+
+
+def test_the_original_config_beside_the_checkpoint_wins_over_a_config_json(tmp_path):
+    """A folder holding both bert_config.json and a transformers config.json (an earlier output copied beside it)
+    converts with the original: taking config.json would convert with whatever that file says."""
+    from rembert_ref.config import RemBertConfig
+
+    ckpt = tmp_path / "ck"
+    shutil.copytree(EXAMPLE_CKPT, ckpt)
+    other = RemBertConfig.from_original_json_file(ckpt / "bert_config.json").to_dict()
+    other["hidden_act"] = "gelu"  # exact gelu: the original config converts to the tanh form
+    (ckpt / "config.json").write_text(json.dumps(other))
+    convert_checkpoint(ckpt, tmp_path / "out", ["safetensors"], ConvertOptions(quiet=True))
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    expected = RemBertConfig.from_original_json_file(ckpt / "bert_config.json").hidden_act
+    assert written["hidden_act"] == expected != other["hidden_act"]
+
+
+def _sentencepiece_with_cls_and_sep_swapped(path: Path) -> Path:
+    """A 512-piece model (the example's size) whose [CLS] and [SEP] ids are each other's in the example's model."""
+    from testkit.spm_models import train_sentencepiece
+
+    return train_sentencepiece(path, vocab_size=512, user_defined_symbols=("[SEP]", "[CLS]", "[MASK]"))
+
+
+def test_the_special_ids_come_from_the_tokenizer_converted_not_the_one_beside(tmp_path):
+    """With --tokenizer, config.json's pad/bos/eos are that model's ids: the tokenizer files and the config
+    must agree even where the checkpoint's folder holds another SentencePiece model."""
+    import sentencepiece as spm
+
+    model = _sentencepiece_with_cls_and_sep_swapped(tmp_path / "other.model")
+    given = spm.SentencePieceProcessor(model_file=str(model))
+    beside = spm.SentencePieceProcessor(model_file=str(EXAMPLE_CKPT / "sentencepiece.model"))
+    assert given.piece_to_id("[CLS]") != beside.piece_to_id("[CLS]")  # otherwise the test proves nothing
+    out = tmp_path / "out"
+    convert_checkpoint(EXAMPLE_CKPT, out, ["safetensors"], ConvertOptions(quiet=True, tokenizer=model))
+    config = json.loads((out / "config.json").read_text())
+    assert (config["pad_token_id"], config["bos_token_id"], config["eos_token_id"]) == (
+        given.piece_to_id("[PAD]"), given.piece_to_id("[CLS]"), given.piece_to_id("[SEP]"))
+
+
+def test_a_sentencepiece_model_beside_that_does_not_fit_is_no_reason_to_refuse_a_conversion_without_one(tmp_path):
+    """pytorch / safetensors / tf2 convert no tokenizer: a model beside the checkpoint with another vocabulary
+    size only cannot lend its special ids (the defaults inside the vocabulary stay); it must not fail the run."""
+    from rembert_ref.config import RemBertConfig
+    from testkit.spm_models import train_sentencepiece
+
+    ckpt = tmp_path / "ck"
+    shutil.copytree(EXAMPLE_CKPT, ckpt)
+    train_sentencepiece(ckpt / "sentencepiece.model", vocab_size=300)  # the config says 512
+    convert_checkpoint(ckpt, tmp_path / "out", ["safetensors"], ConvertOptions(quiet=True))
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    defaults = RemBertConfig.from_original_json_file(ckpt / "bert_config.json")
+    assert config["vocab_size"] == defaults.vocab_size
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        assert config[name] == getattr(defaults, name) < defaults.vocab_size, name
+
+
+def test_the_result_the_report_and_before_commit_name_every_file_written(tmp_path):
+    """conversion_report.json lists (and with --checksums hashes) every file but itself and config.json, the
+    tokenizer's included; the result names every file in the output, and `before_commit` sees every staged file
+    with the sha256 of each weight file as written (bundle's SHA256SUMS trusts those)."""
+    import hashlib
+
+    seen = {}
+
+    def before_commit(staged):
+        seen["names"] = sorted(p.name for p in staged.files if p.is_file() and p.parent == staged.output_dir)
+        seen["listed"] = sorted(p.name for p in staged.files)
+        seen["staged"] = sorted(p.name for p in staged.output_dir.iterdir())
+        seen["digests"] = dict(staged.digests)
+        seen["hashed"] = {name: hashlib.sha256((staged.output_dir / name).read_bytes()).hexdigest()
+                          for name in staged.digests}
+
+    out = tmp_path / "out"
+    options = ConvertOptions(quiet=True, checksums=True, tokenizer=EXAMPLE_CKPT / "sentencepiece.model")
+    result = convert_checkpoint(EXAMPLE_CKPT, out, ["pytorch", "safetensors"], options,
+                                before_commit=before_commit, hash_in_stream=True)
+    written = sorted(p.name for p in out.iterdir())
+    assert "tokenizer.json" in written and "sentencepiece.model" in written
+    assert sorted(p.name for p in result.files) == written and all(p.parent == out for p in result.files)
+    assert seen["names"] == seen["listed"] == seen["staged"] == written
+    assert sorted(seen["digests"]) == ["model.safetensors", "pytorch_model.bin"]
+    assert seen["digests"] == seen["hashed"]
+    files = json.loads((out / "conversion_report.json").read_text())["files"]
+    assert sorted(files) == sorted(set(written) - {"config.json", "conversion_report.json"})
+    for name, info in files.items():
+        data = (out / name).read_bytes()
+        assert (info["bytes"], info["sha256"]) == (len(data), hashlib.sha256(data).hexdigest()), name
+
+
+def test_a_config_that_is_a_folder_is_refused_by_name(tmp_path):
+    """The library takes any path as config (the CLI's parser refuses folders): a folder is a one-line UserError
+    naming it, before anything is written, not an IsADirectoryError from opening it."""
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=f"^config file {EXAMPLE_CKPT} is a folder, not a file; pass"):
+        convert_checkpoint(EXAMPLE_CKPT, out, ["safetensors"], ConvertOptions(quiet=True, config=EXAMPLE_CKPT))
+    _assert_nothing_written(out)
+
+
+def test_a_special_id_outside_the_vocabulary_from_a_transformers_config_is_dropped(tmp_path):
+    """Without a SentencePiece model to read them from, ids a --config config.json carries stay only inside the
+    vocabulary: a negative one (as some exporters write for "none") is no token id either."""
+    from rembert_ref.config import RemBertConfig
+
+    ckpt = tmp_path / "ck"
+    shutil.copytree(EXAMPLE_CKPT, ckpt)
+    (ckpt / "sentencepiece.model").unlink()
+    values = RemBertConfig.from_original_json_file(ckpt / "bert_config.json").to_dict()
+    values.update(pad_token_id=-1, bos_token_id=values["vocab_size"], eos_token_id=values["vocab_size"] - 1)
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    convert_checkpoint(ckpt, tmp_path / "out", ["safetensors"],
+                       ConvertOptions(quiet=True, config=tmp_path / "config.json"))
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (config["pad_token_id"], config["bos_token_id"], config["eos_token_id"]) == (
+        None, None, values["vocab_size"] - 1)
+
+
+@pytest.mark.parametrize(("option", "message"), [("dtype", "^unknown dtype 'int8'"),
+                                                 ("activation", "^unknown activation 'relu'")])
+def test_an_unknown_dtype_or_activation_is_refused_by_name_before_anything_is_written(tmp_path, option, message):
+    """The library takes any string (the CLI offers only the choices): with a transformers config.json, whose
+    activation is not read through the original config's checks, an unknown one must still be a UserError."""
+    from rembert_ref.config import RemBertConfig
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(RemBertConfig.from_original_json_file(EXAMPLE_CKPT / "bert_config.json").to_dict()))
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=message):
+        convert_checkpoint(EXAMPLE_CKPT, out, ["safetensors"],
+                           ConvertOptions(quiet=True, config=config, **{option: {"dtype": "int8"}.get(option, "relu")}))
+    _assert_nothing_written(out)
+
+
+def test_without_the_mlm_head_config_json_names_the_class_that_loads_the_file(tmp_path):
+    """--no-mlm-head writes the bare model's keys: config.json's architectures must name the transformers class
+    whose keys those are, or from_pretrained of that class drops and re-initialises weights."""
+    import transformers
+
+    out = tmp_path / "out"
+    convert_checkpoint(EXAMPLE_CKPT, out, ["safetensors"], ConvertOptions(quiet=True, mlm_head=False))
+    (architecture,) = json.loads((out / "config.json").read_text())["architectures"]
+    _, info = getattr(transformers, architecture).from_pretrained(out, output_loading_info=True)
+    assert (info["missing_keys"], info["unexpected_keys"]) == ([], [])

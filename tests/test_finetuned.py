@@ -286,6 +286,17 @@ def test_bad_labels_files(classifier_ckpt, tmp_path, labels, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_spaces_around_a_label_are_not_part_of_it(classifier_ckpt, tmp_path):
+    """An editor's indentation or trailing blanks would otherwise become label names no one can type back."""
+    path = tmp_path / "labels.txt"
+    names = ["negative", "neutral", "positive"]
+    path.write_text(f"  {names[0]}\t\n{names[1]} \n \t{names[2]}\n")
+    convert_checkpoint(classifier_ckpt, tmp_path / "out", ["safetensors"],
+                       ConvertOptions(quiet=True, head="sequence-classification", labels=path))
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["id2label"] == {str(i): name for i, name in enumerate(names)}
+
+
 # -- run_squad: cls/squad/output_weights [2, hidden] -------------------------------------------------------
 
 
@@ -705,4 +716,7 @@ def test_bleurt_max_seq_length_is_the_tokenizers_limit(tmp_path, max_seq_length,
     assert tokenizer_config["model_max_length"] == expected
     report = json.loads((tmp_path / "out" / "conversion_report.json").read_text())
     assert report["tokenizer"]["model_max_length"] == expected
-    assert f"tokenizer: model_max_length {expected} " in result.output
+    # Where the limit came from: a user reading the report must tell BLEURT's cut from the model's own limit.
+    source = "bleurt_config.json max_seq_length" if max_seq_length is not None else "max_position_embeddings"
+    assert report["tokenizer"]["model_max_length_from"] == source
+    assert f"tokenizer: model_max_length {expected} (the checkpoint's {source})" in result.output

@@ -228,3 +228,17 @@ def test_bundle_on_a_terminal_shows_convert_and_verify_steps_on_one_timeline(tmp
 def test_quiet_shows_no_progress_on_a_terminal(tmp_path):
     names, _ = on_a_terminal("convert", str(EXAMPLE), "-o", str(tmp_path / "out"), "-q")
     assert names == []
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_the_convert_step_shows_its_share_done_up_to_all_of_it(tmp_path, dtype):
+    """The status line of `convert to ...` counts the checkpoint's bytes read: it climbs to 100% whatever the
+    dtype written (counting float16's bytes written would stop at half)."""
+    from converters.convert import ConvertOptions, convert_checkpoint
+
+    out = io.StringIO()
+    convert_checkpoint(EXAMPLE, tmp_path / "out", ["safetensors"], ConvertOptions(dtype=dtype, tokenizer=None),
+                       progress=StepProgress(out))
+    step = "convert to safetensors"
+    shares = [int(share) for share in re.findall(rf"{step} (\d+)%", out.getvalue())]
+    assert len(shares) > 2 and shares == sorted(shares) and shares[-1] == 100, shares

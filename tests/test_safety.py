@@ -132,6 +132,36 @@ def test_output_holding_the_config_is_refused(work):
     assert snapshot(configs) == before
 
 
+def test_output_holding_the_labels_file_is_refused(tmp_path):
+    """--labels is an input like the config: a --force output that holds it would delete it."""
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / "labels.txt").write_text("score\n")  # BLEURT's head has one output
+    before = snapshot(labels)
+    line = one_error_line(run("pytorch", REPO / "examples" / "tiny-bleurt", "--labels", labels / "labels.txt",
+                              "-o", labels, "--force"))
+    assert "contains the labels file" in line
+    assert snapshot(labels) == before
+
+
+def test_a_config_mismatch_names_the_inspect_command_with_the_options_that_decide_the_table(work, tmp_path):
+    """The suggested `inspect` must see the same table as the refused conversion: with its --config and
+    --no-mlm-head (without them it would read the config beside the checkpoint and list nothing)."""
+    import shlex
+
+    config = json.loads((work / "ckpt" / "bert_config.json").read_text())
+    config["intermediate_size"] += 1  # every layer disagrees
+    config["output_embedding_size"] += 1  # so does the MLM head, which --no-mlm-head leaves out of the count
+    other = tmp_path / "other_config.json"
+    other.write_text(json.dumps(config))
+    line = one_error_line(run("pytorch", work / "ckpt", "--config", other, "--no-mlm-head", "-o", work / "out"))
+    count = int(line.split("disagree on ")[1].split(" ")[0])
+    command = shlex.split(line.split("`convert-rembert ")[1].split("`")[0])
+    listed = run(*command)
+    assert listed.exit_code == 2
+    assert sum(row.split()[0] in ("error", "missing") for row in listed.output.splitlines()) == count
+
+
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("converted") / "out"
@@ -374,6 +404,21 @@ def test_tokenizer_size_is_checked_before_reading_weights(tiny_ckpt, tmp_path):
     line = one_error_line(run("convert", ckpt, "--tokenizer", EXAMPLE / "sentencepiece.model", "-o",
                               tmp_path / "out"))
     assert "has 512 pieces but the model's vocab_size is 99" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_bleurt_max_seq_length_is_checked_before_reading_weights(tmp_path):
+    """A bleurt_config.json max_seq_length past the model's positions is refused by name before any weight is read
+    (corrupt weights would otherwise be reported first, after reading them all)."""
+    ckpt = tmp_path / "bleurt"
+    shutil.copytree(REPO / "examples" / "tiny-bleurt", ckpt)
+    bleurt_config = json.loads((ckpt / "bleurt_config.json").read_text())
+    positions = json.loads((ckpt / "bert_config.json").read_text())["max_position_embeddings"]
+    bleurt_config["max_seq_length"] = positions + 1
+    (ckpt / "bleurt_config.json").write_text(json.dumps(bleurt_config))
+    corrupt_data(ckpt)
+    line = one_error_line(run("convert", ckpt, "-o", tmp_path / "out", "--format", "safetensors"))
+    assert f"max_seq_length {positions + 1}" in line
     assert not (tmp_path / "out").exists()
 
 
