@@ -307,9 +307,7 @@ def _convert(ckpt: str | os.PathLike, output_dir: str | os.PathLike, formats: Se
         spm_info = _read_tokenizer(Path(options.tokenizer), config) if options.tokenizer is not None else None
         max_length = tokenizer_max_length(reader.prefix, config) if spm_info is not None else None
         _set_special_ids(config, spm_info or _vocabulary_beside(reader.prefix, config))
-        config.torch_dtype = options.dtype
-        if "dtype" in config.extra:  # a transformers config.json as --config: 5.x reads this name first
-            config.extra["dtype"] = options.dtype
+        config.torch_dtype = options.dtype  # also under "dtype" where a transformers --config has that key
         config.architectures = [plan.architecture]
         with staged_output(output_dir, inputs, force=options.force) as staging:
             # The tokenizer first: the parsed SentencePiece model, 250,300 pieces as Python objects at full size, is

@@ -100,6 +100,8 @@ class RemBertConfig:
     def to_dict(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         values = {**self.extra, **values, "model_type": "rembert"}
+        if "dtype" in self.extra:  # transformers' newer name (4.56 on; 5.x reads it first): one dtype under both
+            values["dtype"] = self.torch_dtype
         # num_labels is stored as id2label (as transformers does); a label map of another size is stale.
         if len(values.get("id2label") or {}) != self.num_labels:
             values["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
@@ -120,6 +122,8 @@ class RemBertConfig:
         model_type = values.pop("model_type", "rembert")
         if model_type != "rembert":
             raise UserError(f"config has model_type {model_type!r}, expected 'rembert'")
+        if "torch_dtype" not in values and isinstance(values.get("dtype"), str):  # saved by transformers 4.56+
+            values["torch_dtype"] = values["dtype"]
         if "id2label" in values and "num_labels" not in values:
             values["num_labels"] = len(values["id2label"])
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}

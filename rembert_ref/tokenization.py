@@ -358,12 +358,17 @@ def _truncate(ids_0: list[int], ids_1: list[int] | None, budget: int, strategy: 
         if excess > len(ids_1):
             raise UserError("cannot truncate the second sequence enough; use truncation='longest_first'")
         return ids_0, ids_1[:len(ids_1) - excess]
-    n0, n1 = len(ids_0), len(ids_1)
-    for _ in range(excess):  # one token at a time from the longer sequence (the first on ties)
-        if n0 >= n1:
-            n0 -= 1
-        else:
-            n1 -= 1
+    # tokenizers' LongestFirst, which transformers' fast RemBERT runs: the shorter sequence keeps its length while
+    # it fits in half the budget; otherwise each gets half, and an odd token goes to the longer (the second on ties).
+    # (transformers' slow class cuts one token at a time from the longer, the second on ties: on ties with an odd
+    # budget the two transformers classes differ, and this follows the fast one.)
+    swap = len(ids_0) > len(ids_1)
+    short, long = sorted((len(ids_0), len(ids_1)))
+    long = short if short > budget else max(short, budget - short)
+    if short + long > budget:
+        short = budget // 2
+        long = short + budget % 2
+    n0, n1 = (long, short) if swap else (short, long)
     return ids_0[:n0], ids_1[:n1]
 
 

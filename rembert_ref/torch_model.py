@@ -857,10 +857,8 @@ def _save_pretrained(model: RemBertPreTrainedModel, directory: str | os.PathLike
     from safetensors.torch import save_file
 
     os.makedirs(directory, exist_ok=True)
-    # The dtype the weights are saved in, under both names (transformers 5.x reads "dtype" first).
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    extra = {**model.config.extra, **({"dtype": dtype} if "dtype" in model.config.extra else {})}
-    config = dataclasses.replace(model.config, architectures=[type(model).__name__], torch_dtype=dtype, extra=extra)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")  # the dtype the weights are saved in
+    config = dataclasses.replace(model.config, architectures=[type(model).__name__], torch_dtype=dtype)
     config.save(os.path.join(directory, "config.json"))
     state = {k: v.detach().contiguous() for k, v in sorted(model.state_dict().items())}
     save_file(state, os.path.join(directory, SAFETENSORS_FILE), metadata={"format": "pt"})

@@ -69,6 +69,9 @@ def test_special_token_helpers(pair) -> None:
         assert tok.convert_tokens_to_ids(["[CLS]", "[MASK]", "<unk>"]) == [cls, tok.mask_token_id,
                                                                            tok.unk_token_id]
         assert tok.convert_ids_to_tokens(cls) == "[CLS]"
+        # Ids already framed are one sequence: a second would be ambiguous (transformers raises too).
+        with pytest.raises(UserError, match="token_ids_1 must be None"):
+            tok.get_special_tokens_mask(built, b, already_has_special_tokens=True)
     assert slow.get_vocab() == fast.get_vocab() and len(slow) == len(fast) == 512
 
 
@@ -95,6 +98,15 @@ def test_save_after_the_folder_it_was_loaded_from_is_gone_says_so_and_writes_not
         with pytest.raises(UserError, match="is gone"):
             loaded.save_pretrained(tmp_path / "again")
         assert not (tmp_path / "again").exists()
+
+
+def test_truncation_that_cannot_fit_is_refused_by_both_classes(pair) -> None:
+    """A request no truncation can meet must be an error, not an over-long row or sequences cut past empty."""
+    for tok in pair:
+        with pytest.raises(UserError, match="only_second"):
+            tok("a b c d e f g h", truncation="only_second", max_length=4)  # no second sequence to cut
+        with pytest.raises(UserError, match="shorter than the special tokens"):
+            tok("a b c", "x y", truncation=True, max_length=2)  # a pair needs 3 special tokens
 
 
 def test_decode_and_batch_decode(pair) -> None:
