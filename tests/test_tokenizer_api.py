@@ -241,3 +241,22 @@ def test_decode_keeps_a_piece_that_spells_unk_inside_it(tmp_path: Path) -> None:
     ids = sp.encode("a [<unk>] b")
     assert sp.piece_to_id("[<unk>]") in ids
     assert slow.decode(ids) == fast.decode(ids) == sp.decode(ids) == "a [<unk>] b"
+
+
+def test_decode_keeps_the_first_space_of_a_model_without_the_dummy_prefix(tmp_path) -> None:
+    """Only a model that adds a dummy prefix may lose the first space in decoding; stripping it always would
+    change text that begins with a space under a model trained without one."""
+    import sentencepiece as spm
+
+    from converters.tokenizer import convert_tokenizer
+    from testkit.spm_models import train_sentencepiece
+
+    model = train_sentencepiece(tmp_path / "m.model", vocab_size=512, normalization="identity",
+                                add_dummy_prefix=False, remove_extra_whitespaces=False)
+    convert_tokenizer(model, tmp_path / "tok")
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    slow = RemBertTokenizer.from_pretrained(tmp_path / "tok")
+    fast = RemBertTokenizerFast.from_pretrained(tmp_path / "tok")
+    for text in (" the start", "  two spaces", "no space first"):
+        ids = sp.encode(text)
+        assert slow.decode(ids) == fast.decode(ids) == sp.decode(ids) == text, text
