@@ -180,6 +180,29 @@ def test_sequence_classification_losses():
         bad(ids, labels=labels)
 
 
+@pytest.mark.interop
+def test_problem_type_is_inferred_per_call_and_not_stored():
+    """The documented difference: transformers stores its first guess in the config; a model that did the same
+    would turn a later call's multi-hot labels into an error, and one that forgot to infer would mislabel both."""
+    transformers = pytest.importorskip("transformers")
+    ours = build(RemBertForSequenceClassification, CLS_CONFIG)
+    theirs = transformers.RemBertForSequenceClassification(transformers.RemBertConfig(**CLS_CONFIG.to_dict())).eval()
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    ids, classes = randint(V, (B, T), seed=61), randint(5, (B,), seed=62, low=0)
+    multi_hot = randint(2, (B, 5), seed=63, low=0).float()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids, labels=classes).loss, theirs(ids, labels=classes).loss)
+        out = ours(ids, labels=multi_hot)
+        assert ours.config.problem_type is None
+        torch.testing.assert_close(out.loss, F.binary_cross_entropy_with_logits(out.logits, multi_hot))
+        assert theirs.config.problem_type == "single_label_classification"
+        with pytest.raises(ValueError):
+            theirs(ids, labels=multi_hot)
+    with pytest.raises(UserError, match="no cross-attention"):
+        ours.rembert(ids, encoder_hidden_states=randn(B, S, HID, seed=64))
+    assert theirs.rembert(ids, encoder_hidden_states=randn(B, S, HID, seed=64)).last_hidden_state.shape == (B, T, HID)
+
+
 def test_multiple_choice_loss():
     model = build(RemBertForMultipleChoice)
     ids = randint(V, (B, N_CHOICES, T), seed=14)
@@ -448,6 +471,10 @@ def test_other_heads_are_unused_not_errors(tmp_path):
     causal = RemBertForCausalLM.from_pretrained(directory, config=CROSS)
     new = causal.loading_info["newly_initialized"]
     assert len(new) == L * 10 and all(".crossattention." in k for k in new)
+    # Fresh like _init_weights: a LayerNorm that starts as anything but the identity skews the first steps.
+    fresh = {k: v for k, v in causal.named_parameters() if k in new}
+    assert all(torch.equal(v, torch.ones_like(v)) for k, v in fresh.items() if k.endswith("LayerNorm.weight"))
+    assert all(torch.count_nonzero(v) == 0 for k, v in fresh.items() if k.endswith("bias"))
 
 
 def test_sharded_index(tmp_path):
@@ -523,6 +550,21 @@ def test_missing_weights_are_errors(tmp_path):
     assert torch.count_nonzero(loose.cls.predictions.decoder.bias) == 0
 
 
+def test_a_missing_word_embedding_starts_with_a_zero_padding_row(tmp_path):
+    """strict_backbone=False initialises what is missing as _init_weights would, padding row included."""
+    directory, _, _ = _pretraining_dir(tmp_path)
+    from safetensors.torch import load_file
+
+    state = load_file(directory / "model.safetensors")
+    del state["rembert.embeddings.word_embeddings.weight"]
+    save_file(state, directory / "model.safetensors", {"format": "pt"})
+    torch.manual_seed(0)
+    loose = RemBertForMaskedLM.from_pretrained(directory, strict_backbone=False)
+    assert loose.loading_info["missing"] == ["rembert.embeddings.word_embeddings.weight"]
+    word = loose.rembert.embeddings.word_embeddings.weight
+    assert torch.count_nonzero(word[CONFIG.pad_token_id]) == 0 and torch.count_nonzero(word[1]) > 0
+
+
 def test_loading_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         RemBertModel.from_pretrained(tmp_path / "nowhere")
@@ -592,12 +634,10 @@ def _inputs(name: str) -> dict[str, torch.Tensor]:
     return inputs
 
 
-@pytest.mark.interop
-@pytest.mark.parametrize("name", list(INTEROP_CASES))
-def test_interop_with_transformers(name, tmp_path):
+def _twins(name: str, config: RemBertConfig, seed: int = 40) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Our `name` and transformers' on one state dict, both in eval mode."""
     transformers = pytest.importorskip("transformers")
-    config = INTEROP_CASES[name]
-    ours = build(MODEL_CLASSES[name], config, seed=40)
+    ours = build(MODEL_CLASSES[name], config, seed=seed)
     # Non-zero LayerNorm and bias values, so a swapped or dropped bias cannot hide behind the zero init.
     with torch.no_grad():
         for param_name, param in ours.named_parameters():
@@ -606,25 +646,42 @@ def test_interop_with_transformers(name, tmp_path):
     theirs = getattr(transformers, name)(transformers.RemBertConfig(**config.to_dict())).eval()
     result = theirs.load_state_dict(ours.state_dict(), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
+    return ours, theirs
 
-    inputs = _inputs(name)
-    with torch.no_grad():
-        a = ours(**inputs, output_hidden_states=True, output_attentions=True)
-        b = theirs(**inputs, output_hidden_states=True, output_attentions=True)
-    fields = ["loss", "logits", "start_logits", "end_logits", "last_hidden_state", "pooler_output"]
+
+COMPARED_FIELDS = ["loss", "logits", "start_logits", "end_logits", "last_hidden_state", "pooler_output"]
+
+
+def _assert_same_outputs(a, b, atol: float = INTEROP_ATOL) -> int:
+    """Every output field and hidden state / attention group either side has, equal; returns the field count."""
     compared = 0
-    for field in fields:
+    for field in COMPARED_FIELDS:
         if getattr(a, field, None) is not None or getattr(b, field, None) is not None:
-            torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=0, atol=INTEROP_ATOL)
+            torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=0, atol=atol)
             compared += 1
-    assert compared >= 2  # a loss and at least one output
     for group in ("hidden_states", "attentions", "cross_attentions"):
         ours_group, theirs_group = getattr(a, group, None), getattr(b, group, None)
         if ours_group is None and theirs_group is None:
             continue
         assert len(ours_group) == len(theirs_group)
         for x, y in zip(ours_group, theirs_group, strict=True):
-            torch.testing.assert_close(x, y, rtol=0, atol=INTEROP_ATOL)
+            torch.testing.assert_close(x, y, rtol=0, atol=atol)
+    return compared
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("name", list(INTEROP_CASES))
+def test_interop_with_transformers(name, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = INTEROP_CASES[name]
+    ours, theirs = _twins(name, config)
+
+    inputs = _inputs(name)
+    with torch.no_grad():
+        a = ours(**inputs, output_hidden_states=True, output_attentions=True)
+        b = theirs(**inputs, output_hidden_states=True, output_attentions=True)
+    fields = COMPARED_FIELDS
+    assert _assert_same_outputs(a, b) >= 2  # a loss and at least one output
 
     # Files travel both ways: ours load in transformers, theirs load in ours.
     ours.save_pretrained(tmp_path / "ours")
@@ -667,3 +724,144 @@ def test_save_pretrained_records_the_weights_dtype(tmp_path):
     assert json.loads((tmp_path / "half" / "config.json").read_text())["torch_dtype"] == "float16"
     reloaded = transformers.RemBertForMaskedLM.from_pretrained(tmp_path / "half", torch_dtype="auto")
     assert reloaded.dtype == torch.float16
+
+
+def _edge_inputs(case: str) -> dict[str, torch.Tensor]:
+    """Inputs on paths the main interop comparison does not take."""
+    ids = randint(V, (B, T), seed=50)
+    if case == "all_masked_row":
+        mask = torch.ones(B, T, dtype=torch.long)
+        mask[0] = 0  # the dtype minimum flattens this row's scores; -10000 would not
+        return {"input_ids": ids, "attention_mask": mask}
+    if case == "3d_attention_mask":
+        mask = randint(2, (B, T, T), seed=51, low=0)
+        mask[:, range(T), range(T)] = 1  # not symmetric, so a transposed mask gives other outputs
+        return {"input_ids": ids, "attention_mask": mask}
+    enc = randn(B, S, HID, seed=52)
+    if case == "cross_attention_head_mask_and_3d_encoder_mask":
+        enc_mask = randint(2, (B, T, S), seed=53, low=0)
+        enc_mask[..., 0] = 1
+        head_mask = torch.ones(L, NH)
+        head_mask[0, 1] = head_mask[2, 3] = 0
+        return {"input_ids": ids, "encoder_hidden_states": enc, "encoder_attention_mask": enc_mask,
+                "head_mask": head_mask, "labels": ids}
+    if case == "cross_attention_without_encoder_mask":
+        return {"input_ids": ids, "encoder_hidden_states": enc}
+    if case == "start_positions_only":
+        return {"input_ids": ids, "start_positions": torch.tensor([2, 4])}
+    if case == "question_answering_batch_of_one":
+        return {"input_ids": ids[:1], "start_positions": torch.tensor([3]), "end_positions": torch.tensor([[5]])}
+    if case == "multiple_choice_inputs_embeds_and_position_ids":
+        return {"inputs_embeds": randn(B, N_CHOICES, T, CONFIG.input_embedding_size, seed=54),
+                "position_ids": randint(CONFIG.max_position_embeddings, (B, N_CHOICES, T), seed=55, low=0),
+                "token_type_ids": randint(2, (B, N_CHOICES, T), seed=56, low=0),
+                "labels": torch.tensor([1, 2])}
+    raise AssertionError(case)
+
+
+EDGE_CASES = {
+    "all_masked_row": ("RemBertModel", CONFIG),
+    "3d_attention_mask": ("RemBertModel", CONFIG),
+    "cross_attention_head_mask_and_3d_encoder_mask": ("RemBertForCausalLM", CROSS),
+    "cross_attention_without_encoder_mask": ("RemBertForCausalLM", CROSS),
+    "start_positions_only": ("RemBertForQuestionAnswering", CONFIG),
+    "question_answering_batch_of_one": ("RemBertForQuestionAnswering", CONFIG),
+    "multiple_choice_inputs_embeds_and_position_ids": ("RemBertForMultipleChoice", CLS_CONFIG),
+}
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("case", list(EDGE_CASES))
+def test_edge_inputs_match_transformers(case):
+    """Defaults, 3-D masks, head masks in cross-attention, inputs_embeds per choice: each computed as transformers
+    does, or a caller relying on them gets other numbers than with transformers' classes."""
+    name, config = EDGE_CASES[case]
+    ours, theirs = _twins(name, config)
+    inputs = _edge_inputs(case)
+    with torch.no_grad():
+        a = ours(**inputs, output_hidden_states=True, output_attentions=True)
+        b = theirs(**inputs, output_hidden_states=True, output_attentions=True)
+    assert _assert_same_outputs(a, b) >= 1
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("hidden_act", ["tanh", "gelu_pytorch_tanh"])
+def test_other_activations_match_transformers(hidden_act):
+    """A hidden_act name read with another meaning than transformers' ACT2FN gives it changes every output."""
+    ours, theirs = _twins("RemBertForMaskedLM", dataclasses.replace(CONFIG, hidden_act=hidden_act))
+    ids = randint(V, (B, T), seed=57)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, rtol=0, atol=INTEROP_ATOL)
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("name", list(INTEROP_CASES))
+def test_train_mode_dropout_matches_transformers(name):
+    """Dropout at another place, or with another of the three probabilities, would train a different model."""
+    config = dataclasses.replace(INTEROP_CASES[name], hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.2,
+                                 classifier_dropout_prob=0.3)  # distinct, so a swapped probability shows
+    ours, theirs = _twins(name, config)
+    inputs = _inputs(name)
+    outs = []
+    for model in (ours.train(), theirs.train()):
+        torch.manual_seed(60)  # the same masks, as both draw them in the same order and shapes
+        with torch.no_grad():
+            outs.append(model(**inputs, output_hidden_states=True))
+    _assert_same_outputs(*outs)
+    with torch.no_grad():
+        evaluated = ours.eval()(**inputs, output_hidden_states=True)
+    assert (evaluated.hidden_states[-1] - outs[0].hidden_states[-1]).abs().max() > 1e-3  # dropout was on
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("config", [DECODER, dataclasses.replace(DECODER, use_cache=False), CONFIG],
+                         ids=["decoder", "decoder_use_cache_false", "encoder"])
+def test_cache_is_returned_by_default_when_transformers_returns_it(config):
+    """A decoder called without use_cache follows config.use_cache; an encoder never returns a cache."""
+    transformers = pytest.importorskip("transformers")
+    ours = RemBertModel(config).eval()
+    theirs = transformers.RemBertModel(transformers.RemBertConfig(**config.to_dict())).eval()
+    ids = randint(V, (B, T), seed=58)
+    with torch.no_grad():
+        a, b = ours(ids), theirs(ids)
+    assert (a.past_key_values is None) == (b.past_key_values is None)
+    if a.past_key_values is not None:
+        assert len(a.past_key_values) == L and a.past_key_values[0][0].shape == (B, NH, T, CONFIG.head_size)
+
+
+@pytest.mark.interop
+def test_bfloat16_causal_lm_matches_transformers():
+    """In bfloat16 the masks take the model's dtype and the loss is computed in float32, as in transformers."""
+    ours, theirs = _twins("RemBertForCausalLM", DECODER)
+    ours, theirs = ours.to(torch.bfloat16), theirs.to(torch.bfloat16)
+    ids = randint(V, (B, T), seed=59)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[0, -3:] = 0
+    labels = ids.clone()
+    labels[0, -3:] = -100
+    head_mask = torch.ones(NH)  # float32, as callers write it: a float32 factor would promote the attention
+    head_mask[1] = 0
+    with torch.no_grad():
+        a = ours(ids, attention_mask=mask, labels=labels, head_mask=head_mask)
+        b = theirs(ids, attention_mask=mask, labels=labels, head_mask=head_mask)
+    assert a.logits.dtype == b.logits.dtype == torch.bfloat16
+    assert a.loss.dtype == b.loss.dtype == torch.float32
+    # bfloat16 keeps 8 bits: the two implementations round a few intermediate values differently, by an ulp
+    # or two at the logits' scale (about 0.1); a wrong mask or an unshifted loss moves them far more.
+    torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=2**-7)
+    torch.testing.assert_close(a.loss, b.loss, rtol=0, atol=2**-7)
+
+
+def test_multi_label_loss_is_exact_for_confident_logits():
+    """A loss taken on sigmoid outputs saturates past |logit| ~ 17 and caps log(0) at -100, so a confidently
+    wrong label would cost less than its margin; BCE on the logits (log-sigmoid) does not."""
+    model = build(RemBertForSequenceClassification, CLS_CONFIG)
+    ids = randint(V, (B, T), seed=65)
+    targets = torch.tensor([[0.0, 1.0, 0.0, 1.0, 1.0], [1.0, 0.0, 1.0, 0.0, 0.0]])
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([150.0, -150.0, 40.0, -40.0, 0.0]))
+        out = model(ids, labels=targets)
+    x = out.logits
+    by_hand = -(targets * F.logsigmoid(x) + (1 - targets) * F.logsigmoid(-x)).mean()
+    assert by_hand > 30  # the four confident mistakes (margins 150, 150, 40, 40 over 10 entries) dominate
+    torch.testing.assert_close(out.loss, by_hand)
