@@ -687,8 +687,7 @@ class TFRemBertForMultipleChoice(TFRemBertPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, *, labels=None, return_dict: bool | None = None,
                 training: bool = False, **inputs: Any) -> ClassifierOutput | tuple:
         # input_ids (B, C, T), inputs_embeds (B, C, T, E); labels (B,) index of the right choice
-        leading = tf.convert_to_tensor(input_ids if input_ids is not None else inputs["inputs_embeds"])
-        n_choices = tf.shape(leading)[1]
+        leading = input_ids if input_ids is not None else inputs.get("inputs_embeds")
 
         def flat(t):  # (B, C, T, ...) -> (B * C, T, ...)
             if t is None:
@@ -698,7 +697,8 @@ class TFRemBertForMultipleChoice(TFRemBertPreTrainedModel):
 
         per_token = ("token_type_ids", "position_ids", "inputs_embeds")
         inputs = {k: flat(v) if k in per_token else v for k, v in inputs.items()}
-        out = self.rembert(flat(input_ids), flat(attention_mask), training=training, **inputs)
+        out = self.rembert(flat(input_ids), flat(attention_mask), training=training, **inputs)  # refuses no input
+        n_choices = tf.shape(tf.convert_to_tensor(leading))[1]
         logits = tf.reshape(self.classifier(dropout(out.pooler_output, self.dropout_rate, training)),
                             [-1, n_choices])  # (B, C)
         loss = cross_entropy(logits, labels) if labels is not None else None

@@ -577,15 +577,15 @@ class RemBertForMultipleChoice(RemBertPreTrainedModel):
         return_dict: bool | None = None,
         **inputs: Any,  # RemBertModel.forward's other arguments, (B, n_choices, ...) where per token
     ) -> ClassifierOutput | tuple:
-        n_choices = (input_ids if input_ids is not None else inputs["inputs_embeds"]).shape[1]
+        leading = input_ids if input_ids is not None else inputs.get("inputs_embeds")
 
         def flat(t: torch.Tensor | None) -> torch.Tensor | None:  # (B, n_choices, T, ...) -> (B * n_choices, T, ...)
             return t.flatten(0, 1) if t is not None else None
 
         per_token = ("token_type_ids", "position_ids", "inputs_embeds")
         inputs = {k: flat(v) if k in per_token else v for k, v in inputs.items()}
-        out = self.rembert(flat(input_ids), flat(attention_mask), **inputs)
-        logits = self.classifier(self.dropout(out.pooler_output)).view(-1, n_choices)  # (B, n_choices)
+        out = self.rembert(flat(input_ids), flat(attention_mask), **inputs)  # refuses no input, or both
+        logits = self.classifier(self.dropout(out.pooler_output)).view(-1, leading.shape[1])  # (B, n_choices)
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         return _finish(ClassifierOutput(loss, logits, out.hidden_states, out.attentions), return_dict)
 

@@ -223,6 +223,16 @@ def test_unreadable_h5_is_a_user_error(tmp_path):
         f["x"] = np.zeros(3)
     with pytest.raises(UserError, match="no layer_names"):
         read_h5_weights(tmp_path / "plain.h5")
+    # A file whose index names what it does not hold (a truncated or hand-edited one): a UserError, not a KeyError.
+    with h5py.File(tmp_path / "lost-layer.h5", "w") as f:
+        f.attrs["layer_names"] = [b"rembert"]
+    with pytest.raises(UserError, match="lists layer 'rembert' but has no such group"):
+        read_h5_weights(tmp_path / "lost-layer.h5")
+    with h5py.File(tmp_path / "lost-weight.h5", "w") as f:
+        f.attrs["layer_names"] = [b"rembert"]
+        f.create_group("rembert").attrs["weight_names"] = [b"tf_rem_bert_model/rembert/pooler/dense/bias:0"]
+    with pytest.raises(UserError, match="lists weight .* but does not hold it"):
+        read_h5_weights(tmp_path / "lost-weight.h5")
 
 
 @pytest.mark.parametrize("lost", ["a slice", "a tensor"])

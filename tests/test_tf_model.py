@@ -5,6 +5,7 @@ of the original graph, plus the cache, cross-attention, masks, loading rules and
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from pathlib import Path
 
@@ -278,7 +279,8 @@ def test_inputs_embeds_head_mask_and_3d_mask(tiny_ckpt, converted):
     head_mask[1, 2] = 0.0
     seq = inputs["input_ids"].shape[1]
     mask_3d = np.tril(np.ones((seq, seq), dtype=np.int64))[None].repeat(3, axis=0)  # (B, T, S)
-    for extra in ({"head_mask": head_mask}, {"attention_mask": mask_3d}):
+    # (nh,) is one mask for every layer: the (L, nh) one's row 1 given alone
+    for extra in ({"head_mask": head_mask}, {"head_mask": head_mask[1]}, {"attention_mask": mask_3d}):
         args = {**inputs, **extra}
         result = tf_model(**args, output_attentions=True, output_hidden_states=True)
         with torch.no_grad():
@@ -315,6 +317,7 @@ def test_loading_rules_and_errors(tiny_ckpt, converted, tmp_path):
         T.TFRemBertForMaskedLM.from_pretrained(bare)
     lenient = T.TFRemBertForMaskedLM.from_pretrained(bare, strict_backbone=False)
     assert len(lenient.loading_info["missing"]) == 6
+    assert lenient.loading_info["newly_initialized"] == []  # missing backbone weights are not task heads
     assert T.TFRemBertModel.from_pretrained(bare).loading_info["unexpected"] == []
 
     config = RemBertConfig.from_json_file(directory / "config.json")
@@ -333,3 +336,221 @@ def test_loading_rules_and_errors(tiny_ckpt, converted, tmp_path):
         mlm()
     with pytest.raises(tf.errors.InvalidArgumentError, match="vocab_size"):
         mlm(input_ids=np.array([[1, tiny_ckpt.config["vocab_size"]]]))
+
+
+# -- paths the comparisons above do not reach: found by a mutation review of tf_model.py ----------------------
+
+
+def _random_pair(name: str, config: RemBertConfig, seed: int = 0):
+    """A PyTorch head with every weight random (biases and LayerNorms too, so that none is left at its
+    initial value) and the TF head holding the same numbers."""
+    torch.manual_seed(seed)
+    torch_model = P.MODEL_CLASSES[name.removeprefix("TF")](config).eval()
+    with torch.no_grad():
+        for parameter in torch_model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    tf_model = T.MODEL_CLASSES[name](config)
+    values = torch_to_tf_weights(torch_model.state_dict(), config)
+    assert tf_model.assign_weights(values) == [] and set(values) == set(tf_model.weights_by_name())
+    return torch_model, tf_model
+
+
+def _compare_fields(result, expected, where: str) -> None:
+    for field in dataclasses.fields(expected):
+        _compare(getattr(result, field.name), getattr(expected, field.name), f"{where} {field.name}")
+
+
+def test_startup_notices_are_dropped_and_every_other_line_reaches_stderr(capfd):
+    """A filter that swallowed a real import error, let a notice through, or left fd 2 captured afterwards
+    would hide from the user what went wrong, or clutter every command's output."""
+    notices = [  # the shapes TensorFlow's C++ libraries print on import (absl lines, the two unformatted ones)
+        "I0000 00:00:1764557400.123456   41233 port.cc:153] oneDNN custom operations are on.\n",
+        "W0000 00:00:1764557400.200000   41233 cpu_feature_guard.cc:210] This TensorFlow binary is optimized\n",
+        "E0000 00:00:1764557400.300000   41233 cuda_dnn.cc:8310] Unable to register cuDNN factory\n",
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
+        "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow.\n",
+    ]
+    real = ["Traceback (most recent call last):\n", "ImportError: libcudart.so.12: cannot open shared object file\n"]
+    capfd.readouterr()
+    with T._startup_notices_hidden():
+        for line in notices[:2] + real[:1] + notices[2:] + real[1:]:
+            os.write(2, line.encode())
+    os.write(2, b"written after the import\n")
+    assert capfd.readouterr().err == "".join(real) + "written after the import\n"
+
+
+@pytest.mark.parametrize(("num_labels", "problem_type", "labels"), [
+    (1, None, "scores"),  # one output: regression, inferred
+    (4, "regression", "scores"),  # the config's problem_type wins over the inference from float labels
+    (4, None, "multi_hot"),  # float labels on several outputs: multi-label, inferred
+    (4, "single_label_classification", "classes"),
+])
+def test_sequence_classification_loss_of_every_problem_type_matches_pytorch(num_labels, problem_type, labels,
+                                                                             tiny_ckpt):
+    """Only the single-label loss is compared above: a regression (one or several outputs) or multi-label loss
+    computed with the wrong formula, shape or reduction would go unnoticed."""
+    config = dataclasses.replace(RemBertConfig.from_original(tiny_ckpt.config), num_labels=num_labels,
+                                 problem_type=problem_type)
+    torch_model, tf_model = _random_pair("TFRemBertForSequenceClassification", config, seed=4)
+    inputs = _inputs(tiny_ckpt.config, seed=6)
+    rng = np.random.default_rng(8)
+    batch = inputs["input_ids"].shape[0]
+    shape = (batch,) if num_labels == 1 else (batch, num_labels)
+    target = {"scores": rng.standard_normal(shape).astype(np.float32),
+              "multi_hot": rng.integers(0, 2, size=shape).astype(np.float32),
+              "classes": rng.integers(0, num_labels, size=(batch,))}[labels]
+    with torch.no_grad():
+        expected = torch_model(**{k: torch.from_numpy(v) for k, v in inputs.items()}, labels=torch.from_numpy(target))
+    result = tf_model(**inputs, labels=target)
+    _compare_fields(result, expected, f"{problem_type} {labels}")
+
+
+def test_dropout_runs_where_and_at_the_rate_pytorch_runs_it_and_only_in_training(tiny_ckpt, monkeypatch):
+    """With three distinct rates and dropout replaced in both frameworks by a deterministic scaling, a dropout
+    left out, put elsewhere, given the wrong rate, or applied with training=False changes the outputs."""
+    config = dataclasses.replace(RemBertConfig.from_original(tiny_ckpt.config), hidden_dropout_prob=0.1,
+                                 attention_probs_dropout_prob=0.2, classifier_dropout_prob=0.3)
+    monkeypatch.setattr(T.tf.nn, "dropout", lambda x, rate, **_: x * (1.0 + rate))
+    monkeypatch.setattr(torch.nn.functional, "dropout",
+                        lambda x, p=0.5, training=True, inplace=False: x * (1.0 + p) if training else x)
+    inputs = _inputs(tiny_ckpt.config, seed=9)
+    for name in ("TFRemBertForMaskedLM", "TFRemBertForCausalLM", "TFRemBertForSequenceClassification",
+                 "TFRemBertForTokenClassification", "TFRemBertForQuestionAnswering"):
+        head_config = dataclasses.replace(config, is_decoder=name == "TFRemBertForCausalLM")
+        torch_model, tf_model = _random_pair(name, head_config, seed=5)
+        for training in (False, True):
+            torch_model.train(training)
+            with torch.no_grad():
+                expected = torch_model(**{k: torch.from_numpy(v) for k, v in inputs.items()},
+                                       output_hidden_states=True, output_attentions=True)
+            result = tf_model(**inputs, output_hidden_states=True, output_attentions=True, training=training)
+            _compare_fields(result, expected, f"{name} training={training}")
+
+
+def test_a_row_whose_attention_mask_is_all_zeros_matches_pytorch(tiny_ckpt):
+    """The dtype's minimum, not -10000, is the masking value: the difference shows only in such a row (each of
+    its positions then attends to all keys alike)."""
+    config = RemBertConfig.from_original(tiny_ckpt.config)
+    torch_model, tf_model = _random_pair("TFRemBertModel", config, seed=6)
+    inputs = _inputs(tiny_ckpt.config, seed=10)
+    inputs["attention_mask"][2] = 0
+    with torch.no_grad():
+        expected = torch_model(**{k: torch.from_numpy(v) for k, v in inputs.items()}, output_attentions=True,
+                               output_hidden_states=True)
+    result = tf_model(**inputs, output_attentions=True, output_hidden_states=True)
+    _compare_fields(result, expected, "all-zero mask row")
+
+
+def test_cross_attention_with_a_3d_encoder_mask_and_a_head_mask_matches_pytorch(tiny_ckpt):
+    """A per-query (B, T, S) encoder mask read as (B, S), or a head mask left out of the cross-attention,
+    would change the decoder's outputs."""
+    config = dataclasses.replace(RemBertConfig.from_original(tiny_ckpt.config), is_decoder=True,
+                                 add_cross_attention=True)
+    torch_model, tf_model = _random_pair("TFRemBertForCausalLM", config, seed=7)
+    rng = np.random.default_rng(12)
+    ids = rng.integers(0, config.vocab_size, size=(2, 6))
+    encoder_states = rng.standard_normal((2, 5, config.hidden_size)).astype(np.float32)
+    encoder_mask = rng.integers(0, 2, size=(2, 6, 5))
+    encoder_mask[..., 0] = 1  # every query sees at least one encoder position
+    head_mask = np.ones((config.num_hidden_layers, config.num_attention_heads), dtype=np.float32)
+    head_mask[0, 1] = head_mask[2, 3] = 0.0
+    kwargs = {"input_ids": ids, "labels": ids, "encoder_hidden_states": encoder_states,
+              "encoder_attention_mask": encoder_mask, "head_mask": head_mask}
+    with torch.no_grad():
+        expected = torch_model(**{k: torch.from_numpy(v) for k, v in kwargs.items()}, output_attentions=True,
+                               output_hidden_states=True)
+    result = tf_model(**kwargs, output_attentions=True, output_hidden_states=True)
+    _compare_fields(result, expected, "3-D encoder mask, head mask")
+
+
+@pytest.mark.parametrize("hidden_act", ["gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh"])
+def test_every_supported_activation_matches_pytorch(hidden_act, tiny_ckpt):
+    """The converted files only use gelu and gelu_new: an activation name mapped to the wrong function (e.g.
+    gelu_pytorch_tanh to the exact gelu) would go unnoticed."""
+    config = dataclasses.replace(RemBertConfig.from_original(tiny_ckpt.config), hidden_act=hidden_act)
+    torch_model, tf_model = _random_pair("TFRemBertForMaskedLM", config, seed=8)
+    inputs = _inputs(tiny_ckpt.config, seed=13)
+    with torch.no_grad():
+        expected = torch_model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+    _compare_fields(tf_model(**inputs), expected, hidden_act)
+
+
+def test_weights_given_to_from_pretrained_win_over_the_directorys_tf_model_h5(converted):
+    """from_pretrained(weights=...) on a directory that also holds tf_model.h5 must load the given weights
+    (the PyTorch files, which may differ), and say so."""
+    values, read_from = read_torch_weights_as_tf(converted, RemBertConfig.from_json_file(converted / "config.json"))
+    values["rembert/pooler/dense/bias:0"] = values["rembert/pooler/dense/bias:0"] + 1.0  # not what the h5 holds
+    model = T.TFRemBertModel.from_pretrained(converted, weights=values, weights_file=read_from)
+    assert model.loading_info["weights_file"] == [read_from] == ["pytorch_model.bin"]
+    for tf_name, variable in model.weights_by_name().items():
+        np.testing.assert_array_equal(variable.numpy(), values[tf_name], err_msg=tf_name)
+
+
+def test_a_cross_attention_decoder_loads_an_encoder_file_with_new_cross_attention(converted):
+    """Cross-attention is not in a pretrained encoder's file: it starts fresh and is listed as new, as in the
+    PyTorch models, instead of failing the load as a missing backbone weight."""
+    config = dataclasses.replace(RemBertConfig.from_json_file(converted / "config.json"), is_decoder=True,
+                                 add_cross_attention=True)
+    model = T.TFRemBertForCausalLM.from_pretrained(converted, config=config)
+    new = model.loading_info["newly_initialized"]
+    assert model.loading_info["missing"] == []
+    assert new and all("/crossattention/" in name for name in new)
+    assert set(new) == {n for n in model.weights_by_name() if "/crossattention/" in n}
+
+
+def test_new_task_heads_follow_from_pretraineds_seed_and_dtype(converted):
+    """seed= and dtype= of from_pretrained reach the model: the same seed gives the same new head, another
+    seed another one, and dtype=tf.float64 gives float64 weights and outputs."""
+    cls = T.TFRemBertForSequenceClassification
+    kernel = "classifier/kernel:0"
+    first, again, other = (cls.from_pretrained(converted, seed=s).weights_by_name()[kernel].numpy() for s in (1, 1, 2))
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    wide = cls.from_pretrained(converted, seed=1, dtype=tf.float64)
+    assert {v.dtype for v in wide.variables} == {tf.float64}
+    ids = np.array([[5, 17, 3, 40]])
+    assert wide(input_ids=ids).logits.dtype == tf.float64
+    np.testing.assert_allclose(wide(input_ids=ids).logits, cls.from_pretrained(converted, seed=1)(input_ids=ids).logits,
+                               atol=1e-5)
+
+
+def test_fresh_weights_are_initialised_like_pytorchs(tiny_ckpt):
+    """What strict_backbone=False and new task heads start from: LayerNorm as the identity (gamma 1, beta 0),
+    zero biases, normal(0, initializer_range) matrices, as the PyTorch models' _init_weights does."""
+    config = RemBertConfig.from_original(tiny_ckpt.config)
+    model = T.TFRemBertForSequenceClassification(config)
+    for name, variable in model.weights_by_name().items():
+        value = variable.numpy()
+        if name.endswith("gamma:0"):
+            np.testing.assert_array_equal(value, np.ones_like(value), err_msg=name)
+        elif name.endswith(("beta:0", "bias:0")):
+            np.testing.assert_array_equal(value, np.zeros_like(value), err_msg=name)
+        else:
+            assert 0.7 * config.initializer_range < value.std() < 1.3 * config.initializer_range, name
+
+
+def test_multiple_choice_flattens_position_ids_and_inputs_embeds_like_pytorch(tiny_ckpt):
+    """Every per-token input of shape (B, C, T, ...) must be folded into (B * C, T, ...): position_ids left
+    unfolded would be read against the wrong choices (the comparison above passes none)."""
+    config = RemBertConfig.from_original(tiny_ckpt.config)
+    torch_model, tf_model = _random_pair("TFRemBertForMultipleChoice", config, seed=9)
+    rng = np.random.default_rng(14)
+    batch, choices, seq = 2, 3, 5
+    inputs = {"inputs_embeds": rng.standard_normal((batch, choices, seq, config.input_embedding_size))
+              .astype(np.float32),
+              "position_ids": rng.integers(0, config.max_position_embeddings, size=(batch, choices, seq)),
+              "token_type_ids": rng.integers(0, config.type_vocab_size, size=(batch, choices, seq)),
+              "attention_mask": rng.integers(0, 2, size=(batch, choices, seq)) | np.eye(1, seq, dtype=np.int64),
+              "labels": rng.integers(0, choices, size=(batch,))}
+    with torch.no_grad():
+        expected = torch_model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+    _compare_fields(tf_model(**inputs), expected, "multiple choice")
+
+
+def test_multiple_choice_without_any_input_is_the_base_models_one_line_error(tiny_ckpt):
+    """Neither input_ids nor inputs_embeds: the same UserError as every other head, not a KeyError."""
+    config = RemBertConfig.from_original(tiny_ckpt.config)
+    torch_model, tf_model = _random_pair("TFRemBertForMultipleChoice", config, seed=9)
+    for model, mask in ((torch_model, torch.ones(2, 3, 5)), (tf_model, np.ones((2, 3, 5), np.int64))):
+        with pytest.raises(UserError, match="pass exactly one of input_ids and inputs_embeds"):
+            model(attention_mask=mask)
