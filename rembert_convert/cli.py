@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import signal
 import sys
 import threading
@@ -25,6 +26,7 @@ EXIT_PARITY_FAILURE = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
 EXIT_SIGINT = 128 + 2
+EXIT_SIGPIPE = 128 + 13  # as a command stopped by SIGPIPE, which a shell pipeline expects
 OWN_PACKAGES = ("converters", "rembert_ref", "validation", "rembert_convert")
 
 
@@ -57,6 +59,10 @@ def handle_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(exc.exit_code)
         except (Interrupted, KeyboardInterrupt) as exc:
             _interrupted(exc)
+        except BrokenPipeError:  # stdout's reader left (`| head`): it read what it wanted; not a bug, no error line
+            if debug:
+                raise
+            _stdout_gone()
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:  # an internal error: still one line, the traceback is one flag away
@@ -77,6 +83,18 @@ def handle_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(EXIT_INTERNAL_ERROR)
 
     return wrapper
+
+
+def _stdout_gone() -> None:
+    """Exit as a command stopped by SIGPIPE would, pointing stdout at the null device first so that
+    the interpreter's final flush finds no closed pipe to complain about."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (AttributeError, OSError, ValueError):  # a stdout without a descriptor (a test runner's)
+        pass
+    sys.exit(EXIT_SIGPIPE)
 
 
 _REFUSED = {errno.EROFS, errno.EACCES, errno.EPERM}

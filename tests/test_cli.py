@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,11 +21,13 @@ def run(*args: str):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-@pytest.mark.parametrize("command", ["inspect", "pytorch", "safetensors", "tf2", "convert", "tokenizer"])
+@pytest.mark.parametrize("command", ["inspect", "pytorch", "safetensors", "tf2", "convert", "tokenizer", "verify",
+                                     "bundle"])
 def test_every_command_shows_an_example(command):
     result = run(command, "--help")
     assert result.exit_code == 0
-    assert "Example:" in result.output and f"convert-rembert {command} " in result.output
+    assert "Example:" in result.output  # and under it (the usage line also names the command), a command line:
+    assert f"convert-rembert {command} " in result.output.split("Example:", 1)[1]
 
 
 def test_convert_the_shipped_example(tmp_path):
@@ -147,6 +152,7 @@ def test_inspect_checks_the_sentencepiece_model_convert_would_take(tmp_path):
     result = run("inspect", copy)
     assert result.exit_code == 2
     assert "has 300 pieces but the model's vocab_size is 512" in result.output
+    assert "(or convert with --no-tokenizer)" in result.output  # the way out for a user who wants the weights
     assert result.output.strip().splitlines()[-1].startswith("error: this checkpoint would not convert")
     assert run("convert", copy, "-o", tmp_path / "out").exit_code == 2  # as convert refuses it
     # inspect takes --tokenizer / --no-tokenizer as convert does, and agrees with convert on both.
@@ -169,6 +175,7 @@ def test_a_conversion_without_a_tokenizer_to_find_says_so(tmp_path):
                                                                        "--format", "safetensors"]):
         result = run(command[0], copy, *command[1:])
         assert result.exit_code == 0 and result.output.strip().splitlines()[-1].startswith(note), result.output
+        assert "pass --tokenizer FILE, or --no-tokenizer" in result.output  # the note names both ways on
         quiet = run(command[0], copy, *command[1:], "--no-tokenizer", *(["--force"] if len(command) > 1 else []))
         assert quiet.exit_code == 0 and note not in quiet.output, quiet.output
     assert not (tmp_path / "a" / "tokenizer.json").exists()
@@ -218,3 +225,141 @@ def test_inspect_without_a_config_does_not_claim_the_tokenizer_fits(tmp_path):
     assert result.exit_code == 2
     assert "(not checked: no usable config to check it against; see the note above)" in result.output
     assert "its pieces match" not in result.output
+    notes = [line for line in result.output.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "bert_config.json" in notes[0] and "--config" in notes[0]  # the note referred to
+
+
+def test_convert_names_every_file_it_wrote_and_the_tokenizers_length(tmp_path):
+    """The progress lines a user reads: a `wrote` line per file in the output and where model_max_length came from."""
+    out = tmp_path / "out"
+    result = run("convert", EXAMPLE, "-o", out, "--format", "safetensors")
+    assert result.exit_code == 0, result.output
+    for path in out.iterdir():
+        assert f"wrote {path}" in result.output.splitlines()
+    positions = json.loads((EXAMPLE / "bert_config.json").read_text())["max_position_embeddings"]
+    assert f"tokenizer: model_max_length {positions} (the checkpoint's max_position_embeddings)" in result.output
+
+
+def test_convert_passes_max_shard_size_to_the_safetensors_writer(tmp_path):
+    """convert's --max-shard-size must shard model.safetensors as the safetensors command's does."""
+    whole = tmp_path / "whole"
+    assert run("convert", EXAMPLE, "-o", whole, "--format", "safetensors", "-q").exit_code == 0
+    limit = (whole / "model.safetensors").stat().st_size // 3
+    out = tmp_path / "sharded"
+    result = run("convert", EXAMPLE, "-o", out, "--format", "safetensors", "--max-shard-size", str(limit), "-q")
+    assert result.exit_code == 0, result.output
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = set(index["weight_map"].values())
+    assert len(shards) > 1 and not (out / "model.safetensors").exists()
+    assert all((out / shard).stat().st_size <= limit for shard in shards)
+
+
+def test_checksums_records_each_files_sha256_and_is_off_by_default(tmp_path):
+    """--checksums must reach the report, with the files' real digests; without it no digest is computed."""
+    import hashlib
+
+    plain, summed = tmp_path / "plain", tmp_path / "summed"
+    assert run("safetensors", EXAMPLE, "-o", plain, "-q").exit_code == 0
+    assert run("safetensors", EXAMPLE, "-o", summed, "-q", "--checksums").exit_code == 0
+    files = json.loads((summed / "conversion_report.json").read_text())["files"]
+    assert "model.safetensors" in files
+    for name, row in files.items():
+        assert row["sha256"] == hashlib.sha256((summed / name).read_bytes()).hexdigest()
+    assert all("sha256" not in row for row in json.loads((plain / "conversion_report.json").read_text())["files"]
+               .values())
+
+
+def test_no_mlm_head_and_activation_reach_the_written_model(tmp_path):
+    """--no-mlm-head writes the bare RemBertModel layout and --activation exact writes hidden_act 'gelu'."""
+    from safetensors import safe_open
+
+    def names(folder):
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            return set(f.keys())
+
+    full, bare = tmp_path / "full", tmp_path / "bare"
+    assert run("safetensors", EXAMPLE, "-o", full, "-q").exit_code == 0
+    result = run("safetensors", EXAMPLE, "-o", bare, "--no-mlm-head", "--activation", "exact")
+    assert result.exit_code == 0, result.output
+    with_head = {n for n in names(full) if n.startswith("cls.")}
+    assert with_head and not {n for n in names(bare) if n.startswith("cls.")}
+    assert names(bare) == {n.removeprefix("rembert.") for n in names(full) - with_head}
+    assert "(0 in the MLM head)" in result.output and "activation gelu (exact erf gelu)" in result.output
+    assert json.loads((bare / "config.json").read_text())["hidden_act"] == "gelu"
+    assert json.loads((full / "config.json").read_text())["hidden_act"] == "gelu_new"
+
+
+def test_verify_all_rows_and_config_options(tmp_path):
+    """--all-rows prints every functional row of the report (not only the worst per head and format), and
+    --config is the config verify reads when none is beside the checkpoint."""
+    copy = tmp_path / "ck"
+    shutil.copytree(EXAMPLE, copy)
+    out = tmp_path / "out"
+    assert run("convert", copy, "-o", out, "--format", "safetensors", "-q").exit_code == 0
+
+    def rows(output):
+        return [line for line in output.splitlines() if line.startswith(("ok  ", "FAIL"))]
+
+    worst = run("verify", copy, out, "--report", tmp_path / "rep")
+    every = run("verify", copy, out, "--all-rows")
+    assert worst.exit_code == every.exit_code == 0, worst.output + every.output
+    report = json.loads((tmp_path / "rep" / "parity_report.json").read_text())
+    assert len(rows(worst.output)) == len(report["summary"]["worst_per_head_and_format"]) < len(report["rows"])
+    assert len(rows(every.output)) == len(report["rows"])
+    config = tmp_path / "bert_config.json"
+    shutil.move(copy / "bert_config.json", config)
+    assert run("verify", copy, out).exit_code == 2
+    given = run("verify", copy, out, "--config", config)
+    assert given.exit_code == 0 and "parity passed" in given.output, given.output
+
+
+def test_bundle_says_what_parity_it_measured_and_its_card_leaves_out_debug(tmp_path):
+    """bundle's summary line carries the report's counts, and --debug (no effect on the result) stays out of the
+    command the card records."""
+    out = tmp_path / "pub"
+    result = run("bundle", EXAMPLE, "-o", out, "--format", "safetensors", "--debug")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "parity_report.json").read_text())
+    assert (f"parity passed: {len(report['tensor_rows'])} tensor checks exact, {len(report['rows'])} outputs "
+            "within tolerance") in result.output
+    for path in out.iterdir():
+        assert f"wrote {path}" in result.output.splitlines()
+    card = (out / "README.md").read_text()
+    assert f"convert-rembert bundle {EXAMPLE} --output {out} --format safetensors\n" in card and "--debug" not in card
+
+
+def test_inspect_hides_optimizer_slots_unless_all_and_says_how_to_see_them(tmp_path):
+    """Without --all the optimizer slots are hidden and the summary names --all; with it they are listed."""
+    hidden = run("inspect", EXAMPLE)
+    shown = run("inspect", EXAMPLE, "--all")
+    assert hidden.exit_code == shown.exit_code == 0
+    assert "/adam_m" not in hidden.output and "/adam_m" in shown.output
+    assert "(optimizer slots hidden; --all lists them)" in hidden.output
+    assert "(optimizer slots hidden" not in shown.output
+
+
+def test_debug_shows_the_traceback_of_an_internal_error_too(tmp_path, monkeypatch):
+    """An internal error (a bug) re-raises under --debug, so the traceback is really one flag away."""
+    import converters.convert
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(converters.convert, "plan_conversion", broken)
+    result = run("pytorch", EXAMPLE, "-o", tmp_path / "out", "--debug")
+    assert result.exit_code != 0 and isinstance(result.exc_info[1], RuntimeError)
+    assert "internal error" not in result.output
+
+
+def test_a_closed_stdout_pipe_exits_as_sigpipe_without_an_internal_error_line():
+    """Writing to a pipe whose reader left must not print 'internal error ... rerun with --debug' (exit 3)."""
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader has gone before the first line is written: every write fails with EPIPE
+    try:
+        result = subprocess.run([sys.executable, "-m", "rembert_convert.cli", "inspect",
+                                 str(EXAMPLE)], stdout=writer, stderr=subprocess.PIPE,
+                                text=True, cwd=EXAMPLE.parent.parent, timeout=300)
+    finally:
+        os.close(writer)
+    assert result.stderr == ""
+    assert result.returncode == 128 + 13  # as a command stopped by SIGPIPE (a shell reports 141)

@@ -230,6 +230,16 @@ def test_quiet_shows_no_progress_on_a_terminal(tmp_path):
     assert names == []
 
 
+@needs_a_terminal
+def test_verify_quiet_shows_no_progress_on_a_terminal(tmp_path):
+    """verify's --quiet must silence its proof steps too, leaving only the verdict on stdout."""
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, "-m", "rembert_convert.cli", "convert", str(EXAMPLE), "-o", str(out), "-q",
+                    "--format", "safetensors"], check=True, cwd=REPO)
+    names, stdout = on_a_terminal("verify", str(EXAMPLE), str(out), "-q")
+    assert names == [] and stdout.startswith("parity passed") and stdout.count("\n") == 1
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_the_convert_step_shows_its_share_done_up_to_all_of_it(tmp_path, dtype):
     """The status line of `convert to ...` counts the checkpoint's bytes read: it climbs to 100% whatever the
