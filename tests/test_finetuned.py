@@ -233,6 +233,18 @@ def test_run_classifier_as_sequence_classification_with_labels(classifier_ckpt, 
                                                              for f in ALL}
 
 
+def test_labels_reach_config_json_through_the_cli(classifier_ckpt, tmp_path):
+    """--labels must reach the conversion: dropped, config.json would name the classes LABEL_0, LABEL_1, ..."""
+    labels = tmp_path / "labels.txt"
+    labels.write_text("contradiction\nentailment\nneutral\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["safetensors", str(classifier_ckpt), "-o", str(out), "-q",
+                                       "--head", "sequence-classification", "--labels", str(labels)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {str(i): name for i, name in enumerate(labels.read_text().split())}
+
+
 def test_without_a_report_verify_takes_the_task_head_from_config_json(classifier_ckpt, tmp_path):
     """conversion_report.json is optional: the architecture config.json names says which head the files hold."""
     out = tmp_path / "out"
