@@ -388,6 +388,27 @@ def test_output_weights_read_in_small_slices_are_still_turned_whole(classifier_c
     np.testing.assert_array_equal(bundled["classifier.weight"].numpy(), saved)
 
 
+def test_the_report_says_which_tensors_each_format_holds_turned(classifier_ckpt, tmp_path):
+    """conversion_report.json's `transposed` (PyTorch, safetensors) and `tf_transposed` (tf_model.h5) flags must
+    describe the files: each mapped tensor, read back from each format, is its source variable turned exactly
+    where its row says so. run_classifier's output_weights is the one tensor tf_model.h5 holds turned."""
+    import tensorflow as tf
+
+    out = tmp_path / "out"
+    convert_checkpoint(classifier_ckpt, out, ALL, ConvertOptions(quiet=True, head="sequence-classification"))
+    reader = tf.train.load_checkpoint(str(resolve_checkpoint(classifier_ckpt)))
+    state, h5 = _state_dict(out), _h5(out)
+    rows = json.loads((out / "conversion_report.json").read_text())["mapped"]
+    for row in rows:
+        source = reader.get_tensor(row["source"])
+        np.testing.assert_array_equal(state[row["target"]].numpy(), source.T if row["transposed"] else source,
+                                      err_msg=row["target"])
+        np.testing.assert_array_equal(h5[row["tf_target"]], source.T if row.get("tf_transposed") else source,
+                                      err_msg=row["tf_target"])
+    assert [r["source"] for r in rows if r.get("tf_transposed")] == ["output_weights"]
+    assert any(r["transposed"] for r in rows)
+
+
 @pytest.mark.parametrize(("head", "message"), [
     # BLEURT with n_hidden_layers > 0: relu dense layers, then the output layer as dense_1.
     ({"dense/kernel": np.zeros((30, 8), np.float32), "dense/bias": np.zeros(8, np.float32),
