@@ -240,7 +240,7 @@ class TFRemBertSelfAttention(tf.Module):
 
 class TFRemBertOutput(tf.Module):
     """Output projection from `in_size`, dropout, residual, LayerNorm (post-LN, like BERT): after attention
-    (PyTorch's RemBertSelfOutput, from the hidden size) and after the feed-forward (RemBertOutput, from the
+    (transformers' RemBertSelfOutput, from the hidden size) and after the feed-forward (its RemBertOutput, from the
     intermediate size)."""
 
     def __init__(self, w: Weights, scope: str, in_size: int):

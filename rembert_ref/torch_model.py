@@ -140,12 +140,14 @@ class RemBertSelfAttention(nn.Module):
         return y, att, (k, v)
 
 
-class RemBertSelfOutput(nn.Module):
-    """Attention output projection, dropout, residual, LayerNorm (post-LN, like BERT)."""
+class RemBertOutput(nn.Module):
+    """Projection back to the hidden size, dropout, residual, LayerNorm (post-LN, like BERT): after attention
+    (`attention.output`, from the hidden size; transformers' RemBertSelfOutput) and after the feed-forward
+    (`output`, from the intermediate size)."""
 
-    def __init__(self, config: RemBertConfig) -> None:
+    def __init__(self, config: RemBertConfig, in_features: int) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(in_features, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -157,7 +159,7 @@ class RemBertAttention(nn.Module):
     def __init__(self, config: RemBertConfig) -> None:
         super().__init__()
         self.self = RemBertSelfAttention(config)
-        self.output = RemBertSelfOutput(config)
+        self.output = RemBertOutput(config, config.hidden_size)
 
     def forward(
         self,
@@ -181,17 +183,6 @@ class RemBertIntermediate(nn.Module):
         return self.act(self.dense(x))  # (B, T, I)
 
 
-class RemBertOutput(nn.Module):
-    def __init__(self, config: RemBertConfig) -> None:
-        super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(h)) + residual)  # (B, T, C)
-
-
 class RemBertLayer(nn.Module):
     """Self-attention, then (decoders with add_cross_attention) cross-attention, then the feed-forward."""
 
@@ -201,7 +192,7 @@ class RemBertLayer(nn.Module):
         if config.add_cross_attention:
             self.crossattention = RemBertAttention(config)
         self.intermediate = RemBertIntermediate(config)
-        self.output = RemBertOutput(config)
+        self.output = RemBertOutput(config, config.intermediate_size)
 
     def forward(
         self,
