@@ -396,6 +396,13 @@ def _read_config(directory: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def _required(directory: Path, name: str) -> Path:
+    """`directory / name`, which from_pretrained cannot do without."""
+    if not (directory / name).is_file():
+        raise UserError(f"{directory} has no {name}; write it with: convert-rembert tokenizer SPM -o {directory}")
+    return directory / name
+
+
 def _require_sources(source_dir: Path | None, vocab_file: Path | None = None) -> None:
     """Before a save writes anything: the files it copies from where the tokenizer was loaded must still be there
     (tokenizer_config.json and special_tokens_map.json are copied, not rebuilt)."""
@@ -445,11 +452,9 @@ class RemBertTokenizer(_RemBertTokenizerBase):
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "RemBertTokenizer":
         directory = Path(directory)
-        if not (directory / SPM_FILE).is_file():
-            raise UserError(f"{directory} has no {SPM_FILE}; write it with: convert-rembert tokenizer "
-                            f"SPM -o {directory}")
+        spm_file = _required(directory, SPM_FILE)
         config = _read_config(directory)
-        tok = cls(directory / SPM_FILE, model_max_length=config.get("model_max_length", 512))
+        tok = cls(spm_file, model_max_length=config.get("model_max_length", 512))
         tok._source_dir = directory
         return tok
 
@@ -593,12 +598,10 @@ class RemBertTokenizerFast(_RemBertTokenizerBase):
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "RemBertTokenizerFast":
         directory = Path(directory)
-        if not (directory / TOKENIZER_FILE).is_file():
-            raise UserError(f"{directory} has no {TOKENIZER_FILE}; write it with: convert-rembert tokenizer "
-                            f"SPM -o {directory}")
+        tokenizer_file = _required(directory, TOKENIZER_FILE)
         config = _read_config(directory)
         spm_file = directory / SPM_FILE
-        return cls(directory / TOKENIZER_FILE, model_max_length=config.get("model_max_length", 512),
+        return cls(tokenizer_file, model_max_length=config.get("model_max_length", 512),
                    vocab_file=spm_file if spm_file.is_file() else None)
 
     def save_pretrained(self, directory: str | Path) -> Path:

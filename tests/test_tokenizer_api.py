@@ -136,6 +136,10 @@ def test_save_and_reload(pair, tmp_path: Path) -> None:
     assert Path(path).read_bytes() == (tmp_path / "fast" / "sentencepiece.model").read_bytes()
     with pytest.raises(UserError, match="has no tokenizer.json"):
         RemBertTokenizerFast.from_pretrained(tmp_path / "v")
+    (tmp_path / "only-json").mkdir()
+    shutil.copy(tmp_path / "fast" / "tokenizer.json", tmp_path / "only-json")
+    with pytest.raises(UserError, match="only-json has no sentencepiece.model; write it with: convert-rembert"):
+        RemBertTokenizer.from_pretrained(tmp_path / "only-json")
 
 
 def test_bad_options_are_user_errors(pair) -> None:
