@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -53,21 +54,21 @@ def handle_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except UserError as exc:
-            if debug:
-                raise
+            if debug:  # the traceback, then the same line and exit code as without --debug
+                traceback.print_exc()
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except (Interrupted, KeyboardInterrupt) as exc:
             _interrupted(exc)
         except BrokenPipeError:  # stdout's reader left (`| head`): it read what it wanted; not a bug, no error line
             if debug:
-                raise
+                traceback.print_exc()
             _stdout_gone()
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:  # an internal error: still one line, the traceback is one flag away
-            if debug:
-                raise
+            if debug:  # the traceback, then the same exit code as without --debug (never Python's 1)
+                traceback.print_exc()
             missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
             if missing and missing.split(".")[0] not in OWN_PACKAGES:  # the install's doing (ours missing: a bug)
                 click.echo(f"error: the Python module {missing!r} is not installed; install rembert-convert with "
@@ -78,8 +79,8 @@ def handle_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             if where is not None:  # the disk's or a permission's doing, not a bug: the staged output is removed
                 click.echo(f"error: {where}", err=True)
                 sys.exit(EXIT_USER_ERROR)
-            click.echo(f"error: internal error {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-                       err=True)
+            hint = "" if debug else " (rerun with --debug for the traceback)"
+            click.echo(f"error: internal error {type(exc).__name__}: {exc}{hint}", err=True)
             sys.exit(EXIT_INTERNAL_ERROR)
 
     return wrapper

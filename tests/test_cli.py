@@ -102,9 +102,13 @@ def test_existing_output_needs_force(tmp_path):
 
 
 def test_debug_shows_the_traceback(tmp_path):
+    """--debug adds the traceback but keeps the README's exit code: a user error is still 2 (not Python's 1 for
+    an uncaught exception, which reads as verify's 'parity failed'), with its one error line last."""
     result = run("pytorch", tmp_path / "nowhere", "-o", tmp_path / "out", "--debug")
-    assert result.exit_code != 0
-    assert result.exc_info is not None and type(result.exc_info[1]).__name__ == "UserError"
+    assert result.exit_code == 2, result.output
+    assert "Traceback (most recent call last)" in result.output and "UserError" in result.output
+    assert result.output.rstrip().splitlines()[-1].startswith("error: no TF1 checkpoint at ")
+    assert not (tmp_path / "out").exists()
 
 
 def test_quiet_means_quiet_and_tensorflow_notices_stay_hidden(tmp_path):
@@ -339,7 +343,8 @@ def test_inspect_hides_optimizer_slots_unless_all_and_says_how_to_see_them(tmp_p
 
 
 def test_debug_shows_the_traceback_of_an_internal_error_too(tmp_path, monkeypatch):
-    """An internal error (a bug) re-raises under --debug, so the traceback is really one flag away."""
+    """An internal error (a bug) shows its traceback under --debug, so it is really one flag away, and still
+    exits 3."""
     import converters.convert
 
     def broken(*args, **kwargs):
@@ -347,19 +352,25 @@ def test_debug_shows_the_traceback_of_an_internal_error_too(tmp_path, monkeypatc
 
     monkeypatch.setattr(converters.convert, "plan_conversion", broken)
     result = run("pytorch", EXAMPLE, "-o", tmp_path / "out", "--debug")
-    assert result.exit_code != 0 and isinstance(result.exc_info[1], RuntimeError)
-    assert "internal error" not in result.output
+    assert result.exit_code == 3, result.output  # the README's code for a bug, with or without --debug
+    assert "Traceback (most recent call last)" in result.output and "RuntimeError: a bug" in result.output
+    assert "rerun with --debug" not in result.output
 
 
-def test_a_closed_stdout_pipe_exits_as_sigpipe_without_an_internal_error_line():
-    """Writing to a pipe whose reader left must not print 'internal error ... rerun with --debug' (exit 3)."""
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_closed_stdout_pipe_exits_as_sigpipe_without_an_internal_error_line(debug):
+    """Writing to a pipe whose reader left must not print 'internal error ... rerun with --debug' (exit 3);
+    --debug adds the traceback, not another exit code."""
     reader, writer = os.pipe()
     os.close(reader)  # the reader has gone before the first line is written: every write fails with EPIPE
     try:
         result = subprocess.run([sys.executable, "-m", "rembert_convert.cli", "inspect",
-                                 str(EXAMPLE)], stdout=writer, stderr=subprocess.PIPE,
-                                text=True, cwd=EXAMPLE.parent.parent, timeout=300)
+                                 str(EXAMPLE), *(["--debug"] if debug else [])], stdout=writer,
+                                stderr=subprocess.PIPE, text=True, cwd=EXAMPLE.parent.parent, timeout=300)
     finally:
         os.close(writer)
-    assert result.stderr == ""
+    if debug:
+        assert "BrokenPipeError" in result.stderr and "error:" not in result.stderr
+    else:
+        assert result.stderr == ""
     assert result.returncode == 128 + 13  # as a command stopped by SIGPIPE (a shell reports 141)
