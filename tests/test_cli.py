@@ -293,6 +293,22 @@ def test_no_mlm_head_and_activation_reach_the_written_model(tmp_path):
     assert json.loads((full / "config.json").read_text())["hidden_act"] == "gelu_new"
 
 
+def test_verify_of_a_format_the_folder_lacks_names_the_next_step(tmp_path):
+    """The README's promise for every error: one line naming the problem and the next step, nothing written."""
+    out = tmp_path / "pt"
+    assert run("pytorch", EXAMPLE, "-o", out, "-q").exit_code == 0
+    result = run("verify", EXAMPLE, out, "--format", "safetensors", "--report", tmp_path / "rep")
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and result.output.startswith("error: ")
+    assert "has no safetensors files; it holds pytorch" in result.output
+    assert "--format pytorch" in result.output  # the next step
+    assert not (tmp_path / "rep").exists()
+    (out / "pytorch_model.bin").unlink()
+    empty = run("verify", EXAMPLE, out)
+    assert empty.exit_code == 2 and empty.output.count("\n") == 1
+    assert "holds no weights" in empty.output and f"convert-rembert convert CKPT -o {out}" in empty.output
+
+
 def test_verify_all_rows_and_config_options(tmp_path):
     """--all-rows prints every functional row of the report (not only the worst per head and format), and
     --config is the config verify reads when none is beside the checkpoint."""

@@ -435,14 +435,17 @@ def _check_folder(converted: Path, formats: tuple[str, ...] | None, functional: 
         raise UserError(f"{converted} has no config.json; point at a folder written by convert-rembert")
     found = present_formats(converted)
     if not found:
-        raise UserError(f"{converted} holds no weights (pytorch_model.bin, model.safetensors or tf_model.h5)")
+        raise UserError(f"{converted} holds no weights (pytorch_model.bin, model.safetensors or tf_model.h5); "
+                        f"write them with `convert-rembert convert CKPT -o {converted}`")
     if formats:
         unknown = sorted(set(formats) - set(FORMATS))
         if unknown:
             raise UserError(f"unknown format(s) {', '.join(unknown)}; use some of: {', '.join(FORMATS)}")
         absent = [f for f in formats if f not in found]
         if absent:
-            raise UserError(f"{converted} has no {', '.join(absent)} files; it holds {', '.join(found)}")
+            raise UserError(f"{converted} has no {', '.join(absent)} files; it holds {', '.join(found)}: check "
+                            f"{'those' if len(found) > 1 else 'it'} with "
+                            f"{' '.join('--format ' + f for f in found)}, or leave --format out")
         found = [f for f in FORMATS if f in formats]
     if "tf2" in found and functional:
         require_tensorflow(f"verifying {converted / 'tf_model.h5'}",
