@@ -242,7 +242,7 @@ def _writer_factories(formats: Sequence[str], options: ConvertOptions,
         if name == "pytorch":
             factories.append(lambda d, m, t, plan: TorchBinWriter(d, m, t, checksums=hashed))
         elif name == "safetensors":
-            max_shard = parse_size(str(options.max_shard_size))
+            max_shard = parse_size(str(options.max_shard_size), "--max-shard-size")
             factories.append(lambda d, m, t, plan, size=max_shard: SafetensorsWriter(d, m, t, size, hashed))
         elif name == "tf2":
             from converters.h5_writer import H5Writer  # h5py only when asked for

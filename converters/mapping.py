@@ -174,10 +174,10 @@ class TaskHeadRule:
 TASK_HEAD_RULES: tuple[TaskHeadRule, ...] = (
     TaskHeadRule("dense", "dense/kernel", "dense/bias", True,
                  (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, QUESTION_ANSWERING), None,
-                 "tf.layers.dense at the top level (BLEURT: on the pooled output, 1 output)"),
+                 "tf.layers.dense at the top level, as BLEURT writes it"),
     TaskHeadRule("output_weights", "output_weights", "output_bias", False,
                  (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, QUESTION_ANSWERING), None,
-                 "BERT run_classifier.py (pooled output, matmul with transpose_b)"),
+                 "BERT run_classifier.py, [labels, hidden], matmul with transpose_b"),
     TaskHeadRule("cls/squad", "cls/squad/output_weights", "cls/squad/output_bias", False,
                  (QUESTION_ANSWERING,), QUESTION_ANSWERING, "BERT run_squad.py (span logits per token)", outputs=2),
 )

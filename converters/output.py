@@ -163,7 +163,7 @@ def _refuse_overlap(output: Path, inputs: Sequence[NamedInput], option: str) -> 
         how = overlap(output, source.path)
         if how is not None:
             raise UserError(f"output {output} {how} the {source.what} {source.path}; inputs are never written or "
-                            f"replaced, with or without --force: choose an {option} outside it")
+                            f"replaced, with or without --force: give {option} a place outside it")
 
 
 def check_output_file(path: str | os.PathLike, inputs: Sequence[NamedInput], *, force: bool, option: str) -> Path:

@@ -139,7 +139,7 @@ def resolve_checkpoint_saying_how(path: str | os.PathLike) -> tuple[Path, str]:
         prefix = path
     if not Path(f"{prefix}.index").is_file():
         raise UserError(f"no TF1 checkpoint at {path}: {prefix}.index does not exist; pass a checkpoint prefix, "
-                        "its .index file, or a directory with a `checkpoint` file")
+                        "its .index file, a directory with a `checkpoint` file, or a TF1 SavedModel directory")
     return prefix, how
 
 

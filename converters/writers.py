@@ -331,8 +331,8 @@ class DirectFile:
 # -- safetensors ----------------------------------------------------------------------------------------------
 
 
-def parse_size(text: str) -> int:
-    """'5GB', '500MB', '10KiB' or a byte count."""
+def parse_size(text: str, option: str | None = None) -> int:
+    """'5GB', '500MB', '10KiB' or a byte count; `option` (e.g. "--max-shard-size") names it in an error."""
     units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
     cleaned = text.strip().upper().replace(" ", "")
@@ -341,9 +341,10 @@ def parse_size(text: str) -> int:
     try:
         value = int(float(number) * units[unit])
     except (ValueError, KeyError, OverflowError):  # OverflowError: inf, 1e400
-        raise UserError(f"cannot read size {text!r}; write it like 5GB, 500MB or 10000000") from None
+        raise UserError(f"{option or 'size'} {text!r} is not a size; write it like 5GB, 500MB or 10000000") \
+            from None
     if value <= 0:
-        raise UserError(f"size {text!r} must be positive")
+        raise UserError(f"{option or 'size'} {text!r} must be positive")
     return value
 
 

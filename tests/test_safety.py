@@ -83,6 +83,7 @@ def test_output_equal_to_the_checkpoint_folder_is_refused_even_with_force(work):
     before = snapshot(ckpt)
     line = one_error_line(run("pytorch", ckpt, "-o", ckpt, "--force"))
     assert "is the checkpoint" in line and "inputs are never written" in line
+    assert line.endswith("with or without --force: give -o a place outside it")
     assert snapshot(ckpt) == before
 
 
@@ -822,8 +823,8 @@ def test_an_import_thread_that_never_ends_does_not_hold_up_an_error(monkeypatch)
 @pytest.mark.parametrize(("args", "expected"), [
     (["verify", EXAMPLE, EXAMPLE, "--tolerance", "-1"], "--tolerance -1.0 is not a positive number"),
     (["verify", EXAMPLE, EXAMPLE, "--tolerance", "nan"], "--tolerance nan is not a positive number"),
-    (["safetensors", EXAMPLE, "-o", "never", "--max-shard-size", "inf"], "cannot read size 'inf'"),
-    (["safetensors", EXAMPLE, "-o", "never", "--max-shard-size", "1e400"], "cannot read size '1e400'"),
+    (["safetensors", EXAMPLE, "-o", "never", "--max-shard-size", "inf"], "--max-shard-size 'inf' is not a size"),
+    (["safetensors", EXAMPLE, "-o", "never", "--max-shard-size", "1e400"], "--max-shard-size '1e400' is not a size"),
     (["tokenizer", EXAMPLE, "-o", "never"], "is a directory; pass the path of a .model file"),
 ])
 def test_bad_option_values_are_one_line(args, expected, tmp_path, monkeypatch):

@@ -315,7 +315,8 @@ def test_a_shard_number_past_the_last_is_a_corrupt_index(tmp_path):
 
 
 def test_not_a_checkpoint(tmp_path):
-    with pytest.raises(UserError, match="no TF1 checkpoint"):
+    with pytest.raises(UserError, match="no TF1 checkpoint .* a directory with a `checkpoint` file, or a TF1 "
+                                        "SavedModel directory$"):
         CheckpointReader(tmp_path / "nothing")
     with pytest.raises(UserError, match="no `checkpoint` file and 0 .index files"):
         CheckpointReader(tmp_path)

@@ -1087,6 +1087,21 @@ def test_card_options_and_a_bundle_without_pytorch_bin(tiny_ckpt, tmp_path):
     assert "variables ignored (1 global-step," in card and "optimizer-slot)" in card  # counted from the report
 
 
+def test_the_card_counts_in_the_singular_and_the_plural(tmp_path):
+    """A checkpoint without optimizer slots has one variable to ignore (global_step): the card says so in the
+    singular; the counts come from conversion_report.json."""
+    from testkit.synthetic_checkpoint import write_synthetic_checkpoint
+    from tests.conftest import TINY_ORIGINAL_CONFIG
+
+    prefix = write_synthetic_checkpoint(tmp_path / "ckpt", dict(TINY_ORIGINAL_CONFIG), seed=2, optimizer_slots=False)
+    out = tmp_path / "pub"
+    bundle_checkpoint(prefix, out, ConvertOptions(quiet=True), formats=("safetensors",), heads=BASE_HEADS)
+    report = json.loads((out / "conversion_report.json").read_text())
+    assert [r["source"] for r in report["ignored"]] == ["global_step"]
+    card = (out / "README.md").read_text()
+    assert f"- {len(report['mapped'])} tensors converted; 1 checkpoint variable ignored (1 global-step)" in card
+
+
 def test_a_bundle_made_twice_is_the_same_bytes_and_its_card_quotes_paths(tiny_ckpt, tmp_path):
     """No timings in the reports; shell lines of the card work for a folder name with a space."""
     out = tmp_path / "tiny rembert"

@@ -129,6 +129,10 @@ def bundle_checkpoint(
     return BundleResult(out, sorted(p for p in out.iterdir() if p.is_file()), parity["report"], conversion)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _ignored_kinds(ignored: list[dict]) -> str:
     """' (96 optimizer-slot, 1 global-step)': how many variables each ignore rule took, from the report."""
     counts: dict[str, int] = {}
@@ -247,7 +251,8 @@ def model_card(staged: ConversionResult, parity: ParityReport, card: CardOptions
         f"- activation `{config.hidden_act}`: {act}",
         f"- weights dtype {report['dtype']}",
         head_line,
-        f"- {len(report['mapped'])} tensors converted; {len(report['ignored'])} checkpoint variables ignored"
+        f"- {_count(len(report['mapped']), 'tensor')} converted; "
+        f"{_count(len(report['ignored']), 'checkpoint variable')} ignored"
         f"{_ignored_kinds(report['ignored'])}: see `conversion_report.json`",
         "",
         *_usage(folder, formats, mlm_head, tokenizer is not None, config, task_kind,
