@@ -9,9 +9,11 @@ import re
 import subprocess
 import sys
 import threading
+import types
 
 import pytest
 
+import converters.progress as progress_module
 from converters.progress import StepProgress, terminal_progress
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -252,3 +254,205 @@ def test_the_convert_step_shows_its_share_done_up_to_all_of_it(tmp_path, dtype):
     step = "convert to safetensors"
     shares = [int(share) for share in re.findall(rf"{step} (\d+)%", out.getvalue())]
     assert len(shares) > 2 and shares == sorted(shares) and shares[-1] == 100, shares
+
+
+def status_line(out: io.StringIO) -> str:
+    """The status line last drawn: what follows the last erase."""
+    return out.getvalue().rsplit("\r\x1b[K", 1)[-1]
+
+
+def test_a_share_outside_0_to_1_shows_as_0_or_100_percent():
+    out = io.StringIO()
+    progress = StepProgress(out)
+    with progress.step("tf2 tensors") as update:
+        update(-0.25)  # a report that overshoots either way shows the nearest end
+        assert status_line(out) == "... tf2 tensors 0%"
+        update(1.5)
+        assert status_line(out) == "... tf2 tensors 100%"
+
+
+def test_a_step_that_ends_gives_the_status_line_back_to_the_steps_still_running():
+    out = io.StringIO()
+    progress = StepProgress(out)
+    with progress.step("pytorch tensors") as tensors:
+        tensors(0.3)
+        with progress.step("pytorch 7 heads"):
+            pass
+        shown = screen(out.getvalue())
+        assert DONE_LINE.fullmatch(shown[-2])["name"] == "pytorch 7 heads"
+        assert shown[-1] == "... pytorch tensors 30%"
+
+
+def test_step_lines_say_when_each_step_ended_and_how_long_it_took(monkeypatch):
+    """The bracket is the time since the progress started (one timeline for all steps), the parenthesis the step's
+    own duration: a clock under the test's control, so no real time passes."""
+    now = [100.0]
+    monkeypatch.setattr(progress_module, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    out = io.StringIO()
+    progress = StepProgress(out)
+    now[0] = 101.0
+    with progress.step("tokenizer files"):
+        now[0] = 103.5
+    now[0] = 110.0
+    with pytest.raises(RuntimeError), progress.step("float64 reference"):
+        now[0] = 162.3
+        raise RuntimeError("boom")
+    assert [line for line in screen(out.getvalue()) if line] == [
+        "[   3.5 s] tokenizer files done (2.5 s)",
+        "[  62.3 s] float64 reference stopped (52.3 s)",
+    ]
+
+
+def test_once_cleared_a_step_that_ends_writes_nothing():
+    out = io.StringIO()
+    progress = StepProgress(out)
+    with progress.step("pytorch tensors") as update:
+        progress.clear()
+        cleared = out.getvalue()
+        update(0.7)
+    assert out.getvalue() == cleared
+
+
+class Terminal:
+    """A sink that fails with EIO while `gone`, and records what it was given otherwise."""
+
+    def __init__(self) -> None:
+        self.gone, self.text = False, ""
+
+    def write(self, text: str) -> None:
+        if self.gone:
+            raise OSError(5, "Input/output error")
+        self.text += text
+
+    def flush(self) -> None:
+        if self.gone:
+            raise OSError(5, "Input/output error")
+
+
+def test_after_one_failed_write_the_progress_writes_no_more():
+    sink = Terminal()
+    progress = StepProgress(sink)
+    with progress.step("safetensors tensors") as update:
+        update(0.1)
+        sink.gone = True
+        update(0.2)  # fails: the progress gives up its stream
+        sink.gone = False
+        written = sink.text
+        update(0.9)
+    assert sink.text == written == "\r\x1b[K... safetensors tensors\r\x1b[K... safetensors tensors 10%"
+
+
+def test_every_write_is_flushed_at_once():
+    """A status line left in a buffer would show late, or never: each write reaches the screen before the next."""
+
+    class Buffered:
+        def __init__(self) -> None:
+            self.pending, self.shown = "", ""
+
+        def write(self, text: str) -> None:
+            self.pending += text
+
+        def flush(self) -> None:
+            self.shown, self.pending = self.shown + self.pending, ""
+
+    sink = Buffered()
+    progress = StepProgress(sink)
+    with progress.step("tf2 7 heads") as update:
+        update(0.5)
+        assert sink.pending == "" and sink.shown.endswith("... tf2 7 heads 50%")
+    assert sink.pending == "" and DONE_LINE.fullmatch(screen(sink.shown)[0])
+
+
+@needs_a_terminal
+def test_the_status_line_fits_the_width_of_the_terminal_it_is_written_to(monkeypatch):
+    """The width is that of the progress's own terminal, not of the process's (COLUMNS, stdout)."""
+    import fcntl
+    import struct
+    import termios
+
+    leader, follower = os.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 20, 0, 0))  # 24 rows, 20 columns
+    monkeypatch.setenv("COLUMNS", "200")
+
+    class SizedTerminal(io.StringIO):
+        def fileno(self) -> int:
+            return follower
+
+    out = SizedTerminal()
+    try:
+        with StepProgress(out).step("safetensors 7 heads") as update:
+            update(0.5)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    status = [part for part in out.getvalue().split("\r\x1b[K") if part and not part.endswith("\n")]
+    assert status == ["... safetensors 7 h"] * 2  # drawn when the step starts and at 50%
+
+
+def test_progress_written_to_a_descriptor_survives_short_writes_and_unencodable_names(monkeypatch):
+    """os.write may take part of what it is given; a name the terminal's encoding lacks is written replaced."""
+    from converters.progress import _Descriptor
+
+    real_write = os.write
+    read_end, write_end = os.pipe()
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data[:3])))  # 3 bytes at a time
+            _Descriptor(write_end, "ascii").write("caf\u00e9 \u2014 50%")
+    finally:
+        os.close(write_end)
+        data = os.read(read_end, 1 << 16)
+        os.close(read_end)
+    assert data == b"caf? ? 50%"
+
+
+def piped_stderr(monkeypatch, isatty: bool, encoding: str) -> tuple[int, int]:
+    read_end, write_end = os.pipe()
+
+    class Stderr(FakeStderr):
+        def isatty(self) -> bool:
+            return isatty
+
+    stderr = Stderr(write_end)
+    stderr.encoding = encoding
+    monkeypatch.setattr(sys, "stderr", stderr)
+    return read_end, write_end
+
+
+def read_and_close(read_end: int, write_end: int) -> bytes:
+    os.close(write_end)
+    data = os.read(read_end, 1 << 16)
+    os.close(read_end)
+    return data
+
+
+def test_no_progress_when_stderr_is_not_a_terminal(monkeypatch):
+    """A log file or a pipe gets no status lines, even without --quiet."""
+    read_end, write_end = piped_stderr(monkeypatch, isatty=False, encoding="utf-8")
+    with terminal_progress(quiet=False) as progress, progress.step("pytorch tensors") as update:
+        update(0.5)
+    assert read_and_close(read_end, write_end) == b""
+
+
+def test_progress_is_written_in_the_terminals_encoding(monkeypatch):
+    read_end, write_end = piped_stderr(monkeypatch, isatty=True, encoding="latin-1")
+    with terminal_progress(quiet=False) as progress, progress.step("caf\u00e9"):
+        pass
+    assert b"caf\xe9 done" in read_and_close(read_end, write_end)
+
+
+def test_terminal_progress_closes_its_own_descriptor(monkeypatch):
+    leader, follower = os.openpty()
+    monkeypatch.setattr(sys, "stderr", FakeStderr(follower))
+    real_dup, real_close = os.dup, os.close
+    duplicated, closed = [], []
+    monkeypatch.setattr(os, "dup", lambda fd: duplicated.append(real_dup(fd)) or duplicated[-1])
+    monkeypatch.setattr(os, "close", lambda fd: closed.append(fd) or real_close(fd))
+    try:
+        with terminal_progress(quiet=False) as progress, progress.step("pytorch tensors"):
+            pass
+    finally:
+        monkeypatch.undo()
+        os.close(follower)
+        os.close(leader)
+    assert len(duplicated) == 1 and closed == duplicated
