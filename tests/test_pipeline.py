@@ -240,3 +240,86 @@ def test_hash_in_stream_gives_the_digest_of_every_weight_file(tiny_ckpt, tmp_pat
                               for name in ("pytorch_model.bin", "model.safetensors", "tf_model.h5")}
     files = json.loads((out / "conversion_report.json").read_text())["files"]
     assert not any("sha256" in info for info in files.values())
+
+
+def _run_in_a_thread(target) -> threading.Thread:
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout=30)  # generous: on clean code this returns at once; a thread still alive means a hang
+    return thread
+
+
+@pytest.mark.parametrize("depth", [1, 3, None])
+def test_read_ahead_runs_at_most_depth_items_ahead_and_closes_while_the_producer_waits(depth):
+    """Once the consumer holds item 0, the producer can have made items 1..depth (queued) and one more (waiting
+    for room): depth + 2 items in all, never more. Closing the iterator then must not wait for that producer."""
+    produced = []
+    changed = threading.Condition()
+
+    def items():
+        for i in range(100):
+            with changed:
+                produced.append(i)
+                changed.notify_all()
+            yield i
+
+    iterator = read_ahead(items()) if depth is None else read_ahead(items(), depth=depth)
+    limit = (2 if depth is None else depth) + 2
+    assert next(iterator) == 0
+    with changed:
+        assert changed.wait_for(lambda: len(produced) >= limit, timeout=30)  # it fills the queue
+        # No time would be enough for a correct producer to make one more; a fifth of a second is plenty for one
+        # that is not held back.
+        assert not changed.wait_for(lambda: len(produced) > limit, timeout=0.2), produced
+    closer = _run_in_a_thread(iterator.close)
+    assert not closer.is_alive()
+    assert not any(t.name == "read-ahead" for t in threading.enumerate())
+
+
+class _Cancelled(BaseException):
+    """Not an Exception, as KeyboardInterrupt and SystemExit are not."""
+
+
+def test_read_ahead_hands_over_an_error_that_is_not_an_exception():
+    def items():
+        yield 1
+        raise _Cancelled
+
+    seen, raised = [], []
+
+    def consume() -> None:
+        try:
+            for item in read_ahead(items()):
+                seen.append(item)
+        except _Cancelled as exc:
+            raised.append(exc)
+
+    assert not _run_in_a_thread(consume).is_alive()
+    assert seen == [1] and len(raised) == 1
+
+
+def test_buffer_pool_take_waits_for_a_buffer_given_back():
+    """`count` buffers and no more: a take beyond them waits until one comes back, and gets that one, whole."""
+    from converters.pipeline import BufferPool
+
+    pool = BufferPool(2, 16)
+    first, second = pool.take(16), pool.take(8)
+    assert (first.nbytes, second.nbytes, first.dtype, second.dtype) == (16, 8, np.uint8, np.uint8)
+    taken = []
+    waiting = threading.Thread(target=lambda: taken.append(pool.take(16)), daemon=True)
+    waiting.start()
+    waiting.join(timeout=0.2)  # a third buffer must not exist: the take is still waiting
+    assert taken == []
+    pool.give_back(second[2:6].view(np.int16))  # a view of a view gives back the whole buffer
+    waiting.join(timeout=30)
+    assert len(taken) == 1 and taken[0].nbytes == 16 and taken[0].dtype == np.uint8
+    assert np.shares_memory(taken[0], second) and not np.shares_memory(taken[0], first)
+
+
+def test_scratch_array_of_the_same_size_reuses_its_buffer():
+    from converters.pipeline import ScratchArray
+
+    scratch = ScratchArray()
+    first = scratch.array((2, 3), np.float32)
+    again = scratch.array((3, 2), np.int32)  # the same 24 bytes, another shape
+    assert again.shape == (3, 2) and again.dtype == np.int32 and np.shares_memory(first, again)
