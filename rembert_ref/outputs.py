@@ -1,7 +1,9 @@
 """Model outputs shared by the PyTorch and TF2 reference models: dataclasses with transformers' field names.
 
-`out.logits`, `out["logits"]`, and `out[0]` / `to_tuple()` skip the fields that are None, as transformers'
-ModelOutput does; `return_dict=False` returns that tuple. The classes also follow TensorFlow's nest protocol
+They behave as transformers' ModelOutput (an ordered dict of the fields that are not None): `out.logits`;
+`out["logits"]` (a KeyError for a field that is None); `out[0]`, `out[1:]` and `to_tuple()` over the values that
+are not None; `len(out)`, `"logits" in out`, iteration, `keys()`, `values()` and `items()` over those fields.
+`return_dict=False` returns `to_tuple()`. The classes also follow TensorFlow's nest protocol
 (all fields are the components, the class is the metadata), so TF outputs pass through `tf.function`.
 Field values are framework tensors: (B, T, H) hidden states, (B, nh, T, S) attentions, (B, T, V) logits.
 """
@@ -21,11 +23,27 @@ class ModelOutput:
     def to_tuple(self) -> tuple[Any, ...]:
         return tuple(v for v in (getattr(self, f.name) for f in dataclasses.fields(self)) if v is not None)
 
+    def keys(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None)
+
+    def values(self) -> tuple[Any, ...]:
+        return self.to_tuple()
+
+    def items(self) -> tuple[tuple[str, Any], ...]:
+        return tuple((name, getattr(self, name)) for name in self.keys())
+
     def __getitem__(self, key: int | slice | str) -> Any:
-        return getattr(self, key) if isinstance(key, str) else self.to_tuple()[key]
+        if not isinstance(key, str):
+            return self.to_tuple()[key]
+        if key not in self.keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
 
     def __iter__(self):
-        return iter(self.to_tuple())
+        return iter(self.keys())
 
     def __len__(self) -> int:
         return len(self.to_tuple())

@@ -9,13 +9,40 @@ from rembert_ref.outputs import BaseModelOutput, MaskedLMOutput, QuestionAnsweri
 
 def test_an_output_is_the_tuple_of_its_fields_that_are_not_none():
     out = QuestionAnsweringOutput(start_logits="start", end_logits="end", attentions="attentions")
-    assert out.to_tuple() == ("start", "end", "attentions") == tuple(out)
+    assert out.to_tuple() == ("start", "end", "attentions") == out.values()
     assert len(out) == 3 and out[2] == out[-1] == "attentions" and out[1:] == ("end", "attentions")
-    assert out["start_logits"] == "start" and out["loss"] is None
-    start, end, attentions = out  # unpacking, as code written for transformers' tuples does
-    assert (start, end, attentions) == ("start", "end", "attentions")
+    assert out["start_logits"] == "start" and out.loss is None
     with pytest.raises(IndexError):
         out[3]
+
+
+def test_an_output_is_the_dict_of_its_fields_that_are_not_none():
+    """As transformers' ModelOutput (an OrderedDict): keys, membership and iteration over the fields that are
+    not None, and a KeyError for one that is None."""
+    out = QuestionAnsweringOutput(start_logits="start", end_logits="end", attentions="attentions")
+    assert list(out) == list(out.keys()) == ["start_logits", "end_logits", "attentions"]
+    assert out.items() == (("start_logits", "start"), ("end_logits", "end"), ("attentions", "attentions"))
+    assert "start_logits" in out and "loss" not in out and "hidden_states" not in out and "nothing" not in out
+    for missing in ("loss", "nothing"):
+        with pytest.raises(KeyError):
+            out[missing]
+
+
+@pytest.mark.interop
+def test_outputs_behave_as_transformers_model_output():
+    from transformers.modeling_outputs import QuestionAnsweringModelOutput
+
+    fields = {"start_logits": "start", "end_logits": "end", "attentions": "attentions"}
+    ours, theirs = QuestionAnsweringOutput(**fields), QuestionAnsweringModelOutput(**fields)
+    assert list(ours) == list(theirs) and list(ours.keys()) == list(theirs.keys())
+    assert list(ours.values()) == list(theirs.values()) and list(ours.items()) == list(theirs.items())
+    assert ours.to_tuple() == theirs.to_tuple() and len(ours) == len(theirs)
+    assert (ours[0], ours[-1], ours[1:]) == (theirs[0], theirs[-1], theirs[1:])
+    for key in ("start_logits", "loss", "hidden_states"):
+        assert (key in ours) == (key in theirs)
+    for output in (ours, theirs):
+        with pytest.raises(KeyError):
+            output["loss"]
 
 
 def test_the_base_models_legacy_tuple_keeps_the_poolers_place():
