@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import click
 from click.testing import CliRunner
 
 from rembert_convert.cli import main
@@ -394,3 +395,214 @@ def test_a_closed_stdout_pipe_exits_as_sigpipe_without_an_internal_error_line(de
     else:
         assert result.stderr == ""
     assert result.returncode == 128 + 13  # as a command stopped by SIGPIPE (a shell reports 141)
+
+
+# -- mutation review of cli.py, second pass: exit codes, the one-line form, option parsing, what is printed ------
+
+
+def usage_error_line(result, command: str) -> str:
+    """Click's own usage error as ours: exit 2, nothing on stdout, one `error: ` line on stderr ending with the
+    help to read."""
+    assert result.exit_code == 2, result.output
+    assert result.stdout == "" and "Traceback" not in result.output and "Usage:" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert lines[0].endswith(f" (see `convert-rembert {command}--help`)"), lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "command", "message"),
+    [
+        (["pytorch", "{example}", "-o", "{out}", "--dtype", "float64"], "pytorch ", "Invalid value for '--dtype'"),
+        (["convert", "{example}", "-o", "{out}", "--format", "onnx"], "convert ", "Invalid value for '--format'"),
+        (["inspect", "{example}", "--head", "regression"], "inspect ", "Invalid value for '--head'"),
+        (["tokenizer", "{example}/sentencepiece.model", "-o", "{out}", "--model-max-length", "0"], "tokenizer ",
+         "Invalid value for '--model-max-length'"),
+        (["verify", "{example}", "{out}", "--tolerance", "tight"], "verify ", "Invalid value for '--tolerance'"),
+        (["bundle", "{example}", "-o", "{out}", "--no-such-option"], "bundle ", "--no-such-option"),
+        (["frobnicate"], "", "No such command 'frobnicate'"),
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_help_and_write_nothing(tmp_path, args, command, message):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [a.format(example=EXAMPLE, out=out) for a in args])
+    assert message in usage_error_line(result, command)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_h_is_help_as_help_option_names_promises():
+    for args in (["-h"], ["pytorch", "-h"]):
+        short = run(*args)
+        assert short.exit_code == 0 and short.output == run(*args[:-1], "--help").output
+        assert short.output.startswith("Usage: convert-rembert ")
+
+
+def test_errors_go_to_stderr_and_results_to_stdout(tmp_path):
+    failed = run("pytorch", tmp_path / "nowhere", "-o", tmp_path / "out")
+    assert failed.exit_code == 2 and failed.stdout == ""
+    assert failed.stderr.startswith("error: no TF1 checkpoint at") and failed.stderr.count("\n") == 1
+    listed = run("inspect", EXAMPLE)
+    assert listed.exit_code == 0 and listed.stderr == "" and "mapped   " in listed.stdout
+
+
+def _broken_plan(monkeypatch, exc: BaseException) -> None:
+    import converters.convert
+
+    def broken(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(converters.convert, "plan_conversion", broken)
+
+
+@pytest.mark.parametrize("module", ["converters.gone", "rembert_ref.gone", "validation", "rembert_convert.gone"])
+def test_a_missing_module_of_any_of_our_packages_is_a_bug_not_the_install(tmp_path, monkeypatch, module):
+    _broken_plan(monkeypatch, ModuleNotFoundError(f"No module named {module!r}", name=module))
+    result = run("pytorch", EXAMPLE, "-o", tmp_path / "out")
+    assert result.exit_code == 3 and result.stderr.startswith("error: internal error ModuleNotFoundError")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_inside_a_command_is_one_line_exit_130(monkeypatch):
+    import converters.convert
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(converters.convert, "inspect_checkpoint", interrupted)
+    result = run("inspect", EXAMPLE)
+    assert result.exit_code == 130 and result.stdout == ""
+    assert result.stderr == "error: interrupted by SIGINT\n"  # one line: not Click's blank line and its Abort
+
+
+def test_an_operation_not_permitted_is_a_refusal_too():
+    """EPERM (chattr +i, a sealed mount) as EACCES: the file system's refusal, not a bug."""
+    import errno
+
+    from rembert_convert.cli import _file_system_refusal
+
+    assert _file_system_refusal(OSError(errno.EPERM, "Operation not permitted", "out/x")) == (
+        "out/x: Operation not permitted; check its permissions (inputs must be readable, outputs writable)")
+
+
+def test_ctrl_c_while_the_options_are_parsed_is_an_interrupt(monkeypatch):
+    """Click turns a KeyboardInterrupt outside the command into click.Abort: it must end as one, exit 130."""
+    def interrupted(self, value, param, ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(click.Path, "convert", interrupted)
+    result = run("inspect", EXAMPLE)
+    assert result.exit_code == 130, result.output
+    assert result.output.strip().splitlines()[-1] == "error: interrupted by SIGINT"
+
+
+def test_called_without_standalone_mode_the_group_returns_and_raises_as_click_does(tmp_path):
+    assert main.main(["inspect", str(EXAMPLE)], standalone_mode=False) is None
+    with pytest.raises(click.MissingParameter):
+        main.main(["pytorch", str(EXAMPLE)], standalone_mode=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_marks_each_row_and_counts_what_passed(tmp_path):
+    """One MLM-head tensor changed: its tensor check and the heads that read it fail, the others pass; the
+    printed marks and the verdict's counts are the report's."""
+    from safetensors.numpy import load_file, save_file
+
+    out = tmp_path / "out"
+    assert run("convert", EXAMPLE, "-o", out, "--format", "safetensors", "-q").exit_code == 0
+    tensors = load_file(str(out / "model.safetensors"))
+    tensors["cls.predictions.dense.bias"][0] += 1.0
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+    result = run("verify", EXAMPLE, out, "--all-rows", "--report", tmp_path / "rep")
+    assert result.exit_code == 1, result.output
+    report = json.loads((tmp_path / "rep" / "parity_report.json").read_text())
+    passed = {(r["head"], r["format"], r["output"]): r["passed"] for r in report["rows"]}
+    assert True in passed.values() and False in passed.values()  # both marks are to be told apart
+    printed = {}
+    for line in result.stdout.splitlines():
+        if line.startswith(("ok   ", "FAIL ")) and not line.startswith("FAIL tensor"):
+            head, fmt, output = line[5:].split()[:3]
+            printed[(head, fmt, output)] = line.startswith("ok   ")
+    assert printed == passed
+    tensor_ok = sum(r["passed"] for r in report["tensor_rows"])
+    rows_ok = sum(passed.values())
+    verdict = (f"parity FAILED: tensor checks {tensor_ok}/{len(report['tensor_rows'])} pass, outputs {rows_ok}/"
+               f"{len(passed)} within tolerance (weights float32, safetensors)")
+    assert result.stdout.splitlines()[-1] == verdict
+    assert tensor_ok == len(report["tensor_rows"]) - 1
+    # -q: no rows, but still the failing tensor and the verdict
+    quiet = run("verify", EXAMPLE, out, "-q")
+    assert quiet.exit_code == 1
+    lines = quiet.stdout.splitlines()
+    assert len(lines) == 2 and lines[-1] == verdict
+    assert lines[0].startswith("FAIL tensor") and "cls.predictions.dense.bias" in lines[0]
+
+
+def test_bundle_records_its_exact_command_and_worst_relative_error(tmp_path):
+    """The card's command: arguments, then each option not at its default as typed (a flag bare, a repeated
+    option once per value); the summary's worst relative error is the parity report's largest."""
+    out = tmp_path / "pub"
+    result = run("bundle", EXAMPLE, "-o", out, "--format", "safetensors", "--language", "en", "--language", "sw",
+                 "--checksums")
+    assert result.exit_code == 0, result.output
+    card = (out / "README.md").read_text()
+    assert (f"convert-rembert bundle {EXAMPLE} --output {out} --checksums --format safetensors --language en "
+            "--language sw\n") in card
+    rows = json.loads((out / "parity_report.json").read_text())["rows"]
+    assert f"(worst relative error {max(r['rel_err'] for r in rows):.1e})" in result.output
+
+
+def test_inspect_lists_what_is_not_an_optimizer_slot_and_counts_every_row(tmp_path):
+    listed = run("inspect", EXAMPLE, "--all")
+    hidden = run("inspect", EXAMPLE)
+    assert listed.exit_code == hidden.exit_code == 0
+    rows = [line.split()[:2] for line in listed.output.splitlines() if line.startswith(("mapped ", "ignored "))]
+    counts = {status: sum(1 for s, _ in rows if s == status) for status in ("ignored", "mapped")}
+    assert counts["ignored"] and counts["mapped"]
+    summary = f"{EXAMPLE / 'model.ckpt-3'}: 1 data shard(s); {counts['ignored']} ignored, {counts['mapped']} mapped"
+    assert summary in listed.output and summary in hidden.output
+    # not optimizer state: listed without --all too
+    for kept in ("global_step", "cls/seq_relationship/output_weights"):
+        assert any(line.startswith("ignored ") and line.split()[1] == kept for line in hidden.output.splitlines())
+
+
+def test_a_checkpoint_without_a_pooler_says_so_and_counts_it_neither_converted_nor_ignored(tmp_path):
+    """Each checkpoint variable is converted or ignored (the counts line); the pooler the checkpoint lacks is
+    neither, and has a line of its own."""
+    from converters.tf1_checkpoint import CheckpointReader
+    from testkit.synthetic_checkpoint import write_synthetic_checkpoint
+    from tests.conftest import TINY_ORIGINAL_CONFIG
+
+    prefix = write_synthetic_checkpoint(tmp_path / "ck", TINY_ORIGINAL_CONFIG, seed=2, with_pooler=False)
+    out = tmp_path / "out"
+    result = run("pytorch", prefix, "-o", out)
+    assert result.exit_code == 0, result.output
+    absent = [line for line in result.output.splitlines() if line.startswith("absent by design: ")]
+    assert sorted(line.split()[3].rstrip(":") for line in absent) == ["rembert.pooler.dense.bias",
+                                                                     "rembert.pooler.dense.weight"]
+    report = json.loads((out / "conversion_report.json").read_text())
+    with CheckpointReader(prefix) as reader:
+        assert len(report["mapped"]) + len(report["ignored"]) == len(reader.entries)
+    mlm = sum(row["source"].startswith("cls/predictions/") for row in report["mapped"])
+    assert mlm and report["ignored"]
+    assert (f"converted {len(report['mapped'])} tensors ({mlm} in the MLM head), ignored {len(report['ignored'])}, "
+            in result.output)
+
+
+def test_quiet_keeps_the_no_tokenizer_note_out_too(tmp_path):
+    copy = tmp_path / "ck"
+    shutil.copytree(EXAMPLE, copy)
+    (copy / "sentencepiece.model").unlink()
+    result = run("convert", copy, "-o", tmp_path / "out", "--format", "safetensors", "-q")
+    assert result.exit_code == 0 and result.output == ""
+
+
+def test_convert_writes_only_the_formats_asked_for(tmp_path):
+    out = tmp_path / "out"
+    result = run("convert", EXAMPLE, "-o", out, "--format", "tf2", "--format", "pytorch", "-q")
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in out.iterdir()}
+    assert {"pytorch_model.bin", "tf_model.h5", "tokenizer.json"} <= names
+    assert not {n for n in names if "safetensors" in n}
+    assert sorted(json.loads((out / "conversion_report.json").read_text())["formats"]) == ["pytorch", "tf2"]

@@ -753,3 +753,15 @@ def test_bleurt_max_seq_length_is_the_tokenizers_limit(tmp_path, max_seq_length,
     source = "bleurt_config.json max_seq_length" if max_seq_length is not None else "max_position_embeddings"
     assert report["tokenizer"]["model_max_length_from"] == source
     assert f"tokenizer: model_max_length {expected} (the checkpoint's {source})" in result.output
+
+
+def test_inspect_ends_with_why_no_task_head_was_chosen(classifier_ckpt):
+    """The rows carry the problem as each head variable's detail; the summary names it once, where the `task head:`
+    line would be."""
+    from converters.convert import ConvertOptions, inspect_checkpoint
+
+    problem = inspect_checkpoint(classifier_ckpt, ConvertOptions()).head_problem
+    assert problem and "--head" in problem
+    result = CliRunner().invoke(main, ["inspect", str(classifier_ckpt)])
+    assert result.exit_code == 2
+    assert f"task head: {problem}" in result.output.splitlines()
