@@ -149,6 +149,12 @@ class OneLineErrorGroup(click.Group):
             _interrupted(exc)
         sys.exit(result if isinstance(result, int) else 0)
 
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:  # while a command's options are parsed: Click would print a blank line
+            raise click.Abort() from exc
+
 
 debug_option = click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress lines, only errors.")
