@@ -90,11 +90,16 @@ def _stdout_gone() -> None:
     """Exit as a command stopped by SIGPIPE would, pointing stdout at the null device first so that
     the interpreter's final flush finds no closed pipe to complain about."""
     try:
+        descriptor = sys.stdout.fileno()
         null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, sys.stdout.fileno())
-        os.close(null)
-    except (AttributeError, OSError, ValueError):  # a stdout without a descriptor (a test runner's)
+    except (AttributeError, OSError, ValueError):  # a stdout without a descriptor (a test runner's), or no fd left
+        sys.exit(EXIT_SIGPIPE)
+    try:
+        os.dup2(null, descriptor)
+    except OSError:
         pass
+    finally:
+        os.close(null)
     sys.exit(EXIT_SIGPIPE)
 
 

@@ -375,6 +375,19 @@ def test_debug_shows_the_traceback_of_an_internal_error_too(tmp_path, monkeypatc
     assert "rerun with --debug" not in result.output
 
 
+def test_a_reader_leaving_a_stdout_without_a_descriptor_exits_141_and_opens_nothing(monkeypatch):
+    """A test runner's stdout has no file descriptor: nothing to point at the null device, and no descriptor
+    may be left open by trying."""
+    def gone(*args, **kwargs):
+        raise BrokenPipeError
+
+    monkeypatch.setattr(click, "echo", gone)
+    before = sorted(os.listdir("/proc/self/fd"))
+    result = run("inspect", EXAMPLE)
+    assert result.exit_code == 141
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
 @pytest.mark.parametrize("debug", [False, True])
 def test_a_closed_stdout_pipe_exits_as_sigpipe_without_an_internal_error_line(debug):
     """Writing to a pipe whose reader left must not print 'internal error ... rerun with --debug' (exit 3), nor,
