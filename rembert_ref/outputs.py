@@ -20,11 +20,11 @@ Tensors = tuple[Any, ...]
 
 @dataclass
 class ModelOutput:
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(v for v in (getattr(self, f.name) for f in dataclasses.fields(self)) if v is not None)
-
     def keys(self) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None)
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.keys())
 
     def values(self) -> tuple[Any, ...]:
         return self.to_tuple()
